@@ -1,0 +1,35 @@
+"""Token API function: ``GET /token/{provider}`` behind API Gateway (AWS_IAM).
+
+Answers cache hits itself (DynamoDB read only) and delegates misses and forced refreshes to the
+provider's own function with ``lambda:Invoke``; it never sees a client secret.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from token_vending.api import TokenApi
+from token_vending.clients import DYNAMODB_CONFIG, LAMBDA_CONFIG
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+api = TokenApi(
+    logger=logger,
+    metrics=metrics,
+    dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG),
+    lambda_client=boto3.client("lambda", config=LAMBDA_CONFIG),
+)
+
+
+@logger.inject_lambda_context(clear_state=True, correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler(capture_response=False)  # the response holds the token
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return api.handle(event)

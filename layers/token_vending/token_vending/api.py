@@ -1,0 +1,181 @@
+"""Glue for the token API function: ``GET /token/{provider}`` over API Gateway's proxy integration.
+
+Cache hits are answered here from DynamoDB (read only); everything else -- misses, forced refreshes,
+tokens too close to expiry -- is delegated with ``lambda:Invoke`` to the provider's own function,
+which alone holds that provider's credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
+from token_vending.exceptions import (
+    ERRORS_BY_TYPE,
+    InternalError,
+    InvalidRequest,
+    Misconfigured,
+    TokenVendingError,
+    UnknownProvider,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from token_vending.freshness import RefreshPolicy
+from token_vending.memory import MemoryCache
+from token_vending.request import parse_request
+from token_vending.response import api_response, error_response, token_body
+from token_vending.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger, Metrics
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_lambda import LambdaClient
+
+    from token_vending.request import TokenRequest
+    from token_vending.settings import ProviderEntry
+
+_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class TokenApi:
+    def __init__(self, *, logger: Logger, metrics: Metrics, dynamodb: DynamoDBClient,
+                 lambda_client: LambdaClient) -> None:
+        self.logger = logger
+        self.metrics = metrics
+        self.dynamodb = dynamodb
+        self.lambda_client = lambda_client
+        self._settings: ApiSettings | None = None
+        self.memory: MemoryCache[CachedToken] | None = None
+
+    def settings(self) -> ApiSettings:
+        if self._settings is None:
+            self._settings = ApiSettings.from_env()
+            self.memory = MemoryCache(self._settings.memory_cache_seconds)
+        return self._settings
+
+    def handle(self, event: Any) -> dict[str, Any]:
+        """Always a contract response: no exception escapes to API Gateway."""
+        provider: str | None = None
+        try:
+            settings = self.settings()
+            entry = self._provider(event, settings)
+            provider = entry.name
+            self.logger.append_keys(provider=provider)
+            request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
+                                    default=entry.default_scopes, max_lifetime=entry.max_lifetime)
+            token = None if request.force_refresh else self._cached(settings, request)
+            body = token_body(token) if token is not None else self._invoke(entry, request)
+        except TokenVendingError as exc:
+            if exc.provider is None and provider is not None:
+                exc.provider = provider
+            log = self.logger.error if exc.status >= 500 else self.logger.info
+            log("request failed", extra={"error": exc.code, "status": exc.status})
+            return error_response(exc)
+        except Exception:
+            self.logger.exception("unexpected failure")
+            return error_response(InternalError("unexpected failure in the token API", provider=provider))
+        return api_response(200, body)
+
+    def _provider(self, event: Any, settings: ApiSettings) -> ProviderEntry:
+        params = event.get("pathParameters") if isinstance(event, dict) else None
+        name = params.get("provider") if isinstance(params, dict) else None
+        entry = settings.providers.get(name) if isinstance(name, str) else None
+        if entry is None:
+            shown = name if isinstance(name, str) and _PROVIDER_NAME.match(name) else None
+            raise UnknownProvider("no such provider is deployed", provider=shown)
+        return entry
+
+    def _cached(self, settings: ApiSettings, request: TokenRequest) -> CachedToken | None:
+        policy = RefreshPolicy(settings.refresh_margin_seconds, settings.refresh_margin_ratio)
+        key = f"{request.provider}#{request.scope_key}"
+        memory = self.memory or MemoryCache(settings.memory_cache_seconds)
+        self.memory = memory
+        now = time.time()
+        remembered = memory.get(key)
+        if remembered is not None and policy.is_fresh(remembered, request.min_ttl, now):
+            self._count("CacheHitMemory", request.provider)
+            return remembered
+        try:
+            cached = TokenCache(settings.table_name, self.dynamodb).get(request.provider, request.scope_key)
+        except CacheUnavailable as exc:
+            # Not fatal here: the provider function has its own fallbacks.
+            self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
+            return None
+        if cached is not None and policy.is_fresh(cached, request.min_ttl, now):
+            self._count("CacheHitDynamoDB", request.provider)
+            memory.put(key, cached)
+            return cached
+        return None
+
+    def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        payload = {"scope": request.scope_key or None, "min_ttl": request.min_ttl,
+                   "force_refresh": request.force_refresh}
+        self._count("ProviderInvoke", entry.name)
+        try:
+            response = self.lambda_client.invoke(FunctionName=entry.function, InvocationType="RequestResponse",
+                                                 Payload=json.dumps(payload).encode())
+            raw = response["Payload"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("TooManyRequestsException", "ServiceException", "ResourceConflictException"):
+                raise UpstreamUnavailable("the provider function is busy", retry_after=1,
+                                          provider=entry.name) from None
+            if code in ("ResourceNotFoundException", "AccessDeniedException"):
+                raise Misconfigured(f"the provider function cannot be invoked ({code})",
+                                    provider=entry.name) from None
+            raise InternalError(f"invoking the provider function failed ({code})", provider=entry.name) from None
+        except BotoCoreError as exc:
+            raise InternalError(f"invoking the provider function failed ({type(exc).__name__})",
+                                provider=entry.name) from None
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            document = None
+        if response.get("FunctionError"):
+            raise _function_error(document, entry.name)
+        if not isinstance(document, dict) or not isinstance(document.get("access_token"), str):
+            raise InternalError("the provider function returned an unexpected result", provider=entry.name)
+        return document
+
+    def _count(self, name: str, provider: str) -> None:
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        self.metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _function_error(document: Any, provider: str) -> TokenVendingError:
+    """Rebuild the contract error from Lambda's ``{"errorType", "errorMessage"}`` document."""
+    error_type = document.get("errorType") if isinstance(document, dict) else None
+    message = document.get("errorMessage") if isinstance(document, dict) else None
+    cls = ERRORS_BY_TYPE.get(error_type) if isinstance(error_type, str) else None
+    if cls is None:
+        if isinstance(message, str) and "timed out" in message:
+            return UpstreamTimeout("the provider function timed out", provider=provider)
+        return InternalError("the provider function failed", provider=provider)
+    try:
+        body = json.loads(message) if isinstance(message, str) else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {"error_description": message if isinstance(message, str) else ""}
+    return cls.from_body(body, provider)
+
+
+def _query(event: Any, provider: str) -> dict[str, Any]:
+    """Single-valued query parameters; a repeated parameter is ambiguous and refused."""
+    multi = event.get("multiValueQueryStringParameters") if isinstance(event, dict) else None
+    if isinstance(multi, dict):
+        for values in multi.values():
+            if isinstance(values, list) and len(values) > 1:
+                raise InvalidRequest("a query parameter is repeated", provider=provider)
+    single = event.get("queryStringParameters") if isinstance(event, dict) else None
+    if single is None:
+        return {}
+    if not isinstance(single, dict):
+        raise InvalidRequest("malformed query string", provider=provider)
+    return single

@@ -1,0 +1,176 @@
+"""The DynamoDB token cache and its refresh lease.
+
+Items live in the provider's own partition (``pk`` = route name, so IAM can confine each provider
+function with ``dynamodb:LeadingKeys``); the sort key tells tokens from leases:
+
+* ``token#<scope key>``: ``access_token``, ``token_type``, ``scope``, ``expires_at``, ``fetched_at``,
+  ``lifetime`` and the TTL attribute ``purge_at``.
+* ``lease#<scope key>``: ``owner`` and ``lease_expires_at``; taken with one conditional ``PutItem``
+  (absent OR lapsed), the way Powertools' idempotency layer takes its in-progress record.
+
+DynamoDB deletes expired items lazily (up to days later), so every read checks ``expires_at`` itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from token_vending.constants import PURGE_AFTER_EXPIRY_SECONDS
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+TOKEN_PREFIX = "token#"  # noqa: S105 - a sort-key prefix, not a secret
+LEASE_PREFIX = "lease#"
+
+
+class CacheUnavailable(Exception):
+    """DynamoDB could not be read or written (throttled, unreachable, denied)."""
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    provider: str
+    scope_key: str
+    access_token: str = ""
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    scope: str | None = None
+    expires_at: int = 0
+    fetched_at: float = 0.0
+    lifetime: int = 0
+
+    def remaining(self, now: float) -> float:
+        return self.expires_at - now
+
+    def __repr__(self) -> str:  # never let a whole token reach a log through repr()
+        return (f"CachedToken(provider={self.provider!r}, scope_key={self.scope_key!r}, "
+                f"expires_at={self.expires_at}, fetched_at={self.fetched_at:.3f})")
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    acquired: bool
+    expires_at: float
+    """When the lease lapses (ours or the holder's)."""
+
+
+def _error_types() -> tuple[type[Exception], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
+
+
+class TokenCache:
+    def __init__(self, table_name: str, client: DynamoDBClient) -> None:
+        self.table_name = table_name
+        self.client = client
+
+    def get(self, provider: str, scope_key: str, *, consistent: bool = False,
+            now: float | None = None) -> CachedToken | None:
+        """The cached token, or ``None`` when absent, malformed or already expired."""
+        try:
+            response = self.client.get_item(
+                TableName=self.table_name, Key=_key(provider, TOKEN_PREFIX + scope_key),
+                ConsistentRead=consistent)
+        except _error_types() as exc:
+            raise CacheUnavailable(_describe(exc)) from None
+        item = response.get("Item")
+        if not item:
+            return None
+        token = _token_from_item(provider, scope_key, item)
+        if token is None or token.expires_at <= (time.time() if now is None else now):
+            return None
+        return token
+
+    def put(self, token: CachedToken) -> bool:
+        """Store unless a token fetched later is already there; ``False`` when that one was kept."""
+        item: dict[str, Any] = {
+            **_key(token.provider, TOKEN_PREFIX + token.scope_key),
+            "access_token": {"S": token.access_token},
+            "token_type": {"S": token.token_type},
+            "expires_at": {"N": str(token.expires_at)},
+            "fetched_at": {"N": f"{token.fetched_at:.3f}"},
+            "lifetime": {"N": str(token.lifetime)},
+            "purge_at": {"N": str(token.expires_at + PURGE_AFTER_EXPIRY_SECONDS)},
+        }
+        if token.scope is not None:
+            item["scope"] = {"S": token.scope}
+        try:
+            self.client.put_item(
+                TableName=self.table_name, Item=item,
+                ConditionExpression="attribute_not_exists(fetched_at) OR fetched_at <= :fetched",
+                ExpressionAttributeValues={":fetched": {"N": f"{token.fetched_at:.3f}"}})
+        except _error_types() as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise CacheUnavailable(_describe(exc)) from None
+        return True
+
+    def acquire_lease(self, provider: str, scope_key: str, owner: str, seconds: float,
+                      now: float | None = None) -> LeaseResult:
+        """One conditional write: take the lease if nobody holds it or the holder's has lapsed."""
+        now = time.time() if now is None else now
+        expires = now + seconds
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item={**_key(provider, LEASE_PREFIX + scope_key), "owner": {"S": owner},
+                      "lease_expires_at": {"N": f"{expires:.3f}"},
+                      "purge_at": {"N": str(int(expires) + PURGE_AFTER_EXPIRY_SECONDS)}},
+                ConditionExpression="attribute_not_exists(pk) OR lease_expires_at < :now",
+                ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except _error_types() as exc:
+            if _is_condition_failure(exc):
+                old = getattr(exc, "response", {}).get("Item") or {}
+                held_until = _number(old.get("lease_expires_at"), default=now + seconds)
+                return LeaseResult(acquired=False, expires_at=held_until)
+            raise CacheUnavailable(_describe(exc)) from None
+        return LeaseResult(acquired=True, expires_at=expires)
+
+    def release_lease(self, provider: str, scope_key: str, owner: str) -> None:
+        """Best effort: a lease we fail to delete lapses by itself."""
+        try:
+            self.client.delete_item(
+                TableName=self.table_name, Key=_key(provider, LEASE_PREFIX + scope_key),
+                ConditionExpression="#owner = :owner", ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}})
+        except _error_types():
+            pass
+
+
+def _key(provider: str, sort_key: str) -> dict[str, Any]:
+    return {"pk": {"S": provider}, "sk": {"S": sort_key}}
+
+
+def _number(attribute: Any, default: float) -> float:
+    try:
+        return float(attribute["N"])
+    except (TypeError, KeyError, ValueError):
+        return default
+
+
+def _token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> CachedToken | None:
+    try:
+        token = item["access_token"]["S"]
+        expires_at = int(item["expires_at"]["N"])
+        fetched_at = float(item["fetched_at"]["N"])
+        lifetime = int(item.get("lifetime", {}).get("N", expires_at - int(fetched_at)))
+    except (KeyError, TypeError, ValueError):
+        return None  # a malformed item is treated as a miss and overwritten by the next refresh
+    scope = item.get("scope", {}).get("S")
+    return CachedToken(provider=provider, scope_key=scope_key, access_token=token,
+                       token_type=item.get("token_type", {}).get("S", "Bearer"), scope=scope,
+                       expires_at=expires_at, fetched_at=fetched_at, lifetime=lifetime)
+
+
+def _is_condition_failure(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return bool(code == "ConditionalCheckFailedException")
+
+
+def _describe(exc: Exception) -> str:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code or type(exc).__name__

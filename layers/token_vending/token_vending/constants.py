@@ -1,0 +1,58 @@
+"""Names of the environment variables the functions read, and their defaults.
+
+Kept in one place so the template, ``env.json``, the local runner and the tests agree on the
+spelling; the values are parsed and validated in :mod:`token_vending.settings`.
+"""
+
+from __future__ import annotations
+
+# --- every function -------------------------------------------------------------------------
+CACHE_TABLE_ENV = "CACHE_TABLE_NAME"
+"""DynamoDB table holding cached tokens (and leases)."""
+
+LOCAL_MODE_ENV = "TOKEN_VENDING_LOCAL_MODE"
+"""``true`` only in local runs and tests: allows ``http://`` token URLs on loopback hosts."""
+
+# --- provider functions ---------------------------------------------------------------------
+PROVIDER_NAME_ENV = "PROVIDER_NAME"
+TOKEN_URL_ENV = "TOKEN_URL"  # noqa: S105 - a variable name, not a secret
+SECRET_ID_ENV = "SECRET_ID"  # noqa: S105 - a variable name, not a secret
+ALLOWED_SCOPES_ENV = "ALLOWED_SCOPES"
+"""Space-separated scopes this deployment may request; empty when the provider takes no scope."""
+DEFAULT_SCOPES_ENV = "DEFAULT_SCOPES"
+"""Space-separated scopes requested when the caller names none (defaults to ALLOWED_SCOPES)."""
+AUDIENCE_ENV = "AUDIENCE"
+DEFAULT_LIFETIME_ENV = "DEFAULT_TOKEN_LIFETIME"
+"""Lifetime assumed when the provider sends neither ``expires_in`` nor a JWT ``exp``."""
+MAX_LIFETIME_ENV = "MAX_TOKEN_LIFETIME"
+"""Longest lifetime the provider grants; the upper bound of ``min_ttl``."""
+REFRESH_MARGIN_SECONDS_ENV = "REFRESH_MARGIN_SECONDS"
+REFRESH_MARGIN_RATIO_ENV = "REFRESH_MARGIN_RATIO"
+CONNECT_TIMEOUT_ENV = "UPSTREAM_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "UPSTREAM_READ_TIMEOUT"
+UPSTREAM_RETRIES_ENV = "UPSTREAM_RETRIES"
+LEASE_SECONDS_ENV = "LEASE_SECONDS"
+FORCE_REFRESH_INTERVAL_ENV = "FORCE_REFRESH_INTERVAL"
+MEMORY_CACHE_SECONDS_ENV = "MEMORY_CACHE_SECONDS"
+SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a secret
+
+# --- token API function ---------------------------------------------------------------------
+PROVIDERS_ENV = "PROVIDERS"
+"""JSON object: route name -> {"function": name or ARN, "scopes": "...", "default_scopes": "...",
+"max_lifetime": seconds}. Written by the template; the only providers the API knows."""
+
+# --- defaults -------------------------------------------------------------------------------
+DEFAULT_MIN_TTL = 60
+DEFAULT_REFRESH_MARGIN_SECONDS = 60
+DEFAULT_REFRESH_MARGIN_RATIO = 0.1
+DEFAULT_TOKEN_LIFETIME = 300
+DEFAULT_MAX_LIFETIME = 3600
+DEFAULT_CONNECT_TIMEOUT = 3.05
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_UPSTREAM_RETRIES = 2
+DEFAULT_LEASE_SECONDS = 20
+DEFAULT_FORCE_REFRESH_INTERVAL = 30
+DEFAULT_MEMORY_CACHE_SECONDS = 5
+DEFAULT_SECRET_MAX_AGE = 300
+PURGE_AFTER_EXPIRY_SECONDS = 3600
+"""The DynamoDB TTL attribute is set this long after ``expires_at``; reads never rely on it."""

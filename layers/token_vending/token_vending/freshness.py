@@ -1,0 +1,35 @@
+"""When a cached token may be served, and when it must be replaced.
+
+Shared by the provider functions (which refresh) and the token API function (which only answers
+hits), so both judge a token the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from token_vending.cache import CachedToken
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    margin_seconds: float
+    margin_ratio: float
+
+    def margin(self, lifetime: float) -> float:
+        """Refresh ahead by max(margin_seconds, ratio x lifetime), but never more than half the
+        lifetime: a provider handing out very short tokens must not be asked for one per call."""
+        return min(max(self.margin_seconds, self.margin_ratio * lifetime), lifetime / 2)
+
+    def is_fresh(self, token: CachedToken, min_ttl: float, now: float) -> bool:
+        """Servable without a refresh: outside the refresh margin and valid for ``min_ttl``."""
+        remaining = token.remaining(now)
+        return remaining > self.margin(token.lifetime) and remaining >= min_ttl and remaining > 0
+
+    @staticmethod
+    def is_usable(token: CachedToken, min_ttl: float, now: float) -> bool:
+        """Still acceptable to a caller if no better token can be had (stale on error)."""
+        remaining = token.remaining(now)
+        return remaining > 0 and remaining >= min_ttl

@@ -1,0 +1,78 @@
+"""Glue for a provider function: direct-invocation payload in, token body out, errors by class name.
+
+Each ``functions/<provider>/app.py`` declares its profile and Powertools objects at module level and
+delegates to one :class:`ProviderFunction`, so that what differs between providers is only data.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from token_vending.exceptions import InternalError, Misconfigured, TokenVendingError
+from token_vending.request import parse_request
+from token_vending.response import token_body
+from token_vending.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger, Metrics
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+    from token_vending.profile import ClientCredentialsProfile
+    from token_vending.vendor import TokenVendor
+
+DEFAULT_BUDGET_MS = 25_000
+
+
+class ProviderFunction:
+    def __init__(self, profile: ClientCredentialsProfile, *, logger: Logger, metrics: Metrics,
+                 dynamodb: DynamoDBClient, secretsmanager: SecretsManagerClient) -> None:
+        self.profile = profile
+        self.logger = logger
+        self.metrics = metrics
+        self.dynamodb = dynamodb
+        self.secretsmanager = secretsmanager
+        self._vendor: TokenVendor | None = None
+        metrics.set_default_dimensions(provider=profile.name)
+        logger.append_keys(provider=profile.name)
+
+    def vendor(self) -> TokenVendor:
+        """Built on first use and kept for the life of the execution environment."""
+        if self._vendor is None:
+            from token_vending.cache import TokenCache
+            from token_vending.credentials import CredentialStore
+            from token_vending.upstream import UpstreamClient
+            from token_vending.vendor import TokenVendor
+
+            settings = ProviderSettings.from_env(self.profile.name)
+            self._vendor = TokenVendor(
+                profile=self.profile, settings=settings,
+                cache=TokenCache(settings.cache.table_name, self.dynamodb),
+                credentials=CredentialStore(self.profile.name, settings.secret_id, settings.secret_max_age,
+                                            self.secretsmanager),
+                upstream=UpstreamClient(self.profile, settings),
+                logger=self.logger, metrics=self.metrics)
+        return self._vendor
+
+    def handle(self, event: Any, context: LambdaContext | None) -> dict[str, Any]:
+        """Return the token body, or raise an exception named after the contract's error code."""
+        try:
+            vendor = self.vendor()
+            settings = vendor.settings
+            request = parse_request(event, provider=self.profile.name, allowed=settings.allowed_scopes,
+                                    default=settings.default_scopes, max_lifetime=settings.max_lifetime)
+            budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
+            token = vendor.vend(request, deadline=time.monotonic() + budget_ms / 1000)
+        except Misconfigured as exc:
+            self.logger.error("misconfigured", extra={"error_description": exc.description})
+            raise
+        except TokenVendingError as exc:
+            self.logger.info("request failed", extra={"error": exc.code, "error_description": exc.description})
+            raise
+        except Exception:
+            self.logger.exception("unexpected failure")
+            raise InternalError("unexpected failure in the provider function", provider=self.profile.name) from None
+        self.logger.info("token served", extra={"scope_key": request.scope_key, "expires_at": token.expires_at})
+        return token_body(token)

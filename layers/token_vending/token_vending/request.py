@@ -1,0 +1,95 @@
+"""The caller's request (scope, min_ttl, force_refresh), validated the same way for both entry points.
+
+API Gateway delivers strings in ``queryStringParameters``; direct invocation delivers JSON values.
+Both end as a :class:`TokenRequest` or an :class:`~token_vending.exceptions.InvalidRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from token_vending import constants
+from token_vending.exceptions import InvalidRequest
+from token_vending.scopes import parse_scope_set, scope_key
+
+PARAMETERS = ("scope", "min_ttl", "force_refresh")
+MAX_PARAMETER_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    provider: str
+    scopes: frozenset[str]
+    min_ttl: int
+    force_refresh: bool
+
+    @property
+    def scope_key(self) -> str:
+        return scope_key(self.scopes)
+
+
+def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset[str]) -> frozenset[str]:
+    if raw is None:
+        return default
+    if not isinstance(raw, str) or len(raw) > MAX_PARAMETER_LENGTH:
+        raise InvalidRequest("scope must be a space-separated string", provider=provider)
+    try:
+        requested = parse_scope_set(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"scope is invalid: {exc}", provider=provider) from None
+    if not requested:
+        return default
+    if not allowed:
+        raise InvalidRequest("this provider takes no scope", provider=provider)
+    outside = requested - allowed
+    if outside:
+        # Name how many, not which: the values are caller input and are not echoed back.
+        raise InvalidRequest(f"scope names {len(outside)} scope(s) outside the configured set",
+                             provider=provider)
+    return requested
+
+
+def _min_ttl(raw: Any, provider: str, max_lifetime: int) -> int:
+    if raw is None:
+        return min(constants.DEFAULT_MIN_TTL, max_lifetime)
+    if isinstance(raw, bool):
+        raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 9:
+        value = int(raw)
+    else:
+        raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
+    if not 0 <= value <= max_lifetime:
+        raise InvalidRequest(f"min_ttl must be between 0 and {max_lifetime}", provider=provider)
+    return value
+
+
+def _force_refresh(raw: Any, provider: str) -> bool:
+    if raw is None or raw is False:
+        return False
+    if raw is True:
+        return True
+    if isinstance(raw, str) and raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise InvalidRequest("force_refresh must be true or false", provider=provider)
+
+
+def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: frozenset[str],
+                  default: frozenset[str], max_lifetime: int) -> TokenRequest:
+    """Validate caller parameters; unknown parameters are refused rather than silently ignored."""
+    params = params or {}
+    if not isinstance(params, Mapping):
+        raise InvalidRequest("the request must be a JSON object", provider=provider)
+    unknown = [key for key in params if key not in PARAMETERS]
+    if unknown:
+        raise InvalidRequest(f"unknown parameter(s); expected only {', '.join(PARAMETERS)}",
+                             provider=provider)
+    return TokenRequest(
+        provider=provider,
+        scopes=_scopes(params.get("scope"), provider, allowed, default),
+        min_ttl=_min_ttl(params.get("min_ttl"), provider, max_lifetime),
+        force_refresh=_force_refresh(params.get("force_refresh"), provider),
+    )

@@ -1,0 +1,193 @@
+"""Typed settings read from the environment, validated once per execution environment.
+
+Parsing is deferred to the first invocation (not import time) so that a bad setting becomes the
+contract's ``misconfigured`` error naming the variable, instead of an opaque init failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from token_vending import constants
+from token_vending.exceptions import Misconfigured
+from token_vending.scopes import parse_scope_set
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "host.docker.internal"})
+"""Hosts that may be reached over plain http, and only in local/test mode."""
+
+
+def is_local_mode(env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(constants.LOCAL_MODE_ENV, "").strip().lower() == "true"
+
+
+def _require(env: Mapping[str, str], name: str, provider: str | None) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise Misconfigured(f"setting {name} is missing", provider=provider)
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default: float, provider: str | None, *,
+            minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Misconfigured(f"setting {name} is not a number", provider=provider) from None
+    if not math.isfinite(value) or value < minimum:
+        raise Misconfigured(f"setting {name} must be a finite number >= {minimum:g}", provider=provider)
+    return value
+
+
+def check_token_url(url: str, *, local_mode: bool, provider: str | None) -> str:
+    """Credentials only ever travel over TLS; plain http is a local-emulator convenience."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise Misconfigured(f"setting {constants.TOKEN_URL_ENV} is not a URL", provider=provider) from None
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and local_mode and host in LOCAL_HOSTS:
+        return url
+    raise Misconfigured(f"setting {constants.TOKEN_URL_ENV} must be an https:// URL", provider=provider)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    table_name: str
+    refresh_margin_seconds: float
+    refresh_margin_ratio: float
+    memory_cache_seconds: float
+    lease_seconds: float
+    force_refresh_interval: float
+
+
+def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettings:
+    return CacheSettings(
+        table_name=_require(env, constants.CACHE_TABLE_ENV, provider),
+        refresh_margin_seconds=_number(env, constants.REFRESH_MARGIN_SECONDS_ENV,
+                                       constants.DEFAULT_REFRESH_MARGIN_SECONDS, provider),
+        refresh_margin_ratio=_number(env, constants.REFRESH_MARGIN_RATIO_ENV,
+                                     constants.DEFAULT_REFRESH_MARGIN_RATIO, provider),
+        memory_cache_seconds=_number(env, constants.MEMORY_CACHE_SECONDS_ENV,
+                                     constants.DEFAULT_MEMORY_CACHE_SECONDS, provider),
+        lease_seconds=_number(env, constants.LEASE_SECONDS_ENV, constants.DEFAULT_LEASE_SECONDS, provider,
+                              minimum=1),
+        force_refresh_interval=_number(env, constants.FORCE_REFRESH_INTERVAL_ENV,
+                                       constants.DEFAULT_FORCE_REFRESH_INTERVAL, provider),
+    )
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Everything a provider function needs besides its credentials."""
+
+    provider: str
+    token_url: str
+    secret_id: str
+    allowed_scopes: frozenset[str]
+    default_scopes: frozenset[str]
+    audience: str
+    default_lifetime: int
+    max_lifetime: int
+    connect_timeout: float
+    read_timeout: float
+    upstream_retries: int
+    secret_max_age: int
+    cache: CacheSettings
+
+    @classmethod
+    def from_env(cls, provider: str, env: Mapping[str, str] = os.environ) -> ProviderSettings:
+        configured = env.get(constants.PROVIDER_NAME_ENV, provider).strip()
+        if configured != provider:
+            raise Misconfigured(f"setting {constants.PROVIDER_NAME_ENV} does not match this function",
+                                provider=provider)
+        allowed = _scopes(env, constants.ALLOWED_SCOPES_ENV, provider)
+        default = _scopes(env, constants.DEFAULT_SCOPES_ENV, provider) or allowed
+        if not default <= allowed:
+            raise Misconfigured(f"setting {constants.DEFAULT_SCOPES_ENV} is not a subset of "
+                                f"{constants.ALLOWED_SCOPES_ENV}", provider=provider)
+        return cls(
+            provider=provider,
+            token_url=check_token_url(_require(env, constants.TOKEN_URL_ENV, provider),
+                                      local_mode=is_local_mode(env), provider=provider),
+            secret_id=_require(env, constants.SECRET_ID_ENV, provider),
+            allowed_scopes=allowed,
+            default_scopes=default,
+            audience=env.get(constants.AUDIENCE_ENV, ""),
+            default_lifetime=int(_number(env, constants.DEFAULT_LIFETIME_ENV,
+                                         constants.DEFAULT_TOKEN_LIFETIME, provider, minimum=1)),
+            max_lifetime=int(_number(env, constants.MAX_LIFETIME_ENV, constants.DEFAULT_MAX_LIFETIME,
+                                     provider, minimum=1)),
+            connect_timeout=_number(env, constants.CONNECT_TIMEOUT_ENV, constants.DEFAULT_CONNECT_TIMEOUT,
+                                    provider, minimum=0.1),
+            read_timeout=_number(env, constants.READ_TIMEOUT_ENV, constants.DEFAULT_READ_TIMEOUT, provider,
+                                 minimum=0.1),
+            upstream_retries=int(_number(env, constants.UPSTREAM_RETRIES_ENV,
+                                         constants.DEFAULT_UPSTREAM_RETRIES, provider)),
+            secret_max_age=int(_number(env, constants.SECRET_MAX_AGE_ENV, constants.DEFAULT_SECRET_MAX_AGE,
+                                       provider)),
+            cache=_cache_settings(env, provider),
+        )
+
+
+def _scopes(env: Mapping[str, str], name: str, provider: str) -> frozenset[str]:
+    try:
+        return parse_scope_set(env.get(name, ""))
+    except ValueError:
+        raise Misconfigured(f"setting {name} holds an invalid scope", provider=provider) from None
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """What the token API function knows of one deployed provider."""
+
+    name: str
+    function: str
+    allowed_scopes: frozenset[str]
+    default_scopes: frozenset[str]
+    max_lifetime: int
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    providers: dict[str, ProviderEntry]
+    table_name: str
+    memory_cache_seconds: float
+    refresh_margin_seconds: float
+    refresh_margin_ratio: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
+        raw = _require(env, constants.PROVIDERS_ENV, None)
+        try:
+            document = json.loads(raw)
+            providers = {
+                str(name): ProviderEntry(
+                    name=str(name),
+                    function=str(entry["function"]),
+                    allowed_scopes=parse_scope_set(str(entry.get("scopes", ""))),
+                    default_scopes=(parse_scope_set(str(entry.get("default_scopes", "")))
+                                    or parse_scope_set(str(entry.get("scopes", "")))),
+                    max_lifetime=int(entry.get("max_lifetime", constants.DEFAULT_MAX_LIFETIME)),
+                )
+                for name, entry in document.items()
+            }
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise Misconfigured(f"setting {constants.PROVIDERS_ENV} is malformed") from None
+        cache = _cache_settings(env, None)
+        return cls(providers=providers, table_name=cache.table_name,
+                   memory_cache_seconds=cache.memory_cache_seconds,
+                   refresh_margin_seconds=cache.refresh_margin_seconds,
+                   refresh_margin_ratio=cache.refresh_margin_ratio)

@@ -1,0 +1,224 @@
+"""One token request to a provider, with urllib3's retries bounded by the invocation's deadline.
+
+``requests`` is imported on first use, not at module import, so a cold start that is answered from
+the cache never pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from token_vending.exceptions import (
+    UpstreamInvalidResponse,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    sanitise,
+)
+from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
+
+if TYPE_CHECKING:
+    import requests
+    from urllib3.util.retry import Retry
+
+    from token_vending.credentials import ClientCredentials
+    from token_vending.profile import ClientCredentialsProfile
+    from token_vending.settings import ProviderSettings
+
+MAX_BODY_BYTES = 64 * 1024
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MIN_READ_TIMEOUT = 0.5
+SAFETY_SECONDS = 1.0
+"""Kept back from the deadline so the function can still write the cache and answer."""
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    access_token: str
+    token_type: str
+    scope: str | None
+    lifetime: int
+    fetched_at: float
+    expires_at: int
+
+
+def _budgeted_retry_class() -> type[Retry]:
+    """urllib3 ``Retry`` that gives up instead of sleeping past the invocation's deadline.
+
+    Plain ``Retry`` honours ``Retry-After`` however long it is; a Lambda function has a hard timeout,
+    so a wait that cannot finish in time ends the retries and the last response is reported (with its
+    ``Retry-After``) to the caller instead.
+    """
+    from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
+    from urllib3.util.retry import Retry
+
+    class BudgetedRetry(Retry):
+        def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.deadline = deadline
+
+        def new(self, **kw: Any) -> BudgetedRetry:
+            kw.setdefault("deadline", self.deadline)
+            return super().new(**kw)
+
+        def increment(
+            self, method: str | None = None, url: str | None = None, response: Any = None,
+                      error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None
+                      ) -> BudgetedRetry:
+            new = super().increment(method, url, response, error, _pool, _stacktrace)
+            wait: float | None = None
+            if response is not None and self.respect_retry_after_header:
+                try:
+                    wait = new.get_retry_after(response)
+                except InvalidHeader:
+                    wait = None
+            if wait is None:
+                wait = new.get_backoff_time()
+            if self.deadline is not None and time.monotonic() + wait + SAFETY_SECONDS > self.deadline:
+                raise MaxRetryError(_pool, url or "", error or ResponseError("retry budget exhausted"))
+            return new
+
+    return BudgetedRetry
+
+
+class UpstreamClient:
+    """Holds one HTTP session per execution environment (connection reuse across warm calls)."""
+
+    def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> None:
+        self.profile = profile
+        self.settings = settings
+        self._session: requests.Session | None = None
+        self._retry_class: type[Retry] | None = None
+
+    def _session_for(self) -> requests.Session:
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._retry_class = _budgeted_retry_class()
+        return self._session
+
+    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
+        """POST the token request; return the grant or raise the contract's upstream error."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        session = self._session_for()
+        retry_class = self._retry_class or _budgeted_retry_class()
+        retries = self.settings.upstream_retries
+        retry = retry_class(
+            total=retries, connect=retries, read=0, status=retries, other=0, redirect=0,
+            allowed_methods=frozenset({"POST"}), status_forcelist=RETRY_STATUSES,
+            backoff_factor=0.25, backoff_max=5.0, backoff_jitter=0.25,
+            respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
+            deadline=deadline,  # type: ignore[call-arg]
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=1)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        headers, body = self.profile.build_request(
+            client_id=credentials.client_id, client_secret=credentials.client_secret, scope=scope,
+            audience=self.settings.audience)
+        remaining = deadline - time.monotonic() - SAFETY_SECONDS
+        if remaining <= MIN_READ_TIMEOUT:
+            raise UpstreamTimeout("no time left to call the provider", provider=self.profile.name)
+        timeout = (min(self.settings.connect_timeout, remaining), min(self.settings.read_timeout, remaining))
+        started = time.time()
+        try:
+            response = session.post(self.settings.token_url, data=body, headers=headers, timeout=timeout,
+                                    allow_redirects=False, stream=True)
+            try:
+                raw = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+            finally:
+                response.close()
+        except requests.exceptions.ConnectTimeout:
+            raise UpstreamTimeout("the provider did not accept a connection in time",
+                                  provider=self.profile.name) from None
+        except (requests.exceptions.ReadTimeout, TimeoutError):
+            raise UpstreamTimeout("the provider did not answer in time", provider=self.profile.name) from None
+        except requests.exceptions.RequestException as exc:
+            raise UpstreamUnavailable(f"the provider is unreachable ({type(exc).__name__})",
+                                      provider=self.profile.name) from None
+        except OSError as exc:  # urllib3 read errors surfacing from raw.read
+            if "timed out" in str(exc):
+                raise UpstreamTimeout("the provider did not answer in time",
+                                      provider=self.profile.name) from None
+            raise UpstreamUnavailable(f"the provider connection failed ({type(exc).__name__})",
+                                      provider=self.profile.name) from None
+        return self._interpret(response.status_code, response.headers, raw, credentials=credentials, scope=scope,
+                               started=started)
+
+    def _interpret(self, status: int, headers: Any, raw: bytes, *, credentials: ClientCredentials, scope: str,
+                   started: float) -> TokenGrant:
+        name = self.profile.name
+        document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
+        if status == 429 or status >= 500:
+            raise UpstreamUnavailable(f"the provider answered HTTP {status}",
+                                      retry_after=_retry_after(headers.get("Retry-After")), provider=name)
+        if 400 <= status < 500:
+            error = document.get("error") if document else None
+            error = error if isinstance(error, str) and error else None
+            if error is None:
+                error = "invalid_client" if self.profile.is_credential_error(status, None) else f"http_{status}"
+            description = _description(document, credentials)
+            raise UpstreamRejected(f"the provider rejected the token request: {description}",
+                                   upstream_error=error, upstream_status=status, provider=name)
+        if not 200 <= status < 300:
+            raise UpstreamInvalidResponse(f"the provider answered HTTP {status}", provider=name)
+        if document is None:
+            raise UpstreamInvalidResponse("the provider's answer is not a JSON object", provider=name)
+        token = document.get("access_token")
+        if not isinstance(token, str) or not token.strip() or len(token) > 16384:
+            raise UpstreamInvalidResponse("the provider's answer has no usable access_token", provider=name)
+        token_type = document.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise UpstreamInvalidResponse("the provider's token_type is not Bearer", provider=name)
+        try:
+            lifetime = lifetime_from(document, self.profile.lifetime_fields)
+        except LifetimeError as exc:
+            raise UpstreamInvalidResponse(f"the provider's lifetime is unusable: {exc}", provider=name) from None
+        expires_at: int | None = int(started) + lifetime if lifetime is not None else None
+        jwt_exp = jwt_expiry(token)
+        if jwt_exp is not None:
+            # The earlier of the two: a JWT's exp is what the provider's API will enforce.
+            expires_at = jwt_exp if expires_at is None else min(expires_at, jwt_exp)
+        if expires_at is None:
+            expires_at = int(started) + self.settings.default_lifetime
+        granted = document.get("scope")
+        return TokenGrant(
+            access_token=token, token_type="Bearer",  # noqa: S106 - normalised OAuth token type
+            scope=granted if isinstance(granted, str) else (scope or None),
+            lifetime=max(0, expires_at - int(started)), fetched_at=started, expires_at=expires_at,
+        )
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _retry_after(value: str | None) -> int | None:
+    if value and value.strip().isdigit():
+        return min(int(value.strip()), 3600)
+    return None
+
+
+def _description(document: dict[str, Any] | None, credentials: ClientCredentials) -> str:
+    """The provider's own description, sanitised and bounded, with our credentials scrubbed out."""
+    text = ""
+    if document:
+        for key in ("error_description", "message", "error"):
+            if isinstance(document.get(key), str):
+                text = document[key]
+                break
+    text = text or "no description"
+    for secret in (credentials.client_secret, credentials.client_id):
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return sanitise(text, 120)
