@@ -1,0 +1,76 @@
+"""``make local``: the whole service on loopback, without Docker or an AWS account.
+
+* API (``GET /token/{provider}``)                 http://127.0.0.1:3000
+* Lambda Invoke API (like ``sam local start-lambda``)  http://127.0.0.1:3001
+* embedded AWS: DynamoDB + Secrets Manager (moto)  http://127.0.0.1:4566
+* provider token endpoint emulators                http://127.0.0.1:9001-9005
+
+Real provider endpoints can be used instead of an emulator: ``--config local.json`` with
+``{"pyng": {"token_url": "https://...", "client_id": "...", "client_secret": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from local.providers import DEFAULT_PORTS, LOCAL_CREDENTIALS, ProviderEmulator
+from local.stack import PROVIDERS, LocalStack, StackConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--api-port", type=int, default=3000)
+    parser.add_argument("--lambda-port", type=int, default=3001)
+    parser.add_argument("--aws-port", type=int, default=4566)
+    parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+    overrides = json.loads(args.config.read_text()) if args.config else {}
+    urls: dict[str, str] = {}
+    credentials: dict[str, tuple[str, str]] = {}
+    emulators: list[ProviderEmulator] = []
+    for provider in PROVIDERS:
+        real = overrides.get(provider.route)
+        if real:
+            urls[provider.route] = real["token_url"]
+            credentials[provider.route] = (real["client_id"], real["client_secret"])
+            continue
+        emulator = ProviderEmulator(provider.route, host=args.host, port=DEFAULT_PORTS[provider.route]).start()
+        emulators.append(emulator)
+        urls[provider.route] = emulator.url
+        credentials[provider.route] = LOCAL_CREDENTIALS[provider.route]
+
+    stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
+                                   aws_port=args.aws_port, provider_urls=urls, credentials=credentials))
+    stopped = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stack.start()
+        print(f"\nToken vending service running locally (Ctrl-C to stop)\n"
+              f"  API             {stack.api_url}/token/{{provider}}\n"
+              f"  Lambda Invoke   {stack.lambda_url}  (AWS_ENDPOINT_URL_LAMBDA)\n"
+              f"  embedded AWS    {stack.aws_url}  (DynamoDB table {stack.config.table_name}, secrets "
+              f"token-vending/local/<provider>)\n"
+              f"  providers       {', '.join(f'{r}={u}' for r, u in urls.items())}\n\n"
+              f"  try: curl -s {stack.api_url}/token/pyng\n", file=sys.stderr, flush=True)
+        stopped.wait()
+    finally:
+        print("stopping...", file=sys.stderr, flush=True)
+        stack.stop()
+        for emulator in emulators:
+            emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,212 @@
+"""The whole service on loopback: embedded AWS, provider emulators, Lambda service and API.
+
+Used by ``make local`` (``python -m local``) and by the integration tests, so the tests exercise
+exactly what a developer runs. DynamoDB can be the embedded moto server or any other endpoint
+(the tests pass DynamoDB Local's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from local.api_gateway import ApiGateway
+from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService
+
+LOG = logging.getLogger("local")
+TABLE_NAME = "token-vending-local"
+API_FUNCTION = "TokenApiFunction"
+PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
+
+
+@dataclass(frozen=True)
+class ProviderDefinition:
+    """The local counterpart of one provider's template parameters."""
+
+    route: str
+    function: str
+    folder: str
+    allowed_scopes: str = ""
+    default_scopes: str = ""
+    max_lifetime: int = 3600
+    audience: str | None = None
+
+
+PROVIDERS: tuple[ProviderDefinition, ...] = (
+    ProviderDefinition("invoice-cloud", "InvoiceCloudFunction", "invoice_cloud"),
+    ProviderDefinition("pyng", "PyngFunction", "pyng", allowed_scopes=PYNG_SCOPES, max_lifetime=900),
+    ProviderDefinition("aria", "AriaFunction", "aria"),
+    ProviderDefinition("autopay", "AutopayFunction", "autopay", max_lifetime=86400, audience=""),
+    ProviderDefinition("alternative-payments", "AlternativePaymentsFunction", "alternative_payments"),
+)
+
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def secret_name(route: str) -> str:
+    return f"token-vending/local/{route}"
+
+
+@dataclass
+class StackConfig:
+    host: str = "127.0.0.1"
+    api_port: int = 3000
+    lambda_port: int = 3001
+    aws_port: int = 4566
+    dynamodb_endpoint: str | None = None
+    """``None``: the embedded moto server serves DynamoDB too."""
+    secrets_endpoint: str | None = None
+    """``None``: the embedded moto server."""
+    provider_urls: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
+    function_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for every function (e.g. ``MEMORY_CACHE_SECONDS``)."""
+    provider_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Extra environment per provider route."""
+    table_name: str = TABLE_NAME
+    max_concurrency: int = 8
+    log_stream: IO[str] | None = None
+    create_resources: bool = True
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self._moto: Any = None
+        self.aws_url = ""
+        self.lambdas: LambdaService | None = None
+        self.api: ApiGateway | None = None
+        self.api_url = ""
+        self.lambda_url = ""
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> LocalStack:
+        config = self.config
+        if config.dynamodb_endpoint is None or config.secrets_endpoint is None:
+            from moto.server import ThreadedMotoServer
+
+            self._moto = ThreadedMotoServer(ip_address=config.host, port=config.aws_port, verbose=False)
+            self._moto.start()
+            self.aws_url = f"http://{config.host}:{self._moto._server.server_port}"
+        self.dynamodb_url = config.dynamodb_endpoint or self.aws_url
+        self.secrets_url = config.secrets_endpoint or self.aws_url
+        if config.create_resources:
+            self.create_table()
+            self.seed_secrets()
+        self.lambdas = LambdaService(self.function_specs(), log_stream=config.log_stream)
+        lambda_port = self.lambdas.serve(config.host, config.lambda_port)
+        self.lambda_url = f"http://{config.host}:{lambda_port}"
+        # The token API function reaches provider functions through the Invoke API, as in AWS.
+        for spec in self.lambdas.pools.values():
+            spec.spec.environment["AWS_ENDPOINT_URL_LAMBDA"] = self.lambda_url
+        self.api = ApiGateway(self.lambdas, API_FUNCTION)
+        api_port = self.api.serve(config.host, config.api_port)
+        self.api_url = f"http://{config.host}:{api_port}"
+        return self
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+        if self.lambdas is not None:
+            self.lambdas.stop()
+        if self._moto is not None:
+            self._moto.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- AWS resources ------------------------------------------------------------------------
+    def client(self, service: str) -> Any:
+        import boto3
+
+        endpoint = {"dynamodb": self.dynamodb_url, "secretsmanager": self.secrets_url,
+                    "lambda": self.lambda_url}[service]
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+
+    def create_table(self) -> None:
+        """The same key schema and TTL attribute as the template's table."""
+        dynamodb = self.client("dynamodb")
+        try:
+            dynamodb.create_table(
+                TableName=self.config.table_name, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                      {"AttributeName": "sk", "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                           {"AttributeName": "sk", "KeyType": "RANGE"}])
+        except dynamodb.exceptions.ResourceInUseException:
+            return
+        dynamodb.get_waiter("table_exists").wait(TableName=self.config.table_name,
+                                                 WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+        dynamodb.update_time_to_live(TableName=self.config.table_name,
+                                     TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
+
+    def seed_secrets(self) -> None:
+        secrets = self.client("secretsmanager")
+        for provider in PROVIDERS:
+            credentials = self.config.credentials.get(provider.route)
+            if credentials is None:
+                continue
+            value = json.dumps({"client_id": credentials[0], "client_secret": credentials[1]})
+            try:
+                secrets.create_secret(Name=secret_name(provider.route), SecretString=value)
+            except secrets.exceptions.ResourceExistsException:
+                secrets.put_secret_value(SecretId=secret_name(provider.route), SecretString=value)
+
+    # -- functions ----------------------------------------------------------------------------
+    def common_env(self) -> dict[str, str]:
+        return {
+            **DUMMY_AWS,
+            "AWS_ENDPOINT_URL_DYNAMODB": self.dynamodb_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.secrets_url,
+            "CACHE_TABLE_NAME": self.config.table_name,
+            "TOKEN_VENDING_LOCAL_MODE": "true",
+            "POWERTOOLS_SERVICE_NAME": "token-vending",
+            "POWERTOOLS_METRICS_NAMESPACE": "TokenVending",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"),
+            **self.config.function_env,
+        }
+
+    def function_specs(self) -> list[FunctionSpec]:
+        common = self.common_env()
+        specs = []
+        providers_env = {}
+        for provider in PROVIDERS:
+            env = {
+                **common,
+                "PROVIDER_NAME": provider.route,
+                "TOKEN_URL": self.config.provider_urls.get(provider.route, ""),
+                "SECRET_ID": secret_name(provider.route),
+                "ALLOWED_SCOPES": provider.allowed_scopes,
+                "DEFAULT_SCOPES": provider.default_scopes,
+                "MAX_TOKEN_LIFETIME": str(provider.max_lifetime),
+                **({"AUDIENCE": provider.audience} if provider.audience is not None else {}),
+                **self.config.provider_env.get(provider.route, {}),
+            }
+            specs.append(FunctionSpec(provider.function, REPO_ROOT / "functions" / provider.folder / "app.py", env,
+                                      timeout=25, max_concurrency=self.config.max_concurrency))
+            providers_env[provider.route] = {"function": provider.function, "scopes": provider.allowed_scopes,
+                                             "default_scopes": provider.default_scopes,
+                                             "max_lifetime": provider.max_lifetime}
+        specs.append(FunctionSpec(API_FUNCTION, REPO_ROOT / "functions" / "token_api" / "app.py",
+                                  {**common, "PROVIDERS": json.dumps(providers_env)}, timeout=29,
+                                  max_concurrency=self.config.max_concurrency))
+        return specs
+
+
+def code_path(folder: str) -> Path:
+    return REPO_ROOT / "functions" / folder / "app.py"
