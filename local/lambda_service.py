@@ -56,10 +56,12 @@ class Worker:
         self.spec = spec
         self.process = subprocess.Popen(
             [sys.executable, "-m", "local.worker", str(spec.code_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_stream or None, env=env, cwd=REPO_ROOT,
-            text=True, bufsize=1)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE if log_stream else None,
+            env=env, cwd=REPO_ROOT, text=True, bufsize=1)
         self._replies: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        if log_stream is not None:
+            threading.Thread(target=self._copy_logs, args=(log_stream,), daemon=True).start()
         self._await(time.monotonic() + 60)  # the "ready" line
 
     def _read(self) -> None:
@@ -67,6 +69,11 @@ class Worker:
         for line in self.process.stdout:
             self._replies.put(line)
         self._replies.put("")
+
+    def _copy_logs(self, sink: IO[str]) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            sink.write(line)
 
     def _await(self, deadline: float) -> dict[str, Any]:
         try:

@@ -1,0 +1,80 @@
+# Two commands matter: `make local` (run the service on loopback) and `make test` (every check).
+# Each installs what it needs: the project virtualenv (python3.13, as Lambda runs), the SAM CLI and
+# cfn-lint in their own virtualenv (they pin other boto3 versions), and DynamoDB Local from npm.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# python3.13: pyenv's if present (this machine kind), else whatever is on PATH.
+PYTHON313 ?= $(shell (PYENV_VERSION=3.13.0 pyenv which python3.13 2>/dev/null) || command -v python3.13)
+TOOLS_PYTHON ?= $(PYTHON313)
+VENV := .venv
+PY := $(VENV)/bin/python
+SAM_VENV := .tools/sam
+SAM := $(SAM_VENV)/bin/sam
+
+export SAM_CLI_TELEMETRY := 0
+export AWS_ACCESS_KEY_ID ?= testing
+export AWS_SECRET_ACCESS_KEY ?= testing
+export AWS_DEFAULT_REGION ?= us-east-1
+# `sam build` looks for python3.13 on PATH.
+export PATH := $(dir $(PYTHON313)):$(PATH)
+
+.PHONY: help local test lint typecheck unit integration template bench build clean deps
+
+help:
+	@echo "make local   run the API on http://127.0.0.1:3000 with an embedded AWS and provider emulators"
+	@echo "make test    lint, type-check, unit, integration (DynamoDB Local) and template tests"
+	@echo "make bench   benchmarks (figures printed as name: value)"
+	@echo "make build   sam build"
+
+$(VENV)/.installed: requirements-dev.txt layers/token_vending/requirements.txt
+	@test -n "$(PYTHON313)" || { echo "python3.13 not found (pyenv install 3.13.0, or put it on PATH)"; exit 1; }
+	$(PYTHON313) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(SAM_VENV)/.installed: requirements-tools.txt
+	$(TOOLS_PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-tools.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+deps: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed
+
+local: $(VENV)/.installed
+	$(PY) -m local
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy layers/token_vending/token_vending local
+	for f in functions/*/app.py; do $(VENV)/bin/mypy "$$f" || exit 1; done
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+integration: deps
+	$(PY) -m pytest tests/integration
+
+template: deps
+	$(PY) -m pytest tests/template
+
+# One pytest run over every test: its exit code (including 5, "no tests collected") is the result.
+test: deps lint typecheck
+	$(PY) -m pytest tests
+
+bench: deps
+	$(PY) -m benchmarks
+
+build: $(SAM_VENV)/.installed
+	$(SAM) build
+
+clean:
+	rm -rf $(VENV) .tools node_modules .aws-sam .mypy_cache .ruff_cache .hypothesis
