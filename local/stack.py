@@ -53,8 +53,8 @@ DUMMY_AWS = {
 }
 
 
-def secret_name(route: str) -> str:
-    return f"token-vending/local/{route}"
+def secret_name(route: str, prefix: str = "token-vending/local") -> str:
+    return f"{prefix}/{route}"
 
 
 @dataclass
@@ -74,6 +74,7 @@ class StackConfig:
     provider_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per provider route."""
     table_name: str = TABLE_NAME
+    secret_prefix: str = "token-vending/local"
     max_concurrency: int = 8
     log_stream: IO[str] | None = None
     create_resources: bool = True
@@ -154,6 +155,9 @@ class LocalStack:
         dynamodb.update_time_to_live(TableName=self.config.table_name,
                                      TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
 
+    def secret_name(self, route: str) -> str:
+        return secret_name(route, self.config.secret_prefix)
+
     def seed_secrets(self) -> None:
         secrets = self.client("secretsmanager")
         for provider in PROVIDERS:
@@ -162,9 +166,9 @@ class LocalStack:
                 continue
             value = json.dumps({"client_id": credentials[0], "client_secret": credentials[1]})
             try:
-                secrets.create_secret(Name=secret_name(provider.route), SecretString=value)
+                secrets.create_secret(Name=self.secret_name(provider.route), SecretString=value)
             except secrets.exceptions.ResourceExistsException:
-                secrets.put_secret_value(SecretId=secret_name(provider.route), SecretString=value)
+                secrets.put_secret_value(SecretId=self.secret_name(provider.route), SecretString=value)
 
     # -- functions ----------------------------------------------------------------------------
     def common_env(self) -> dict[str, str]:
@@ -190,7 +194,7 @@ class LocalStack:
                 **common,
                 "PROVIDER_NAME": provider.route,
                 "TOKEN_URL": self.config.provider_urls.get(provider.route, ""),
-                "SECRET_ID": secret_name(provider.route),
+                "SECRET_ID": self.secret_name(provider.route),
                 "ALLOWED_SCOPES": provider.allowed_scopes,
                 "DEFAULT_SCOPES": provider.default_scopes,
                 "MAX_TOKEN_LIFETIME": str(provider.max_lifetime),

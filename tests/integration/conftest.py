@@ -68,10 +68,15 @@ def make_stack(dynamodb_local: DynamoDBLocal, moto_server: str, emulators: Emula
 
     def factory(**overrides: Any) -> LocalStack:
         logs = LogCapture()
-        config = StackConfig(
-            api_port=0, lambda_port=0, dynamodb_endpoint=dynamodb_local.endpoint, secrets_endpoint=moto_server,
-            provider_urls=emulators.urls(), credentials=dict(LOCAL_CREDENTIALS),
-            table_name=f"tokens-{uuid.uuid4().hex[:8]}", log_stream=logs, **overrides)
+        unique = uuid.uuid4().hex[:8]
+        settings: dict[str, Any] = {
+            "api_port": 0, "lambda_port": 0, "dynamodb_endpoint": dynamodb_local.endpoint,
+            "secrets_endpoint": moto_server, "provider_urls": emulators.urls(), "credentials": dict(LOCAL_CREDENTIALS),
+            "table_name": f"tokens-{unique}", "secret_prefix": f"token-vending/test-{unique}", "log_stream": logs,
+        }
+        if "provider_urls" in overrides:
+            settings["provider_urls"] = {**settings["provider_urls"], **overrides.pop("provider_urls")}
+        config = StackConfig(**{**settings, **overrides})
         stack = LocalStack(config).start()
         stack.logs = logs  # type: ignore[attr-defined]
         stacks.append(stack)

@@ -10,5 +10,6 @@ from botocore.config import Config
 
 DYNAMODB_CONFIG = Config(connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 3})
 SECRETS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-LAMBDA_CONFIG = Config(connect_timeout=2, read_timeout=30, retries={"mode": "standard", "max_attempts": 1})
-"""Invoking a provider function may take its whole timeout; a read timeout must not re-invoke it."""
+LAMBDA_CONFIG = Config(connect_timeout=2, read_timeout=27, retries={"mode": "standard", "max_attempts": 1})
+"""Invoking a provider function may take its whole timeout (25 s); a read timeout must not re-invoke it,
+and it ends before the token API function's own 28 s."""

@@ -110,7 +110,7 @@ class UpstreamClient:
         retry_class = self._retry_class or _budgeted_retry_class()
         retries = self.settings.upstream_retries
         retry = retry_class(
-            total=retries, connect=retries, read=0, status=retries, other=0, redirect=0,
+            total=retries, connect=retries, read=False, status=retries, other=0, redirect=0,
             allowed_methods=frozenset({"POST"}), status_forcelist=RETRY_STATUSES,
             backoff_factor=0.25, backoff_max=5.0, backoff_jitter=0.25,
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,

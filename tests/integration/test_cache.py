@@ -1,0 +1,212 @@
+"""Cache semantics and failure handling through the real stack (DynamoDB Local, moto, emulators)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from local.providers import LOCAL_CREDENTIALS, Fault
+from tests.integration.conftest import get_token, table_items
+
+pytestmark = pytest.mark.integration
+
+
+def put_token(stack: Any, provider: str, token: str, expires_in: int, lifetime: int = 3600, scope_key: str = "",
+              fetched_ago: float = 600.0) -> None:
+    client = stack.client("dynamodb")
+    now = time.time()
+    client.put_item(TableName=stack.config.table_name, Item={
+        "pk": {"S": provider}, "sk": {"S": f"token#{scope_key}"}, "access_token": {"S": token},
+        "token_type": {"S": "Bearer"}, "expires_at": {"N": str(int(now + expires_in))},
+        "fetched_at": {"N": f"{now - fetched_ago:.3f}"}, "lifetime": {"N": str(lifetime)},
+        "purge_at": {"N": str(int(now + expires_in + 3600))}})
+
+
+def invoke(stack: Any, function: str, payload: Any) -> tuple[dict[str, Any], str | None]:
+    client = boto3.client("lambda", endpoint_url=stack.lambda_url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    response = client.invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+    return json.loads(response["Payload"].read()), response.get("FunctionError")
+
+
+def test_an_expired_item_that_dynamodb_has_not_deleted_is_never_served(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "expired-token", expires_in=-5)
+    body = get_token(stack, "invoice-cloud").json()
+    assert body["access_token"] != "expired-token"
+    assert emulators["invoice-cloud"].token_requests == 1
+
+
+def test_a_token_inside_the_refresh_margin_is_replaced(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "nearly-expired", expires_in=300)  # margin = max(60, 10% of 3600) = 360
+    body = get_token(stack, "invoice-cloud").json()
+    assert body["access_token"] != "nearly-expired"
+    assert emulators["invoice-cloud"].token_requests == 1
+
+
+def test_a_fresh_cached_token_is_served_without_upstream_calls(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "cached-token", expires_in=3000)
+    body = get_token(stack, "invoice-cloud").json()
+    assert body["access_token"] == "cached-token"
+    assert 2990 <= body["expires_in"] <= 3000  # remaining lifetime, not the original one
+    assert emulators["invoice-cloud"].token_requests == 0
+
+
+def test_min_ttl_longer_than_what_is_left_forces_a_new_token(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "cached-token", expires_in=1000)
+    assert get_token(stack, "invoice-cloud").json()["access_token"] == "cached-token"
+    body = get_token(stack, "invoice-cloud", min_ttl="1200").json()
+    assert body["access_token"] != "cached-token"
+    assert body["expires_in"] >= 1200
+    assert emulators["invoice-cloud"].token_requests == 1
+
+
+def test_force_refresh_discards_the_token_once_per_interval(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(function_env={"FORCE_REFRESH_INTERVAL": "1"})
+    first = get_token(stack, "pyng").json()["access_token"]
+    time.sleep(1.1)
+    forced = get_token(stack, "pyng", force_refresh="true").json()["access_token"]
+    assert forced != first
+    # A burst of forced refreshes right after: the token just fetched is served, no new upstream call.
+    for _ in range(3):
+        assert get_token(stack, "pyng", force_refresh="true").json()["access_token"] == forced
+    assert emulators["pyng"].token_requests == 2
+
+
+def test_stale_token_is_served_when_the_refresh_fails(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "still-valid", expires_in=200)  # inside the margin, valid for min_ttl 60
+    emulators["invoice-cloud"].enqueue(*[Fault(status=503)] * 3)
+    body = get_token(stack, "invoice-cloud").json()
+    assert body["access_token"] == "still-valid"
+    [item] = [item for item in table_items(stack) if item["sk"]["S"] == "token#"]
+    assert item["access_token"]["S"] == "still-valid"  # the cache is intact
+
+
+@pytest.mark.parametrize(("fault", "status", "code"), [
+    (Fault(status=500), 503, "upstream_unavailable"),
+    (Fault(status=429, headers={"Retry-After": "120"}), 503, "upstream_unavailable"),
+    (Fault(status=200, body="<html>maintenance</html>", headers={"Content-Type": "text/html"}), 502,
+     "upstream_invalid_response"),
+    (Fault(status=200, body={"token_type": "Bearer", "expires_in": 3600}), 502, "upstream_invalid_response"),
+    (Fault(status=200, body={"access_token": "x", "expires_in": "soon"}), 502, "upstream_invalid_response"),
+    (Fault(drop=True), 503, "upstream_unavailable"),
+])
+def test_upstream_failures_map_to_the_contract(make_stack: Any, emulators: Any, fault: Fault, status: int,
+                                               code: str) -> None:
+    stack = make_stack(provider_env={"invoice-cloud": {"UPSTREAM_RETRIES": "1"}})
+    emulators["invoice-cloud"].enqueue(fault, fault)
+    response = get_token(stack, "invoice-cloud")
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code
+    if fault.status == 429:
+        assert response.headers["Retry-After"] == "120"  # too long to wait inside the invocation
+    assert not [item for item in table_items(stack) if item["sk"]["S"].startswith("token#")]
+
+
+def test_5xx_is_retried_then_succeeds(stack: Any, emulators: Any) -> None:
+    emulators["invoice-cloud"].enqueue(Fault(status=502), Fault(status=503))
+    assert get_token(stack, "invoice-cloud").status_code == 200
+    assert emulators["invoice-cloud"].token_requests == 3
+
+
+def test_a_hanging_provider_gives_504(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(provider_env={"invoice-cloud": {"UPSTREAM_READ_TIMEOUT": "1"}})
+    emulators["invoice-cloud"].enqueue(Fault(status=200, delay=5))
+    response = get_token(stack, "invoice-cloud")
+    assert response.status_code == 504
+    assert response.json()["error"] == "upstream_timeout"
+    assert emulators["invoice-cloud"].token_requests == 1  # no retry after a read timeout
+
+
+def test_connection_refused_gives_503(make_stack: Any) -> None:
+    stack = make_stack(provider_urls={"invoice-cloud": "http://127.0.0.1:9/biller/v1/authentication/oauth2/token"})
+    response = get_token(stack, "invoice-cloud")
+    assert response.status_code == 503
+    assert response.json()["error"] == "upstream_unavailable"
+
+
+def test_rotation_after_the_interval(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(function_env={"FORCE_REFRESH_INTERVAL": "0"})
+    assert get_token(stack, "pyng").status_code == 200
+    emulators["pyng"].set_credentials("rotated-id", "rotated-secret")
+    stack.client("secretsmanager").put_secret_value(
+        SecretId=stack.secret_name("pyng"), SecretString=json.dumps({"client_id": "rotated-id",
+                                                               "client_secret": "rotated-secret"}))
+    response = get_token(stack, "pyng", force_refresh="true")
+    assert response.status_code == 200, response.text
+    assert emulators["pyng"].token_requests == 3  # first token, refused old secret, accepted new one
+    assert emulators["pyng"].requests[-1].basic_auth == ("rotated-id", "rotated-secret")
+
+
+@pytest.mark.parametrize(("secret", "field"), [
+    ({"client_id": "abc"}, "client_secret"), ({"client_secret": "s3cr3t-value"}, "client_id"),
+    ("not json at all s3cr3t-value", "JSON"),
+])
+def test_malformed_secret_is_misconfigured_naming_the_field_not_the_value(
+        make_stack: Any, emulators: Any, secret: Any, field: str) -> None:
+    stack = make_stack(credentials={"invoice-cloud": LOCAL_CREDENTIALS["invoice-cloud"]})
+    value = secret if isinstance(secret, str) else json.dumps(secret)
+    stack.client("secretsmanager").put_secret_value(SecretId=stack.secret_name("invoice-cloud"), SecretString=value)
+    response = get_token(stack, "invoice-cloud")
+    assert response.status_code == 500
+    assert response.json()["error"] == "misconfigured"
+    assert field in response.json()["error_description"]
+    assert "s3cr3t-value" not in response.text
+    assert emulators["invoice-cloud"].token_requests == 0
+
+
+def test_missing_secret_is_misconfigured(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(credentials={})
+    response = get_token(stack, "aria")
+    assert response.status_code == 500
+    assert response.json()["error"] == "misconfigured"
+    assert "ResourceNotFoundException" in response.json()["error_description"]
+    assert emulators["aria"].token_requests == 0
+
+
+def test_plain_http_token_url_is_refused_outside_local_mode(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(provider_env={"aria": {"TOKEN_VENDING_LOCAL_MODE": "false"}})
+    response = get_token(stack, "aria")
+    assert response.status_code == 500
+    assert response.json()["error"] == "misconfigured"
+    assert "TOKEN_URL must be an https:// URL" in response.json()["error_description"]
+    assert emulators["aria"].token_requests == 0
+
+
+def test_direct_invocation_returns_the_body_and_raises_named_errors(stack: Any, emulators: Any) -> None:
+    body, error = invoke(stack, "PyngFunction", {"scope": "billing:batches:read", "min_ttl": 60,
+                                                  "force_refresh": False})
+    assert error is None
+    assert body["provider"] == "pyng" and body["token_type"] == "Bearer" and body["scope"] == "billing:batches:read"
+    body, error = invoke(stack, "PyngFunction", {"scope": "billing:admin"})
+    assert error == "Unhandled"
+    assert body["errorType"] == "InvalidRequest"
+    assert json.loads(body["errorMessage"])["error"] == "invalid_request"
+    emulators["aria"].set_credentials("x", "y")
+    body, error = invoke(stack, "AriaFunction", {})
+    assert body["errorType"] == "UpstreamRejected"
+    assert json.loads(body["errorMessage"])["upstream_error"] == "invalid_client"
+    body, _ = invoke(stack, "AriaFunction", {"min_ttl": True})
+    assert body["errorType"] == "InvalidRequest"
+
+
+def test_concurrent_cold_misses_make_one_upstream_request(make_stack: Any, emulators: Any) -> None:
+    stack = make_stack(max_concurrency=6)
+    stack.lambdas.warm("PyngFunction", 6)
+    stack.lambdas.warm("TokenApiFunction", 6)
+    results: list[int] = []
+
+    def call() -> None:
+        results.append(get_token(stack, "pyng").status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200] * 12
+    assert emulators["pyng"].token_requests == 1

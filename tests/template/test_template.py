@@ -1,0 +1,971 @@
+"""Offline checks of the deployment description: template.yaml, samconfig.toml, events/ and env.json.
+
+Runs the SAM CLI and cfn-lint from their own virtualenv (``.tools/sam``), never Docker, never AWS.
+A missing tool is a failure with instructions, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+SAMCONFIG = ROOT / "samconfig.toml"
+ENV_JSON = ROOT / "env.json"
+EVENTS = ROOT / "events"
+TOOLS_BIN = ROOT / ".tools" / "sam" / "bin"
+SAM = TOOLS_BIN / "sam"
+CFN_LINT = TOOLS_BIN / "cfn-lint"
+TOOLS_PYTHON = TOOLS_BIN / "python"
+TOOLS_HINT = "create it: python3 -m venv .tools/sam && .tools/sam/bin/pip install -r requirements-tools.txt"
+
+if str(ROOT / "layers" / "token_vending") not in sys.path:
+    sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
+
+from token_vending import constants  # noqa: E402
+
+# route name -> (function logical ID, function folder, documented maximum token lifetime)
+PROVIDERS = {
+    "invoice-cloud": ("InvoiceCloudFunction", "invoice_cloud", 3600),
+    "pyng": ("PyngFunction", "pyng", 900),
+    "aria": ("AriaFunction", "aria", 3600),
+    "autopay": ("AutopayFunction", "autopay", 86400),
+    "alternative-payments": ("AlternativePaymentsFunction", "alternative_payments", 3600),
+}
+SECRET_PREFIX = {
+    "invoice-cloud": "InvoiceCloud",
+    "pyng": "Pyng",
+    "aria": "Aria",
+    "autopay": "Autopay",
+    "alternative-payments": "AlternativePayments",
+}
+TOKEN_API = "TokenApiFunction"
+ALL_FUNCTIONS = [TOKEN_API, *(fn for fn, _, _ in PROVIDERS.values())]
+PROVIDER_TIMEOUT = 25
+TOKEN_API_TIMEOUT = 28
+API_GATEWAY_INTEGRATION_LIMIT = 29
+
+# The 12 Aria (Billie Connect) token endpoints: the provider document's table, verbatim.
+ARIA_DOCUMENT_TABLE = """
+https://kauth.ariasystems.net/realms/aria/protocol/openid-connect/token US Prod
+https://kauth.future.stage.ariasystems.net/realms/aria/protocol/openid-connect/token US Future
+https://kauth.current.stage.ariasystems.net/realms/aria/protocol/openid-connect/token US Current
+https://kauth.prod.aus.ariasystems.net/realms/aria/protocol/openid-connect/token AUS Prod
+https://kauth.future.stage.aus.ariasystems.net/realms/aria/protocol/openid-connect/token AUS Future
+https://kauth.current.stage.aus.ariasystems.net/realms/aria/protocol/openid-connect/token AUS Current
+https://kauth.prod.sgp.ariasystems.net/realms/aria/protocol/openid-connect/token SGP Prod
+https://kauth.future.stage.sgp.ariasystems.net/realms/aria/protocol/openid-connect/token SGP Future
+https://kauth.current.stage.sgp.ariasystems.net/realms/aria/protocol/openid-connect/token SGP Current
+https://kauth.cph.ariasystems.net/realms/aria/protocol/openid-connect/token CPH Prod
+https://kauth.future.stage.cph.ariasystems.net/realms/aria/protocol/openid-connect/token CPH Future
+https://kauth.current.stage.cph.ariasystems.net/realms/aria/protocol/openid-connect/token CPH Current
+"""
+ARIA_ENDPOINTS = {
+    (region, stage): url for url, region, stage in map(str.split, ARIA_DOCUMENT_TABLE.strip().splitlines())
+}
+PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
+LOCAL_PORTS = {
+    "invoice-cloud": (9001, "/biller/v1/authentication/oauth2/token"),
+    "pyng": (9002, "/billing/oauth2/token"),
+    "aria": (9003, "/realms/aria/protocol/openid-connect/token"),
+    "autopay": (9004, "/oauth/token"),
+    "alternative-payments": (9005, "/oauth/token"),
+}
+LOCAL_AWS = "http://host.docker.internal:4566"
+# values for the parameters without a default (as samconfig.toml gives them)
+REQUIRED_PARAMETER_SAMPLES = {
+    "PyngTokenUrl": "https://sample.pyng.com.au/billing/oauth2/token",
+    "AutopayTokenUrl": "https://autopay.example.com/oauth/token",
+}
+
+ENV_CONSTANTS = {value for name, value in vars(constants).items() if name.endswith("_ENV")}
+# Names the template may set besides token_vending's own: Powertools settings, and the botocore
+# endpoint overrides declared (empty) so that `sam local ... --env-vars env.json` can set them.
+EXTERNAL_ENV = re.compile(r"^(POWERTOOLS_[A-Z_]+|AWS_ENDPOINT_URL_(DYNAMODB|SECRETS_MANAGER|LAMBDA))$")
+
+
+# --- reading the template ---------------------------------------------------------------------
+class CfnLoader(yaml.SafeLoader):
+    """A YAML loader that turns CloudFormation short tags (!Ref, !Sub, ...) into their long form."""
+
+
+def _construct_cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    key = suffix if suffix in {"Ref", "Condition"} else f"Fn::{suffix}"
+    return {key: value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
+
+
+@cache
+def load_template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+def resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
+
+
+def function_env(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
+    """A function's environment as deployed: Globals merged with its own variables."""
+    globals_env = template["Globals"]["Function"].get("Environment", {}).get("Variables", {})
+    own = template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**globals_env, **own}
+
+
+def statements(template: dict[str, Any], logical_id: str) -> list[dict[str, Any]]:
+    policies = template["Resources"][logical_id]["Properties"].get("Policies", [])
+    assert isinstance(policies, list), f"{logical_id}: Policies must be a list of inline statements"
+    result: list[dict[str, Any]] = []
+    for policy in policies:
+        assert isinstance(policy, dict), f"{logical_id}: only inline policy statements, got {policy!r}"
+        assert "Statement" in policy, f"{logical_id}: only inline policy statements, got {policy!r}"
+        result.extend(policy["Statement"])
+    return result
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+class Evaluator:
+    """Evaluates the intrinsic functions this template uses, with parameter defaults (or overrides)."""
+
+    def __init__(self, template: dict[str, Any], overrides: dict[str, str] | None = None) -> None:
+        self.template = template
+        self.params = dict(REQUIRED_PARAMETER_SAMPLES)
+        self.params |= {
+            name: str(spec["Default"]) for name, spec in template["Parameters"].items() if "Default" in spec
+        }
+        self.params.update(overrides or {})
+        self.params.update({"AWS::Region": "us-east-1", "AWS::StackName": "token-vending"})
+        self.params.update({"AWS::URLSuffix": "amazonaws.com", "AWS::AccountId": "123456789012"})
+
+    def condition(self, name: str) -> bool:
+        return bool(self(self.template["Conditions"][name]))
+
+    def ref(self, name: str) -> str:
+        if name in self.params:
+            return self.params[name]
+        assert name in self.template["Resources"], f"!Ref to unknown name {name}"
+        return f"{name}-physical-id"
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) != 1:
+            return {k: self(v) for k, v in value.items()}
+        ((key, arg),) = value.items()
+        if key == "Ref":
+            return self.ref(arg)
+        if key == "Fn::GetAtt":
+            return f"arn:aws:{arg[0]}:{arg[1]}"
+        if key == "Fn::Equals":
+            return self(arg[0]) == self(arg[1])
+        if key == "Fn::If":
+            return self(arg[1]) if self.condition(arg[0]) else self(arg[2])
+        if key == "Fn::FindInMap":
+            return self.template["Mappings"][arg[0]][self(arg[1])][self(arg[2])]
+        if key == "Fn::Sub":
+            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self(arg[1]))
+
+            def substitute(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name in local:
+                    return str(local[name])
+                if "." in name:
+                    return str(self({"Fn::GetAtt": name.split(".", 1)}))
+                return self.ref(name)
+
+            return re.sub(r"\$\{([^}!]+)\}", substitute, text)
+        return {key: self(arg)}
+
+
+# --- running the tools ------------------------------------------------------------------------
+def require_tool(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path.relative_to(ROOT)} is missing: {TOOLS_HINT}", pytrace=False)
+    return path
+
+
+def tool_env(extra_path: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAM_"))}
+    env.update(
+        {
+            "SAM_CLI_TELEMETRY": "0",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",  # dummy: nothing here may reach AWS
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+        }
+    )
+    if extra_path is not None:
+        env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run(cmd: list[str | Path], *, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: int = 300):
+    return subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=env or tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def python313_dir() -> Path:
+    """A directory holding a python3.13 executable (sam build's python3.13 workflow needs one on PATH)."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for candidate in sorted(pyenv_root.glob("versions/3.13*/bin"), reverse=True):
+        if (candidate / "python3.13").exists():
+            return candidate
+    found = shutil.which("python3.13")
+    if found and "shims" not in found:
+        return Path(found).parent
+    if sys.version_info[:2] == (3, 13):
+        return Path(sys.executable).parent
+    pytest.fail("no python3.13 found (pyenv 3.13.x or on PATH): sam build needs it", pytrace=False)
+
+
+# --- the tools' own verdicts ------------------------------------------------------------------
+def test_sam_validate_lint() -> None:
+    result = run([require_tool(SAM), "validate", "--lint", "--template-file", TEMPLATE])
+    assert result.returncode == 0, f"sam validate --lint failed:\n{result.stdout}\n{result.stderr}"
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_cfn_lint() -> None:
+    result = run([require_tool(CFN_LINT), "--", TEMPLATE])
+    assert result.returncode == 0, f"cfn-lint reported problems:\n{result.stdout}\n{result.stderr}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sam_build(tmp_path: Path) -> None:
+    """sam build (python3.13 arm64, no container) with samconfig.toml's build settings."""
+    sam = require_tool(SAM)
+    build_dir, cache_dir = tmp_path / "build", tmp_path / "cache"
+    started = time.monotonic()
+    # cwd is the temp dir: a cached build writes its .aws-sam/deps there, not into the repo.
+    result = run(
+        [
+            sam,
+            "build",
+            "--template-file",
+            TEMPLATE,
+            "--config-file",
+            SAMCONFIG,
+            "--build-dir",
+            build_dir,
+            "--cache-dir",
+            cache_dir,
+        ],
+        cwd=tmp_path,
+        env=tool_env(python313_dir()),
+        timeout=840,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, f"sam build failed after {elapsed:.0f}s:\n{result.stdout}\n{result.stderr}"
+    print(f"sam build took {elapsed:.1f}s")
+
+    layer = build_dir / "TokenVendingLayer" / "python"
+    assert (layer / "token_vending" / "__init__.py").is_file(), "layer lacks the token_vending package"
+    assert (layer / "token_vending" / "constants.py").is_file()
+    assert (layer / "aws_lambda_powertools").is_dir(), "layer lacks aws_lambda_powertools"
+    assert (layer / "requests").is_dir(), "layer lacks requests"
+    for logical_id in ALL_FUNCTIONS:
+        assert (build_dir / logical_id / "app.py").is_file(), f"{logical_id} built without app.py"
+    built = yaml.load((build_dir / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506
+    for logical_id in ALL_FUNCTIONS:
+        assert built["Resources"][logical_id]["Properties"]["CodeUri"] == logical_id
+    assert not (ROOT / ".aws-sam").exists() or (ROOT / ".aws-sam").stat().st_mtime < started, (
+        "sam build wrote into the repository's .aws-sam"
+    )
+
+
+# --- SAM's own reading of the template (translator and local provider, offline) ----------------
+_TRANSLATE = r"""
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+tpl = yaml_parse(open(sys.argv[1]).read())
+for res in tpl["Resources"].values():
+    props = res.get("Properties", {})
+    for key in ("CodeUri", "ContentUri"):
+        if isinstance(props.get(key), str):
+            props[key] = "s3://bucket/" + props[key].strip("/")
+print(json.dumps(transform(tpl, {}, lambda: {})))
+"""
+
+_SAM_LOCAL_ENV = r"""
+import json, sys
+from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+from samcli.local.lambdafn.env_vars import EnvironmentVariables
+stacks, _ = SamLocalStackProvider.get_stacks(sys.argv[1])
+env_file = json.load(open(sys.argv[2]))
+out = {}
+for fn in SamFunctionProvider(stacks).get_all():
+    overrides = dict(env_file.get("Parameters", {}))
+    overrides.update(env_file.get(fn.name, {}))
+    variables = (fn.environment or {}).get("Variables", {})
+    resolved = EnvironmentVariables(fn.name, fn.memory, fn.timeout, fn.handler, fn.logging_config,
+                                    variables=variables, shell_env_values={}, override_values=overrides,
+                                    aws_creds={}).resolve()
+    out[fn.name] = {"env": resolved, "timeout": fn.timeout, "runtime": fn.runtime,
+                    "architectures": fn.architectures, "layers": [layer.name for layer in fn.layers]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict[str, Any]:
+    """The CloudFormation SAM would deploy (samtranslator, with placeholder S3 code locations)."""
+    result = run([require_tool(TOOLS_PYTHON), "-c", _TRANSLATE, TEMPLATE])
+    assert result.returncode == 0, f"SAM translation failed:\n{result.stderr}"
+    translated_template: dict[str, Any] = json.loads(result.stdout)
+    return translated_template
+
+
+@pytest.fixture(scope="module")
+def sam_local_env() -> dict[str, Any]:
+    """What `sam local invoke --env-vars env.json` would give each function (SAM CLI's own code)."""
+    result = run([require_tool(TOOLS_PYTHON), "-c", _SAM_LOCAL_ENV, TEMPLATE, ENV_JSON])
+    assert result.returncode == 0, f"SAM CLI environment resolution failed:\n{result.stderr}"
+    resolved: dict[str, Any] = json.loads(result.stdout)
+    return resolved
+
+
+def test_translated_api_has_one_iam_route_invoked_without_caller_credentials(
+    translated: dict[str, Any],
+) -> None:
+    apis = resources(translated, "AWS::ApiGateway::RestApi")
+    assert list(apis) == ["TokenVendingApi"]
+    body = apis["TokenVendingApi"]["Properties"]["Body"]
+    assert list(body["paths"]) == ["/token/{provider}"]
+    methods = body["paths"]["/token/{provider}"]
+    assert list(methods) == ["get"]
+    get = methods["get"]
+    assert get["security"] == [{"AWS_IAM": []}]
+    integration = get["x-amazon-apigateway-integration"]
+    assert integration["type"] == "aws_proxy"
+    assert "TokenApiFunction.Arn" in integration["uri"]["Fn::Sub"]
+    # Callers need execute-api:Invoke only; API Gateway uses the function's resource policy.
+    assert "credentials" not in integration
+    assert body["components"]["securitySchemes"]["AWS_IAM"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert set(body["x-amazon-apigateway-gateway-responses"]) >= {"DEFAULT_4XX", "DEFAULT_5XX"}
+    stages = resources(translated, "AWS::ApiGateway::Stage")
+    assert len(stages) == 1, "one stage only (no extra 'Stage' stage)"
+    (stage,) = stages.values()
+    assert stage["Properties"]["TracingEnabled"] is True
+    permissions = resources(translated, "AWS::Lambda::Permission")
+    assert len(permissions) == 1
+    (permission,) = permissions.values()
+    assert permission["Properties"]["FunctionName"] == {"Ref": TOKEN_API}
+    assert permission["Properties"]["Principal"] == "apigateway.amazonaws.com"
+
+
+def test_translated_roles_are_least_privilege(translated: dict[str, Any]) -> None:
+    roles = resources(translated, "AWS::IAM::Role")
+    assert set(roles) == {f"{fn}Role" for fn in ALL_FUNCTIONS}
+    for name, role in roles.items():
+        managed = role["Properties"].get("ManagedPolicyArns", [])
+        assert set(managed) <= {
+            "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+            "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+        }, f"{name}: unexpected managed policies {managed}"
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                assert "*" not in as_list(statement["Resource"]), f"{name}: '*' resource in {statement}"
+                assert not any(a.endswith("*") for a in as_list(statement["Action"])), f"{name}: wildcard"
+
+
+def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
+    """env.json takes effect under sam local: every value it sets is one the template declares."""
+    env_file = json.loads(ENV_JSON.read_text())
+    assert set(sam_local_env) == set(ALL_FUNCTIONS)
+    for logical_id, info in sam_local_env.items():
+        env = info["env"]
+        assert info["runtime"] == "python3.13"
+        assert info["architectures"] == ["arm64"]
+        assert info["layers"] == ["TokenVendingLayer"]
+        for key, value in env_file[logical_id].items():
+            assert env.get(key) == value, f"{logical_id}: env.json's {key} is not passed through by sam local"
+        assert env["TOKEN_VENDING_LOCAL_MODE"] == "true"
+        optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE"}
+        empty = {k for k, v in env.items() if v == "" and k not in optional_empty}
+        assert not empty, f"{logical_id}: sam local would pass empty {sorted(empty)}"
+    assert sam_local_env[TOKEN_API]["timeout"] == TOKEN_API_TIMEOUT
+    providers = json.loads(sam_local_env[TOKEN_API]["env"]["PROVIDERS"])
+    assert {route: p["function"] for route, p in providers.items()} == {
+        route: fn for route, (fn, _, _) in PROVIDERS.items()
+    }
+
+
+def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> None:
+    """Template-only values as sam local resolves them (numbers, PROVIDERS JSON, Aria mapping)."""
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    result = run([require_tool(TOOLS_PYTHON), "-c", _SAM_LOCAL_ENV, TEMPLATE, empty])
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    for logical_id, info in resolved.items():
+        env = info["env"]
+        for key in ("REFRESH_MARGIN_SECONDS", "REFRESH_MARGIN_RATIO", "MEMORY_CACHE_SECONDS"):
+            float(env[key])  # a float default written unquoted would come out empty
+        if logical_id != TOKEN_API:
+            for key in (
+                "UPSTREAM_CONNECT_TIMEOUT",
+                "UPSTREAM_READ_TIMEOUT",
+                "LEASE_SECONDS",
+                "MAX_TOKEN_LIFETIME",
+            ):
+                float(env[key])
+    providers = json.loads(resolved[TOKEN_API]["env"]["PROVIDERS"])
+    assert providers["pyng"]["default_scopes"] == PYNG_SCOPES
+    assert resolved["AriaFunction"]["env"]["TOKEN_URL"] == ARIA_ENDPOINTS[("US", "Prod")]
+
+
+# --- structure -----------------------------------------------------------------------------------
+def test_runtime_architecture_and_globals(template: dict[str, Any]) -> None:
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] == "python3.13"
+    assert glob["Architectures"] == ["arm64"]
+    assert glob["Tracing"] == "Active"
+    assert glob["MemorySize"] == 256
+    assert glob["Handler"] == "app.handler"
+    assert glob["Layers"] == [{"Ref": "TokenVendingLayer"}]
+    env = glob["Environment"]["Variables"]
+    assert env["CACHE_TABLE_NAME"] == {"Ref": "CacheTable"}
+    assert env["POWERTOOLS_SERVICE_NAME"] == "token-vending"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "TokenVending"
+    assert env["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert template["Parameters"]["LogLevel"]["Default"] == "INFO"
+    # tokens must never be copied into X-Ray metadata
+    assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+    assert env[constants.LOCAL_MODE_ENV] == "false"
+
+    functions = resources(template, "AWS::Serverless::Function")
+    assert set(functions) == set(ALL_FUNCTIONS)
+    for logical_id, function in functions.items():
+        props = function["Properties"]
+        for key in ("Runtime", "Architectures", "Layers", "Handler", "Tracing"):
+            assert key not in props, f"{logical_id} repeats {key} from Globals"
+        folders = {fn: folder for fn, folder, _ in PROVIDERS.values()} | {TOKEN_API: "token_api"}
+        folder = folders[logical_id]
+        assert props["CodeUri"] == f"functions/{folder}/"
+        assert (ROOT / "functions" / folder / "app.py").is_file()
+        assert props.get("Timeout", glob["Timeout"]) == (
+            TOKEN_API_TIMEOUT if logical_id == TOKEN_API else PROVIDER_TIMEOUT
+        )
+        assert "FunctionUrlConfig" not in props
+
+    ((layer_id, layer),) = resources(template, "AWS::Serverless::LayerVersion").items()
+    assert layer_id == "TokenVendingLayer"
+    assert layer["Properties"]["ContentUri"] == "layers/token_vending/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    assert (ROOT / "layers" / "token_vending" / "requirements.txt").is_file()
+
+
+def test_timeouts_fit(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    assert TOKEN_API_TIMEOUT < API_GATEWAY_INTEGRATION_LIMIT
+    lease = params["LeaseSeconds"]
+    assert lease["Default"] == constants.DEFAULT_LEASE_SECONDS
+    assert lease["MaxValue"] < PROVIDER_TIMEOUT, "a lease must expire before its holder's function times out"
+    connect, read = (float(params[f"Upstream{kind}Timeout"]["Default"]) for kind in ("Connect", "Read"))
+    one_attempt = connect + read
+    assert one_attempt < TOKEN_API_TIMEOUT, "one upstream attempt must fit inside the token API's timeout"
+
+
+def test_exactly_one_api_route_with_iam_auth(template: dict[str, Any]) -> None:
+    events = [
+        (logical_id, name, event)
+        for logical_id, function in resources(template, "AWS::Serverless::Function").items()
+        for name, event in function["Properties"].get("Events", {}).items()
+    ]
+    assert len(events) == 1, f"exactly one event source expected, got {events}"
+    ((logical_id, _, event),) = events
+    assert logical_id == TOKEN_API
+    assert event["Type"] == "Api"
+    assert event["Properties"]["Path"] == "/token/{provider}"
+    assert event["Properties"]["Method"].upper() == "GET"
+    assert event["Properties"]["RestApiId"] == {"Ref": "TokenVendingApi"}
+    assert "Auth" not in event["Properties"], "the route must keep the API's AWS_IAM default"
+
+    assert not resources(template, "AWS::Serverless::HttpApi")
+    apis = resources(template, "AWS::Serverless::Api")
+    assert list(apis) == ["TokenVendingApi"]
+    api = apis["TokenVendingApi"]["Properties"]
+    assert api["Auth"]["DefaultAuthorizer"] == "AWS_IAM"
+    assert api["Auth"]["InvokeRole"] == "NONE"
+    assert "DefinitionBody" not in api
+    assert "DefinitionUri" not in api
+    assert api["StageName"] == {"Ref": "StageName"}
+    assert template["Parameters"]["StageName"]["Default"] == "v1"
+    assert api["TracingEnabled"] is True
+    assert api["EndpointConfiguration"] == {"Type": "REGIONAL"}
+    (setting,) = api["MethodSettings"]
+    assert setting["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+    assert setting["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+
+
+def test_gateway_responses_are_json(template: dict[str, Any]) -> None:
+    responses = template["Resources"]["TokenVendingApi"]["Properties"]["GatewayResponses"]
+    assert {"DEFAULT_4XX", "DEFAULT_5XX", "ACCESS_DENIED", "MISSING_AUTHENTICATION_TOKEN"} <= set(responses)
+    for name, response in responses.items():
+        body = response["ResponseTemplates"]["application/json"]
+        # $context.error.messageString arrives already JSON-quoted; $context.requestId does not.
+        rendered = body.replace("$context.error.messageString", json.dumps('Missing "Authentication" Token'))
+        rendered = rendered.replace("$context.requestId", "c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
+        assert "$" not in rendered, f"{name}: unrendered variable in {body}"
+        parsed = json.loads(rendered)
+        assert set(parsed) >= {"error", "error_description"}, name
+        assert re.fullmatch(r"[a-z_]+", parsed["error"]), name
+        if "StatusCode" in response:
+            assert 400 <= int(response["StatusCode"]) < 600
+
+
+def test_aria_mapping_has_the_12_documented_endpoints(template: dict[str, Any]) -> None:
+    mapping = template["Mappings"]["AriaTokenEndpoints"]
+    flat = {(region, stage): url for region, stages in mapping.items() for stage, url in stages.items()}
+    assert flat == ARIA_ENDPOINTS
+    assert len(set(flat.values())) == 12
+    assert all(url.startswith("https://") for url in flat.values())
+    params = template["Parameters"]
+    assert params["AriaRegion"]["AllowedValues"] == ["US", "AUS", "SGP", "CPH"]
+    assert sorted(params["AriaStage"]["AllowedValues"]) == sorted(["Prod", "Future", "Current"])
+    env = function_env(template, "AriaFunction")
+    lookup = ["AriaTokenEndpoints", {"Ref": "AriaRegion"}, {"Ref": "AriaStage"}]
+    assert env["TOKEN_URL"] == {"Fn::FindInMap": lookup}
+    for region in params["AriaRegion"]["AllowedValues"]:
+        for stage in params["AriaStage"]["AllowedValues"]:
+            url = Evaluator(template, {"AriaRegion": region, "AriaStage": stage})(env["TOKEN_URL"])
+            assert url == ARIA_ENDPOINTS[(region, stage)]
+
+
+def _java_like_fullmatch(pattern: str, value: str) -> bool:
+    """CloudFormation's AllowedPattern must match the whole value."""
+    return re.fullmatch(pattern, value) is not None
+
+
+def test_token_url_parameters_reject_plain_http(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    url_params = sorted(name for name in params if name.endswith("TokenUrl"))
+    assert url_params == [
+        "AlternativePaymentsTokenUrl",
+        "AutopayTokenUrl",
+        "InvoiceCloudTokenUrl",
+        "PyngTokenUrl",
+    ]
+    for name in url_params:
+        spec = params[name]
+        pattern = spec.get("AllowedPattern")
+        assert pattern, f"{name} has no AllowedPattern"
+        assert spec.get("ConstraintDescription"), f"{name} has no ConstraintDescription"
+        for bad in (
+            "http://public-api.alternativepayments.io/oauth/token",
+            "http://127.0.0.1:9001/oauth/token",
+            "HTTP://example.com/token",
+            "ftp://example.com/token",
+            "https://",
+            "",
+            " https://example.com/token",
+        ):
+            assert not _java_like_fullmatch(pattern, bad), f"{name} accepts {bad!r}"
+        assert _java_like_fullmatch(pattern, "https://sample.pyng.com.au/billing/oauth2/token")
+        if "Default" in spec:
+            assert _java_like_fullmatch(pattern, spec["Default"]), f"{name}'s default breaks its own pattern"
+    assert "Default" not in params["PyngTokenUrl"]
+    assert "Default" not in params["AutopayTokenUrl"]
+    assert params["InvoiceCloudTokenUrl"]["Default"] == (
+        "https://api.invoicecloud.com/biller/v1/authentication/oauth2/token"
+    )
+    alternative_payments = params["AlternativePaymentsTokenUrl"]["Default"]
+    assert alternative_payments == "https://public-api.alternativepayments.io/oauth/token"
+    assert params["AutopayAudience"]["Default"] == ""
+
+
+def test_parameter_defaults_satisfy_their_constraints(template: dict[str, Any]) -> None:
+    for name, spec in template["Parameters"].items():
+        if "Default" not in spec:
+            continue
+        default = spec["Default"]
+        if "AllowedPattern" in spec:
+            assert _java_like_fullmatch(spec["AllowedPattern"], str(default)), name
+        if "AllowedValues" in spec:
+            assert default in spec["AllowedValues"], name
+        if spec["Type"] == "Number":
+            number = float(default)
+            assert number >= spec.get("MinValue", number), name
+            assert number <= spec.get("MaxValue", number), name
+
+
+def test_scope_parameters_cannot_break_the_providers_json(template: dict[str, Any]) -> None:
+    params = template["Parameters"]
+    assert params["PyngScopes"]["Default"] == PYNG_SCOPES
+    assert params["PyngDefaultScopes"]["Default"] == ""
+    for name in ("PyngScopes", "PyngDefaultScopes"):
+        pattern = params[name]["AllowedPattern"]
+        for bad in ('a"b', "a\\b", "a  b", " a", "a "):
+            assert not _java_like_fullmatch(pattern, bad), f"{name} accepts {bad!r}"
+        assert _java_like_fullmatch(pattern, "billing:batches:read")
+
+
+def test_provider_functions_environment(template: dict[str, Any]) -> None:
+    ev = Evaluator(template)
+    for route, (logical_id, _, max_lifetime) in PROVIDERS.items():
+        env = function_env(template, logical_id)
+        assert env[constants.PROVIDER_NAME_ENV] == route
+        assert int(env[constants.MAX_LIFETIME_ENV]) == max_lifetime
+        prefix = SECRET_PREFIX[route]
+        assert env[constants.SECRET_ID_ENV] == {
+            "Fn::If": [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
+        }
+        assert env[constants.DEFAULT_LIFETIME_ENV] == {"Ref": "DefaultTokenLifetime"}
+        assert env[constants.LEASE_SECONDS_ENV] == {"Ref": "LeaseSeconds"}
+        assert env[constants.FORCE_REFRESH_INTERVAL_ENV] == {"Ref": "ForceRefreshInterval"}
+        assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
+        assert env[constants.REFRESH_MARGIN_SECONDS_ENV] == {"Ref": "RefreshMarginSeconds"}
+        assert env[constants.REFRESH_MARGIN_RATIO_ENV] == {"Ref": "RefreshMarginRatio"}
+        assert (constants.AUDIENCE_ENV in env) == (route == "autopay")
+        url = ev(env[constants.TOKEN_URL_ENV])
+        assert url.startswith("https://"), f"{route}: token URL {url}"
+    pyng = function_env(template, "PyngFunction")
+    assert pyng[constants.ALLOWED_SCOPES_ENV] == {"Ref": "PyngScopes"}
+    assert ev(pyng[constants.DEFAULT_SCOPES_ENV]) == PYNG_SCOPES
+    assert Evaluator(template, {"PyngDefaultScopes": "billing:batches:read"})(pyng["DEFAULT_SCOPES"]) == (
+        "billing:batches:read"
+    )
+    for route in ("invoice-cloud", "aria", "autopay", "alternative-payments"):
+        env = function_env(template, PROVIDERS[route][0])
+        assert env[constants.ALLOWED_SCOPES_ENV] == ""
+        assert env[constants.DEFAULT_SCOPES_ENV] == ""
+    assert function_env(template, "AutopayFunction")[constants.AUDIENCE_ENV] == {"Ref": "AutopayAudience"}
+    defaults = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
+    assert defaults["DefaultTokenLifetime"] == constants.DEFAULT_TOKEN_LIFETIME
+    assert defaults["RefreshMarginSeconds"] == constants.DEFAULT_REFRESH_MARGIN_SECONDS
+    assert float(defaults["RefreshMarginRatio"]) == constants.DEFAULT_REFRESH_MARGIN_RATIO
+    assert defaults["ForceRefreshInterval"] == constants.DEFAULT_FORCE_REFRESH_INTERVAL
+    assert defaults["MemoryCacheSeconds"] == constants.DEFAULT_MEMORY_CACHE_SECONDS
+    assert float(defaults["UpstreamConnectTimeout"]) == constants.DEFAULT_CONNECT_TIMEOUT
+    assert float(defaults["UpstreamReadTimeout"]) == constants.DEFAULT_READ_TIMEOUT
+    assert defaults["UpstreamRetries"] == constants.DEFAULT_UPSTREAM_RETRIES
+    assert defaults["SecretMaxAge"] == constants.DEFAULT_SECRET_MAX_AGE
+
+
+def test_env_var_names_are_those_of_constants(template: dict[str, Any]) -> None:
+    local_only = {constants.LOCAL_MODE_ENV}
+    provider_names = ENV_CONSTANTS - {constants.PROVIDERS_ENV, constants.AUDIENCE_ENV}
+    for logical_id in ALL_FUNCTIONS:
+        names = set(function_env(template, logical_id))
+        unknown = {n for n in names - ENV_CONSTANTS if not EXTERNAL_ENV.match(n)}
+        assert not unknown, f"{logical_id} sets names token_vending does not read: {sorted(unknown)}"
+        ours = names & ENV_CONSTANTS
+        if logical_id == TOKEN_API:
+            assert constants.PROVIDERS_ENV in ours
+            assert constants.MEMORY_CACHE_SECONDS_ENV in ours
+            assert constants.CACHE_TABLE_ENV in ours
+            assert not ours & {constants.SECRET_ID_ENV, constants.TOKEN_URL_ENV, constants.PROVIDER_NAME_ENV}
+        else:
+            expected = set(provider_names)
+            if logical_id == "AutopayFunction":
+                expected.add(constants.AUDIENCE_ENV)
+            assert ours == expected, f"{logical_id}: lacks {expected - ours}, has extra {ours - expected}"
+        assert all(function_env(template, logical_id)[n] == "false" for n in ours & local_only)
+
+
+def test_token_api_providers_json(template: dict[str, Any]) -> None:
+    env = function_env(template, TOKEN_API)
+    assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
+    for overrides in (
+        {},
+        {
+            "PyngScopes": "billing:batches:read billing:customers:read",
+            "PyngDefaultScopes": "billing:batches:read",
+        },
+    ):
+        ev = Evaluator(template, overrides)
+        providers = json.loads(ev(env[constants.PROVIDERS_ENV]))
+        assert list(providers) == list(PROVIDERS)
+        for route, (logical_id, _, max_lifetime) in PROVIDERS.items():
+            entry = providers[route]
+            assert set(entry) == {"function", "scopes", "default_scopes", "max_lifetime"}
+            assert entry["function"] == ev({"Ref": logical_id})
+            provider_env = function_env(template, logical_id)
+            assert entry["scopes"] == ev(provider_env[constants.ALLOWED_SCOPES_ENV])
+            assert entry["default_scopes"] == ev(provider_env[constants.DEFAULT_SCOPES_ENV])
+            assert entry["max_lifetime"] == max_lifetime == int(provider_env[constants.MAX_LIFETIME_ENV])
+        if overrides:
+            assert providers["pyng"]["default_scopes"] == "billing:batches:read"
+
+
+def test_environment_fits_lambdas_4_kb_limit(template: dict[str, Any]) -> None:
+    """Lambda caps a function's environment at 4 KB; function names can be 64 characters long."""
+
+    class LongNames(Evaluator):
+        def ref(self, name: str) -> str:
+            return self.params.get(name, "x" * 64)
+
+    ev = LongNames(template, {"PyngScopes": PYNG_SCOPES, "PyngDefaultScopes": PYNG_SCOPES})
+    for logical_id in ALL_FUNCTIONS:
+        env = {name: str(ev(value)) for name, value in function_env(template, logical_id).items()}
+        size = sum(len(name) + len(value) for name, value in env.items())
+        assert size < 3500, f"{logical_id}: environment of {size} bytes is close to Lambda's 4 KB limit"
+
+
+def test_provider_policies_are_scoped_to_own_secret_and_partition(template: dict[str, Any]) -> None:
+    table_arn = {"Fn::GetAtt": ["CacheTable", "Arn"]}
+    for route, (logical_id, _, _) in PROVIDERS.items():
+        stmts = statements(template, logical_id)
+        actions = {a for s in stmts for a in as_list(s["Action"])}
+        assert actions == {
+            "secretsmanager:GetSecretValue",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        }, f"{logical_id}: {sorted(actions)}"
+        for statement in stmts:
+            assert statement["Effect"] == "Allow"
+            assert "*" not in as_list(statement["Resource"])
+            statement_actions = as_list(statement["Action"])
+            if any(a.startswith("secretsmanager:") for a in statement_actions):
+                assert statement_actions == ["secretsmanager:GetSecretValue"]
+                assert statement["Resource"] == function_env(template, logical_id)[constants.SECRET_ID_ENV]
+            else:
+                assert all(a.startswith("dynamodb:") for a in statement_actions)
+                assert statement["Resource"] == table_arn
+                own_partition = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [route]}}
+                assert statement["Condition"] == own_partition, f"{logical_id}: must be limited to {route!r}"
+
+
+def test_token_api_policy_is_read_and_invoke_only(template: dict[str, Any]) -> None:
+    stmts = statements(template, TOKEN_API)
+    actions = {a for s in stmts for a in as_list(s["Action"])}
+    assert actions == {"dynamodb:GetItem", "lambda:InvokeFunction"}
+    assert "dynamodb:PutItem" not in actions
+    for statement in stmts:
+        if as_list(statement["Action"]) == ["lambda:InvokeFunction"]:
+            assert sorted(as_list(statement["Resource"]), key=str) == sorted(
+                ({"Fn::GetAtt": [fn, "Arn"]} for fn, _, _ in PROVIDERS.values()), key=str
+            )
+        else:
+            assert statement["Resource"] == {"Fn::GetAtt": ["CacheTable", "Arn"]}
+
+
+def test_cache_table(template: dict[str, Any]) -> None:
+    ((table_id, table),) = resources(template, "AWS::DynamoDB::Table").items()
+    assert table_id == "CacheTable"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert sorted(props["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ]
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "purge_at", "Enabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True}
+
+
+def test_secrets_parameters_conditions_and_outputs(template: dict[str, Any]) -> None:
+    params, conditions, outputs = template["Parameters"], template["Conditions"], template["Outputs"]
+    for route, prefix in SECRET_PREFIX.items():
+        param = params[f"{prefix}SecretArn"]
+        assert param["Default"] == ""
+        pattern = param["AllowedPattern"]
+        assert _java_like_fullmatch(pattern, "")
+        assert _java_like_fullmatch(
+            pattern, "arn:aws:secretsmanager:us-east-1:123456789012:secret:token-vending/pyng-AbCdEf"
+        )
+        assert not _java_like_fullmatch(pattern, "token-vending/pyng")
+        assert conditions[f"Create{prefix}Secret"] == {"Fn::Equals": [{"Ref": f"{prefix}SecretArn"}, ""]}
+        secret = template["Resources"][f"{prefix}Secret"]
+        assert secret["Type"] == "AWS::SecretsManager::Secret"
+        assert secret["Condition"] == f"Create{prefix}Secret"
+        generate = secret["Properties"]["GenerateSecretString"]
+        assert json.loads(generate["SecretStringTemplate"]) == {"client_id": ""}
+        assert generate["GenerateStringKey"] == "client_secret"
+        description = Evaluator(template)(secret["Properties"]["Description"])
+        assert "client_id" in description
+        assert "client_secret" in description
+        choice = [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
+        in_use = {"Fn::If": choice}
+        assert outputs[f"{prefix}SecretArn"]["Value"] == in_use
+        logical_id = PROVIDERS[route][0]
+        assert outputs[f"{logical_id}Arn"]["Value"] == {"Fn::GetAtt": [logical_id, "Arn"]}
+    assert outputs[f"{TOKEN_API}Arn"]["Value"] == {"Fn::GetAtt": [TOKEN_API, "Arn"]}
+    assert outputs["CacheTableName"]["Value"] == {"Ref": "CacheTable"}
+    api_url = Evaluator(template)(outputs["ApiUrl"]["Value"])
+    assert api_url == "https://TokenVendingApi-physical-id.execute-api.us-east-1.amazonaws.com/v1/token/"
+
+
+def test_log_groups(template: dict[str, Any]) -> None:
+    groups = resources(template, "AWS::Logs::LogGroup")
+    names = {g["Properties"]["LogGroupName"]["Fn::Sub"]: g for g in groups.values()}
+    assert set(names) == {f"/aws/lambda/${{{fn}}}" for fn in ALL_FUNCTIONS}
+    for group in groups.values():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+    assert template["Parameters"]["LogRetentionInDays"]["Default"] == 30
+
+
+def test_no_local_test_shortcuts_deployed(template: dict[str, Any]) -> None:
+    for logical_id in ALL_FUNCTIONS:
+        env = function_env(template, logical_id)
+        assert env[constants.LOCAL_MODE_ENV] == "false"
+        for name, value in env.items():
+            if name.startswith("AWS_ENDPOINT_URL_"):
+                assert value == "", f"{logical_id}: {name} must be empty when deployed"
+            assert "http://" not in json.dumps(value), f"{logical_id}: {name} holds an http:// URL"
+
+
+# --- samconfig.toml ------------------------------------------------------------------------------
+def _overrides(text: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', text))
+
+
+def test_samconfig(template: dict[str, Any]) -> None:
+    config = tomllib.loads(SAMCONFIG.read_text())
+    assert config["version"] == 0.1
+    params = template["Parameters"]
+    required = {name for name, spec in params.items() if "Default" not in spec}
+    assert required == {"PyngTokenUrl", "AutopayTokenUrl"}
+    stacks = set()
+    for env_name in ("default", "prod"):
+        env = config[env_name]
+        stacks.add(env["global"]["parameters"]["stack_name"])
+        assert env["build"]["parameters"] == {"cached": True, "parallel": True}
+        assert env["validate"]["parameters"]["lint"] is True
+        deploy = env["deploy"]["parameters"]
+        assert deploy["capabilities"] == "CAPABILITY_IAM"
+        assert deploy["resolve_s3"] is True
+        assert deploy["region"]
+        assert deploy["confirm_changeset"] is (env_name == "prod")
+        overrides = _overrides(deploy["parameter_overrides"])
+        assert set(overrides) <= set(params), f"{env_name}: unknown parameters {set(overrides) - set(params)}"
+        assert required <= set(overrides), f"{env_name}: no value for {required - set(overrides)}"
+        assert overrides["PyngTokenUrl"] == "https://sample.pyng.com.au/billing/oauth2/token"
+        assert overrides["AutopayTokenUrl"] == "https://autopay.example.com/oauth/token"
+        for name, value in overrides.items():
+            spec = params[name]
+            if "AllowedPattern" in spec:
+                assert _java_like_fullmatch(spec["AllowedPattern"], value), f"{env_name}: {name}={value}"
+            if "AllowedValues" in spec:
+                assert value in [str(v) for v in spec["AllowedValues"]], f"{env_name}: {name}={value}"
+    assert len(stacks) == 2, "default and prod must deploy different stacks"
+    assert config["default"]["local_invoke"]["parameters"]["env_vars"] == "env.json"
+
+
+# --- events/ and env.json ------------------------------------------------------------------------
+def test_api_events() -> None:
+    with_query = {}
+    for route in PROVIDERS:
+        event = json.loads((EVENTS / f"api-{route}.json").read_text())
+        assert event["resource"] == "/token/{provider}"
+        assert event["path"] == f"/token/{route}"
+        assert event["httpMethod"] == "GET"
+        assert event["pathParameters"] == {"provider": route}
+        assert event["body"] is None
+        assert event["isBase64Encoded"] is False
+        qs, mqs = event["queryStringParameters"], event["multiValueQueryStringParameters"]
+        if qs is None:
+            assert mqs is None
+        else:
+            assert mqs == {k: [v] for k, v in qs.items()}
+            with_query[route] = qs
+        assert {k: [v] for k, v in event["headers"].items()} == event["multiValueHeaders"]
+        ctx = event["requestContext"]
+        assert ctx["resourcePath"] == "/token/{provider}"
+        assert ctx["httpMethod"] == "GET"
+        assert ctx["path"] == f"/{ctx['stage']}/token/{route}"
+        assert ctx["stage"] == "v1"
+        assert re.fullmatch(r"[0-9a-f-]{36}", ctx["requestId"])
+        identity = ctx["identity"]
+        assert identity["userArn"].startswith("arn:aws:sts::")
+        assert identity["caller"]
+        assert identity["accessKey"]
+        assert identity["accountId"]
+    assert with_query["pyng"] == {"scope": "billing:batches:read"}
+    assert any("min_ttl" in qs for qs in with_query.values())
+    events = [json.loads((EVENTS / f"api-{route}.json").read_text()) for route in PROVIDERS]
+    request_ids = {event["requestContext"]["requestId"] for event in events}
+    assert len(request_ids) == len(PROVIDERS)
+
+
+def test_invoke_events() -> None:
+    for route in PROVIDERS:
+        payload = json.loads((EVENTS / f"invoke-{route}.json").read_text())
+        expected: dict[str, Any] = {"min_ttl": 60, "force_refresh": False}
+        if route == "pyng":
+            expected["scope"] = "billing:batches:read"
+        assert payload == expected, route
+    assert {p.name for p in EVENTS.glob("*.json")} == {
+        f"{kind}-{route}.json" for kind in ("api", "invoke") for route in PROVIDERS
+    }
+
+
+def test_env_json(template: dict[str, Any]) -> None:
+    env_file = json.loads(ENV_JSON.read_text())
+    assert set(env_file) == set(ALL_FUNCTIONS)
+    for logical_id, values in env_file.items():
+        assert all(isinstance(v, str) for v in values.values()), logical_id
+        undeclared = set(values) - set(function_env(template, logical_id))
+        assert not undeclared, f"{logical_id}: sam local ignores names not in the template: {undeclared}"
+        assert values[constants.LOCAL_MODE_ENV] == "true"
+        assert values[constants.CACHE_TABLE_ENV] == "token-vending-local"
+        assert values["AWS_ENDPOINT_URL_DYNAMODB"] == LOCAL_AWS
+    for route, (logical_id, _, _) in PROVIDERS.items():
+        values = env_file[logical_id]
+        port, path = LOCAL_PORTS[route]
+        assert values[constants.TOKEN_URL_ENV] == f"http://host.docker.internal:{port}{path}"
+        assert values[constants.SECRET_ID_ENV] == f"token-vending/local/{route}"
+        assert values[constants.PROVIDER_NAME_ENV] == route
+        assert values["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == LOCAL_AWS
+    api = env_file[TOKEN_API]
+    assert api["AWS_ENDPOINT_URL_LAMBDA"] == "http://host.docker.internal:3001"
+    local_providers = json.loads(api[constants.PROVIDERS_ENV])
+    deployed = json.loads(Evaluator(template)(function_env(template, TOKEN_API)[constants.PROVIDERS_ENV]))
+    assert set(local_providers) == set(deployed)
+    for route, entry in local_providers.items():
+        assert entry["function"] == PROVIDERS[route][0]
+        assert {k: v for k, v in entry.items() if k != "function"} == {
+            k: v for k, v in deployed[route].items() if k != "function"
+        }
