@@ -81,7 +81,8 @@ class ApiGateway:
                 headers = {key: value for key, value in self.headers.items()}
                 event = proxy_event(self.command, self.path, headers, self.client_address[0])
                 if event is None:
-                    self._send(403, json.dumps(MISSING_TOKEN).encode(), {"x-amzn-ErrorType": "MissingAuthenticationTokenException"})
+                    self._send(403, json.dumps(MISSING_TOKEN).encode(),
+                               {"x-amzn-ErrorType": "MissingAuthenticationTokenException"})
                     status = 403
                 else:
                     status = gateway.respond(event, self)

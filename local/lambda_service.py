@@ -65,14 +65,12 @@ class Worker:
         self._await(time.monotonic() + 60)  # the "ready" line
 
     def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+        for line in self.process.stdout or ():
             self._replies.put(line)
         self._replies.put("")
 
     def _copy_logs(self, sink: IO[str]) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
+        for line in self.process.stderr or ():
             sink.write(line)
 
     def _await(self, deadline: float) -> dict[str, Any]:
@@ -86,9 +84,11 @@ class Worker:
         return document
 
     def invoke(self, event: Any, request_id: str) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"event": event, "request_id": request_id}) + "\n")
-        self.process.stdin.flush()
+        stdin = self.process.stdin
+        if stdin is None:
+            raise RuntimeError("execution environment has no stdin")
+        stdin.write(json.dumps({"event": event, "request_id": request_id}) + "\n")
+        stdin.flush()
         return self._await(time.monotonic() + self.spec.timeout + 1)
 
     def stop(self) -> None:
@@ -118,17 +118,18 @@ class LambdaService:
     def invoke(self, name: str, event: Any) -> tuple[bytes, str | None]:
         """Returns (payload, function_error) as the Invoke API would."""
         pool = self.pools[name]
-        worker = self._checkout(pool)
+        checked_out = self._checkout(pool)
+        worker: Worker | None = checked_out
         request_id = str(uuid.uuid4())
         try:
-            reply = worker.invoke(event, request_id)
+            reply = checked_out.invoke(event, request_id)
         except InvocationTimeout:
-            worker.stop()
+            checked_out.stop()
             worker = None
             document = {"errorMessage": f"{request_id} Task timed out after {pool.spec.timeout:.2f} seconds"}
             return json.dumps(document).encode(), "Unhandled"
         except RuntimeError as exc:
-            worker.stop()
+            checked_out.stop()
             worker = None
             return json.dumps({"errorType": "Runtime.ExitError", "errorMessage": str(exc)}).encode(), "Unhandled"
         finally:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from local.api_gateway import ApiGateway
@@ -74,7 +73,7 @@ class StackConfig:
     provider_env: dict[str, dict[str, str]] = field(default_factory=dict)
     """Extra environment per provider route."""
     table_name: str = TABLE_NAME
-    secret_prefix: str = "token-vending/local"
+    secret_prefix: str = "token-vending/local"  # noqa: S105 - a name prefix, not a secret
     max_concurrency: int = 8
     log_stream: IO[str] | None = None
     create_resources: bool = True
@@ -135,7 +134,7 @@ class LocalStack:
 
         endpoint = {"dynamodb": self.dynamodb_url, "secretsmanager": self.secrets_url,
                     "lambda": self.lambda_url}[service]
-        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+        return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
                             aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
 
     def create_table(self) -> None:
@@ -210,7 +209,3 @@ class LocalStack:
                                   {**common, "PROVIDERS": json.dumps(providers_env)}, timeout=29,
                                   max_concurrency=self.config.max_concurrency))
         return specs
-
-
-def code_path(folder: str) -> Path:
-    return REPO_ROOT / "functions" / folder / "app.py"

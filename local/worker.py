@@ -69,7 +69,7 @@ def main() -> int:
     try:
         handler = load_handler(path)
         init_error: dict[str, Any] | None = None
-    except Exception as exc:  # an init failure is reported on every invocation, as Lambda does
+    except Exception as exc:  # noqa: BLE001 - an init failure is reported on every invocation, as Lambda does
         init_error = error_document(exc)
         init_error["errorType"] = "Runtime.ImportModuleError"
     protocol.write(json.dumps({"ready": True}) + "\n")
@@ -84,7 +84,7 @@ def main() -> int:
             try:
                 result = handler(message["event"], context)
                 reply = {"result": result}
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, as Lambda does
                 document = error_document(exc)
                 document["requestId"] = context.aws_request_id
                 reply = {"error": document}

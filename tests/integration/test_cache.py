@@ -16,7 +16,7 @@ from tests.integration.conftest import get_token, table_items
 pytestmark = pytest.mark.integration
 
 
-def put_token(stack: Any, provider: str, token: str, expires_in: int, lifetime: int = 3600, scope_key: str = "",
+def put_token(stack: Any, provider: str, token: str, *, expires_in: int, lifetime: int = 3600, scope_key: str = "",
               fetched_ago: float = 600.0) -> None:
     client = stack.client("dynamodb")
     now = time.time()
@@ -181,7 +181,9 @@ def test_direct_invocation_returns_the_body_and_raises_named_errors(stack: Any, 
     body, error = invoke(stack, "PyngFunction", {"scope": "billing:batches:read", "min_ttl": 60,
                                                   "force_refresh": False})
     assert error is None
-    assert body["provider"] == "pyng" and body["token_type"] == "Bearer" and body["scope"] == "billing:batches:read"
+    assert body["provider"] == "pyng"
+    assert body["token_type"] == "Bearer"
+    assert body["scope"] == "billing:batches:read"
     body, error = invoke(stack, "PyngFunction", {"scope": "billing:admin"})
     assert error == "Unhandled"
     assert body["errorType"] == "InvalidRequest"

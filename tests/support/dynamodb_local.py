@@ -29,7 +29,7 @@ class DynamoDBLocal:
             raise RuntimeError("java is not on PATH: DynamoDB Local needs a Java runtime")
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [java, f"-Djava.library.path={EMULATOR_DIR / 'DynamoDBLocal_lib'}", "-jar", str(jar),
              "-inMemory", "-port", str(self.port)],
