@@ -64,6 +64,7 @@ class TokenApi:
             entry = self._provider(event, settings)
             provider = entry.name
             self.logger.append_keys(provider=provider)
+            self.metrics.add_dimension(name="provider", value=provider)
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
                                     default=entry.default_scopes, max_lifetime=entry.max_lifetime)
             token = None if request.force_refresh else self._cached(settings, request)
@@ -73,6 +74,7 @@ class TokenApi:
                 exc.provider = provider
             log = self.logger.error if exc.status >= 500 else self.logger.info
             log("request failed", extra={"error": exc.code, "status": exc.status})
+            self._count(f"Error_{exc.code}")
             return error_response(exc)
         except Exception:
             self.logger.exception("unexpected failure")
@@ -96,7 +98,7 @@ class TokenApi:
         now = time.time()
         remembered = memory.get(key)
         if remembered is not None and policy.is_fresh(remembered, request.min_ttl, now):
-            self._count("CacheHitMemory", request.provider)
+            self._count("CacheHitMemory")
             return remembered
         try:
             cached = TokenCache(settings.table_name, self.dynamodb).get(request.provider, request.scope_key)
@@ -105,7 +107,7 @@ class TokenApi:
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
             return None
         if cached is not None and policy.is_fresh(cached, request.min_ttl, now):
-            self._count("CacheHitDynamoDB", request.provider)
+            self._count("CacheHitDynamoDB")
             memory.put(key, cached)
             return cached
         return None
@@ -115,7 +117,7 @@ class TokenApi:
 
         payload = {"scope": request.scope_key or None, "min_ttl": request.min_ttl,
                    "force_refresh": request.force_refresh}
-        self._count("ProviderInvoke", entry.name)
+        self._count("ProviderInvoke")
         try:
             response = self.lambda_client.invoke(FunctionName=entry.function, InvocationType="RequestResponse",
                                                  Payload=json.dumps(payload).encode())
@@ -142,7 +144,7 @@ class TokenApi:
             raise InternalError("the provider function returned an unexpected result", provider=entry.name)
         return document
 
-    def _count(self, name: str, provider: str) -> None:
+    def _count(self, name: str) -> None:
         from aws_lambda_powertools.metrics import MetricUnit
 
         self.metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)

@@ -1,0 +1,121 @@
+"""The events in events/ and the contract's responses, through the real handlers with in-process moto."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.conftest import REPO_ROOT, TABLE, load_app
+from token_vending.exceptions import UpstreamRejected
+
+EVENTS = REPO_ROOT / "events"
+ROUTES = {"invoice-cloud": "invoice_cloud", "pyng": "pyng", "aria": "aria", "autopay": "autopay",
+          "alternative-payments": "alternative_payments"}
+PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
+PROVIDERS = {route: {"function": f"{folder}-fn", "scopes": PYNG_SCOPES if route == "pyng" else "",
+                     "max_lifetime": 86400 if route == "autopay" else 3600} for route, folder in ROUTES.items()}
+
+
+def seed(client: Any, route: str, scope_key: str, token: str, expires_in: int = 3000) -> None:
+    now = time.time()
+    client.put_item(TableName=TABLE, Item={
+        "pk": {"S": route}, "sk": {"S": f"token#{scope_key}"}, "access_token": {"S": token},
+        "token_type": {"S": "Bearer"}, "expires_at": {"N": str(int(now + expires_in))},
+        "fetched_at": {"N": str(now - 600)}, "lifetime": {"N": "3600"}, "purge_at": {"N": str(int(now) + 9999)}})
+
+
+def scope_key_of(raw: str | None, route: str) -> str:
+    scopes = (raw or (PYNG_SCOPES if route == "pyng" else "")).split()
+    return " ".join(sorted(set(scopes)))
+
+
+@pytest.fixture
+def api_app(moto_table: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
+    monkeypatch.setenv("PROVIDERS", json.dumps(PROVIDERS))
+    return load_app("token_api")
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_api_event_files_are_served_from_the_cache(api_app: Any, moto_table: Any, context: Any, route: str) -> None:
+    event = json.loads((EVENTS / f"api-{route}.json").read_text())
+    assert event["resource"] == "/token/{provider}"
+    assert event["pathParameters"] == {"provider": route}
+    raw_scope = (event.get("queryStringParameters") or {}).get("scope")
+    seed(moto_table, route, scope_key_of(raw_scope, route), f"cached-{route}", expires_in=86000)
+    response = api_app.handler(event, context)
+    assert response["statusCode"] == 200, response["body"]
+    assert response["headers"]["Cache-Control"] == "no-store"
+    assert response["headers"]["Pragma"] == "no-cache"
+    body = json.loads(response["body"])
+    assert body["access_token"] == f"cached-{route}"
+    assert body["token_type"] == "Bearer"
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_invoke_event_files_are_served_from_the_cache(moto_table: Any, context: Any, route: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
+    monkeypatch.setenv("PROVIDER_NAME", route)
+    monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
+    monkeypatch.setenv("SECRET_ID", f"token-vending/{route}")
+    monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES if route == "pyng" else "")
+    monkeypatch.setenv("MAX_TOKEN_LIFETIME", "86400" if route == "autopay" else "3600")
+    event = json.loads((EVENTS / f"invoke-{route}.json").read_text())
+    seed(moto_table, route, scope_key_of(event.get("scope"), route), f"cached-{route}")
+    body = load_app(ROUTES[route]).handler(event, context)
+    assert body["access_token"] == f"cached-{route}"
+    assert body["provider"] == route
+    assert set(body) == {"provider", "access_token", "token_type", "expires_in", "expires_at", "scope"}
+
+
+@pytest.mark.parametrize(("error_type", "message", "status", "code"), [
+    ("UpstreamRejected", str(UpstreamRejected("refused", upstream_error="invalid_client", provider="pyng")), 502,
+     "upstream_rejected"),
+    ("UpstreamUnavailable", json.dumps({"error": "upstream_unavailable", "error_description": "down",
+                                        "retry_after": 30}), 503, "upstream_unavailable"),
+    ("UpstreamTimeout", "{}", 504, "upstream_timeout"),
+    ("Misconfigured", "not json", 500, "misconfigured"),
+    ("Sandbox.Timedout", "Task timed out after 25.00 seconds", 504, "upstream_timeout"),
+    ("KeyError", "'x'", 500, "internal_error"),
+])
+def test_provider_function_errors_become_contract_responses(api_app: Any, context: Any, error_type: str,
+                                                            message: str, status: int, code: str) -> None:
+    class FakeLambda:
+        def invoke(self, **_: Any) -> dict[str, Any]:
+            import io
+
+            payload = json.dumps({"errorType": error_type, "errorMessage": message, "stackTrace": ["secret"]})
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": io.BytesIO(payload.encode())}
+
+    api_app.api.lambda_client = FakeLambda()
+    event = json.loads((EVENTS / "api-pyng.json").read_text())
+    response = api_app.handler(event, context)
+    assert response["statusCode"] == status
+    body = json.loads(response["body"])
+    assert body["error"] == code
+    assert body["provider"] == "pyng"
+    assert "stackTrace" not in response["body"]
+    if code == "upstream_rejected":
+        assert body["upstream_error"] == "invalid_client"
+    if code == "upstream_unavailable":
+        assert response["headers"]["Retry-After"] == "30"
+
+
+def test_api_never_raises_on_garbage_events(api_app: Any, context: Any) -> None:
+    for event in ({}, {"pathParameters": None}, {"pathParameters": {"provider": 5}},
+                  {"pathParameters": {"provider": "pyng"}, "queryStringParameters": "x"},
+                  {"pathParameters": {"provider": "pyng"}, "multiValueQueryStringParameters": {"scope": ["a", "b"]}}):
+        response = api_app.handler(event, context)
+        assert response["statusCode"] in (400, 404)
+        assert json.loads(response["body"])["error"] in ("invalid_request", "unknown_provider")
+
+
+def test_event_files_exist_for_every_provider() -> None:
+    names = {path.name for path in Path(EVENTS).glob("*.json")}
+    for route in ROUTES:
+        assert {f"api-{route}.json", f"invoke-{route}.json"} <= names
