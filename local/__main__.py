@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lambda-port", type=int, default=3001)
     parser.add_argument("--aws-port", type=int, default=4566)
     parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")
+    parser.add_argument("--refresh-ahead", type=float, default=300.0, metavar="SECONDS",
+                        help="interval of the local refresh-ahead schedule (0: off)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
     overrides = json.loads(args.config.read_text()) if args.config else {}
     urls: dict[str, str] = {}
@@ -50,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         credentials[provider.route] = LOCAL_CREDENTIALS[provider.route]
 
     stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
-                                   aws_port=args.aws_port, provider_urls=urls, credentials=credentials))
+                                   aws_port=args.aws_port, provider_urls=urls, credentials=credentials,
+                                   refresh_ahead_every=args.refresh_ahead or None,
+                                   function_env={"REFRESH_AHEAD_INTERVAL": str(int(args.refresh_ahead or 300))}))
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

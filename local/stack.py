@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -77,6 +78,8 @@ class StackConfig:
     max_concurrency: int = 8
     log_stream: IO[str] | None = None
     create_resources: bool = True
+    refresh_ahead_every: float | None = None
+    """Seconds between local refresh-ahead runs (the template's EventBridge schedule); ``None``: off."""
 
 
 class LocalStack:
@@ -88,6 +91,7 @@ class LocalStack:
         self.api: ApiGateway | None = None
         self.api_url = ""
         self.lambda_url = ""
+        self._stopping = threading.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -112,9 +116,19 @@ class LocalStack:
         self.api = ApiGateway(self.lambdas, API_FUNCTION)
         api_port = self.api.serve(config.host, config.api_port)
         self.api_url = f"http://{config.host}:{api_port}"
+        if config.refresh_ahead_every:
+            threading.Thread(target=self._schedule, args=(config.refresh_ahead_every,), daemon=True).start()
         return self
 
+    def _schedule(self, every: float) -> None:
+        """Invokes every provider function with the schedule's payload, as EventBridge Scheduler does."""
+        while not self._stopping.wait(every):
+            for provider in PROVIDERS:
+                if self.lambdas is not None and not self._stopping.is_set():
+                    self.lambdas.invoke(provider.function, {"refresh_ahead": True})
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.api is not None:
             self.api.stop()
         if self.lambdas is not None:

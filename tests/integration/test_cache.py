@@ -212,3 +212,31 @@ def test_concurrent_cold_misses_make_one_upstream_request(make_stack: Any, emula
         thread.join()
     assert results == [200] * 12
     assert emulators["pyng"].token_requests == 1
+
+
+def test_refresh_ahead_renews_tokens_near_expiry_and_warms_the_default_set(stack: Any, emulators: Any) -> None:
+    # Empty cache: the default scope set is fetched so the first caller does not wait.
+    summary, error = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert error is None
+    assert summary == {"renewed": 1, "fresh": 0, "failed": 0}
+    assert emulators["invoice-cloud"].token_requests == 1
+    # Fresh for longer than margin + 1.5 intervals (360 + 450 s): nothing to do.
+    summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert summary == {"renewed": 0, "fresh": 1, "failed": 0}
+    assert emulators["invoice-cloud"].token_requests == 1
+    # A token that would enter the margin before the next run is renewed now, while still valid.
+    put_token(stack, "invoice-cloud", "ageing", expires_in=700)
+    summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert summary == {"renewed": 1, "fresh": 0, "failed": 0}
+    assert get_token(stack, "invoice-cloud").json()["access_token"] != "ageing"
+    assert emulators["invoice-cloud"].token_requests == 2
+
+
+def test_refresh_ahead_failure_keeps_the_cached_token(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "ageing", expires_in=700)
+    emulators["invoice-cloud"].enqueue(*[Fault(status=500)] * 3)
+    summary, error = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert error is None
+    assert summary == {"renewed": 0, "fresh": 0, "failed": 1}  # reported (and counted as a metric)...
+    # ...while the still-valid token stays cached and keeps being served.
+    assert get_token(stack, "invoice-cloud").json()["access_token"] == "ageing"

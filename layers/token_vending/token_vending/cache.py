@@ -84,6 +84,28 @@ class TokenCache:
             return None
         return token
 
+    def list_tokens(self, provider: str) -> list[CachedToken]:
+        """Every token item of one provider (one partition), expired or not: what refresh-ahead renews."""
+        tokens: list[CachedToken] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": provider}, ":prefix": {"S": TOKEN_PREFIX}},
+            "ConsistentRead": True,
+        }
+        try:
+            while True:
+                page = self.client.query(**kwargs)
+                for item in page.get("Items", []):
+                    token = _token_from_item(provider, item["sk"]["S"][len(TOKEN_PREFIX):], item)
+                    if token is not None:
+                        tokens.append(token)
+                if "LastEvaluatedKey" not in page:
+                    return tokens
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except _error_types() as exc:
+            raise CacheUnavailable(_describe(exc)) from None
+
     def put(self, token: CachedToken) -> bool:
         """Store unless a token fetched later is already there; ``False`` when that one was kept."""
         item: dict[str, Any] = {

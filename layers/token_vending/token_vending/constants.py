@@ -34,6 +34,9 @@ UPSTREAM_RETRIES_ENV = "UPSTREAM_RETRIES"
 LEASE_SECONDS_ENV = "LEASE_SECONDS"
 FORCE_REFRESH_INTERVAL_ENV = "FORCE_REFRESH_INTERVAL"
 MEMORY_CACHE_SECONDS_ENV = "MEMORY_CACHE_SECONDS"
+REFRESH_AHEAD_INTERVAL_ENV = "REFRESH_AHEAD_INTERVAL"
+"""Seconds between scheduled refresh-ahead invocations; tokens that would enter the refresh margin
+before the next run are renewed now."""
 SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a secret
 
 # --- token API function ---------------------------------------------------------------------
@@ -53,6 +56,7 @@ DEFAULT_UPSTREAM_RETRIES = 2
 DEFAULT_LEASE_SECONDS = 20
 DEFAULT_FORCE_REFRESH_INTERVAL = 30
 DEFAULT_MEMORY_CACHE_SECONDS = 5
+DEFAULT_REFRESH_AHEAD_INTERVAL = 300
 DEFAULT_SECRET_MAX_AGE = 300
 PURGE_AFTER_EXPIRY_SECONDS = 3600
 """The DynamoDB TTL attribute is set this long after ``expires_at``; reads never rely on it."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from token_vending.vendor import TokenVendor
 
 DEFAULT_BUDGET_MS = 25_000
+REFRESH_AHEAD_EVENT = {"refresh_ahead": True}
 
 
 class ProviderFunction:
@@ -57,13 +58,19 @@ class ProviderFunction:
         return self._vendor
 
     def handle(self, event: Any, context: LambdaContext | None) -> dict[str, Any]:
-        """Return the token body, or raise an exception named after the contract's error code."""
+        """Return the token body, or raise an exception named after the contract's error code.
+
+        ``{"refresh_ahead": true}`` (the schedule's payload) renews tokens near expiry instead and
+        returns a summary; it never returns a token.
+        """
+        budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
+        if event == REFRESH_AHEAD_EVENT:
+            return self.vendor().refresh_ahead(deadline=time.monotonic() + budget_ms / 1000)
         try:
             vendor = self.vendor()
             settings = vendor.settings
             request = parse_request(event, provider=self.profile.name, allowed=settings.allowed_scopes,
                                     default=settings.default_scopes, max_lifetime=settings.max_lifetime)
-            budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
             token = vendor.vend(request, deadline=time.monotonic() + budget_ms / 1000)
         except Misconfigured as exc:
             self.logger.error("misconfigured", extra={"error_description": exc.description})

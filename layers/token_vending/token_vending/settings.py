@@ -71,6 +71,7 @@ class CacheSettings:
     memory_cache_seconds: float
     lease_seconds: float
     force_refresh_interval: float
+    refresh_ahead_interval: float
 
 
 def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettings:
@@ -86,6 +87,8 @@ def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettin
                               minimum=1),
         force_refresh_interval=_number(env, constants.FORCE_REFRESH_INTERVAL_ENV,
                                        constants.DEFAULT_FORCE_REFRESH_INTERVAL, provider),
+        refresh_ahead_interval=_number(env, constants.REFRESH_AHEAD_INTERVAL_ENV,
+                                       constants.DEFAULT_REFRESH_AHEAD_INTERVAL, provider),
     )
 
 

@@ -89,6 +89,41 @@ class TokenVendor:
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
 
+    def refresh_ahead(self, deadline: float) -> dict[str, int]:
+        """Scheduled renewal: every scope set with a live token (and the default set) whose token would
+        enter the refresh margin before the next scheduled run is renewed now, under the same lease as
+        caller-driven refreshes, so callers in steady state never wait on the provider."""
+        from token_vending.request import TokenRequest
+        from token_vending.scopes import parse_scope_set, scope_key
+
+        now = time.time()
+        interval = self.settings.cache.refresh_ahead_interval
+        tokens: dict[str, CachedToken | None] = {
+            token.scope_key: token for token in self.cache.list_tokens(self.profile.name) if token.remaining(now) > 0}
+        tokens.setdefault(scope_key(self.settings.default_scopes), None)
+        summary = {"renewed": 0, "fresh": 0, "failed": 0}
+        for key, token in tokens.items():
+            if token is not None:
+                # Fresh enough to last until the run after next, with room for a late schedule.
+                horizon = self.policy.margin(token.lifetime) + 1.5 * interval
+                min_ttl = int(min(horizon, 0.75 * token.lifetime))
+                if self.policy.is_fresh(token, min_ttl, now):
+                    summary["fresh"] += 1
+                    continue
+            else:
+                min_ttl = 0
+            request = TokenRequest(provider=self.profile.name, scopes=parse_scope_set(key), min_ttl=min_ttl,
+                                   force_refresh=False)
+            try:
+                self._refresh(request, deadline, stale=token)
+                summary["renewed"] += 1
+            except TokenVendingError as exc:
+                summary["failed"] += 1
+                self._count("RefreshAheadFailure")
+                self.logger.warning("refresh ahead failed", extra={"scope_key": key, "error": exc.code})
+        self.logger.info("refresh ahead done", extra=summary)
+        return summary
+
     # -- decisions ------------------------------------------------------------------------------
     def _recent(self, token: CachedToken, now: float) -> bool:
         return now - token.fetched_at < self.settings.cache.force_refresh_interval
