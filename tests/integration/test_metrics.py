@@ -41,6 +41,10 @@ def test_miss_then_hits(stack: Any) -> None:
     assert metrics[("ProviderInvoke", "aria")] == 1
     assert metrics[("CacheHitDynamoDB", "aria")] == 1  # second request: the token API reads the table
     assert metrics[("CacheHitMemory", "aria")] == 1  # third: the same warm environment's memory
+    # Every structured log line names its provider and request, warm invocations included.
+    lines = [json.loads(line) for line in stack.logs.text().splitlines() if line.startswith('{"level"')]
+    assert lines
+    assert all(line.get("provider") == "aria" and line.get("function_request_id") for line in lines)
 
 
 def test_stale_serve_and_upstream_failure(make_stack: Any, emulators: Any) -> None:

@@ -37,7 +37,6 @@ class ProviderFunction:
         self.secretsmanager = secretsmanager
         self._vendor: TokenVendor | None = None
         metrics.set_default_dimensions(provider=profile.name)
-        logger.append_keys(provider=profile.name)
 
     def vendor(self) -> TokenVendor:
         """Built on first use and kept for the life of the execution environment."""
@@ -63,6 +62,7 @@ class ProviderFunction:
         ``{"refresh_ahead": true}`` (the schedule's payload) renews tokens near expiry instead and
         returns a summary; it never returns a token.
         """
+        self.logger.append_keys(provider=self.profile.name)  # inject_lambda_context(clear_state) drops it
         budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
         if event == REFRESH_AHEAD_EVENT:
             return self.vendor().refresh_ahead(deadline=time.monotonic() + budget_ms / 1000)

@@ -21,7 +21,6 @@ from token_vending.exceptions import (
 from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
 
 if TYPE_CHECKING:
-    import requests
     from urllib3.util.retry import Retry
 
     from token_vending.credentials import ClientCredentials
@@ -85,40 +84,34 @@ def _budgeted_retry_class() -> type[Retry]:
 
 
 class UpstreamClient:
-    """Holds one HTTP session per execution environment (connection reuse across warm calls)."""
+    """Calls one provider's token endpoint as its profile says.
+
+    A fresh ``requests`` session per fetch: fetches are rare (once per token lifetime), and urllib3's
+    ``Retry`` has to carry this invocation's deadline anyway.
+    """
 
     def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> None:
         self.profile = profile
         self.settings = settings
-        self._session: requests.Session | None = None
         self._retry_class: type[Retry] | None = None
 
-    def _session_for(self) -> requests.Session:
-        if self._session is None:
-            import requests
-
-            self._session = requests.Session()
+    def _retry(self, deadline: float) -> Retry:
+        if self._retry_class is None:
             self._retry_class = _budgeted_retry_class()
-        return self._session
-
-    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
-        """POST the token request; return the grant or raise the contract's upstream error."""
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        session = self._session_for()
-        retry_class = self._retry_class or _budgeted_retry_class()
         retries = self.settings.upstream_retries
-        retry = retry_class(
+        return self._retry_class(
             total=retries, connect=retries, read=False, status=retries, other=0, redirect=0,
             allowed_methods=frozenset({"POST"}), status_forcelist=RETRY_STATUSES,
             backoff_factor=0.25, backoff_max=5.0, backoff_jitter=0.25,
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
             deadline=deadline,  # type: ignore[call-arg]
         )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=1)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+
+    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
+        """POST the token request; return the grant or raise the contract's upstream error."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
         headers, body = self.profile.build_request(
             client_id=credentials.client_id, client_secret=credentials.client_secret, scope=scope,
             audience=self.settings.audience)
@@ -128,12 +121,16 @@ class UpstreamClient:
         timeout = (min(self.settings.connect_timeout, remaining), min(self.settings.read_timeout, remaining))
         started = time.time()
         try:
-            response = session.post(self.settings.token_url, data=body, headers=headers, timeout=timeout,
-                                    allow_redirects=False, stream=True)
-            try:
-                raw = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-            finally:
-                response.close()
+            with requests.Session() as session:
+                adapter = HTTPAdapter(max_retries=self._retry(deadline), pool_connections=1, pool_maxsize=1)
+                session.mount("https://", adapter)
+                session.mount("http://", adapter)
+                response = session.post(self.settings.token_url, data=body, headers=headers, timeout=timeout,
+                                        allow_redirects=False, stream=True)
+                try:
+                    raw = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
+                finally:
+                    response.close()
         except requests.exceptions.ConnectTimeout:
             raise UpstreamTimeout("the provider did not accept a connection in time",
                                   provider=self.profile.name) from None
