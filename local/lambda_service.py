@@ -188,6 +188,7 @@ class LambdaService:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def log_message(self, format: str, *args: Any) -> None:
                 LOG.debug("%s %s", self.command, self.path)

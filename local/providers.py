@@ -693,6 +693,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Reads and records every request, plays a queued fault or hands it to the provider rules."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
     server_version = "LocalOAuthEmulator/1.0"
     server: _Server
 

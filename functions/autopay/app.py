@@ -33,7 +33,7 @@ PROFILE = ClientCredentialsProfile(
 )
 
 logger = Logger()
-tracer = Tracer()
+tracer = Tracer(patch_modules=("botocore",))  # not requests: it is imported only on a cache miss
 metrics = Metrics()
 function = ProviderFunction(PROFILE, logger=logger, metrics=metrics,
                             dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG),

@@ -81,5 +81,6 @@ class ProviderFunction:
         except Exception:
             self.logger.exception("unexpected failure")
             raise InternalError("unexpected failure in the provider function", provider=self.profile.name) from None
-        self.logger.info("token served", extra={"scope_key": request.scope_key, "expires_at": token.expires_at})
+        # DEBUG: a hit is the hot path; fetches, waits and failures are logged at INFO and above.
+        self.logger.debug("token served", extra={"scope_key": request.scope_key, "expires_at": token.expires_at})
         return token_body(token)

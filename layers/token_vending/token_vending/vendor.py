@@ -126,7 +126,10 @@ class TokenVendor:
 
     # -- decisions ------------------------------------------------------------------------------
     def _recent(self, token: CachedToken, now: float) -> bool:
-        return now - token.fetched_at < self.settings.cache.force_refresh_interval
+        """Fetched so lately that asking the provider again would only hammer it; never longer than the
+        refresh margin, so short-lived tokens are still renewed in time."""
+        window = min(self.settings.cache.force_refresh_interval, self.policy.margin(token.lifetime))
+        return now - token.fetched_at < window
 
     def _acceptable(self, token: CachedToken, request: TokenRequest, now: float) -> bool:
         """A forced refresh discards the token, unless it was itself fetched moments ago: a burst of
