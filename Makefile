@@ -1,6 +1,7 @@
 # Two commands matter: `make local` (run the service on loopback) and `make test` (every check).
 # Each installs what it needs: the project virtualenv (python3.13, as Lambda runs), the SAM CLI and
-# cfn-lint in their own virtualenv (they pin other boto3 versions), and DynamoDB Local from npm.
+# cfn-lint in their own virtualenv (they pin other boto3 versions), checkov in another (it pins its
+# own boto3 and packaging), and DynamoDB Local from npm.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -12,6 +13,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SAM_VENV := .tools/sam
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_PYTHON ?= $(TOOLS_PYTHON)
+CHECKOV_VENV := .tools/checkov
+# checkov offline: no policy download, no update check, no platform mapping.
+CHECKOV := BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE $(CHECKOV_VENV)/bin/checkov
 
 export SAM_CLI_TELEMETRY := 0
 export AWS_ACCESS_KEY_ID ?= testing
@@ -20,11 +25,12 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # `sam build` looks for python3.13 on PATH.
 export PATH := $(dir $(PYTHON313)):$(PATH)
 
-.PHONY: help local test lint typecheck unit integration template bench build clean deps
+.PHONY: help local test lint typecheck unit integration template scan bench build clean deps
 
 help:
 	@echo "make local   run the API on http://127.0.0.1:3000 with an embedded AWS and provider emulators"
 	@echo "make test    lint, type-check, unit, integration (DynamoDB Local) and template tests"
+	@echo "make scan    checkov (template.yaml) and bandit (code); make test runs them too, on SAM's output as well"
 	@echo "make bench   benchmarks (figures printed as name: value)"
 	@echo "make build   sam build"
 
@@ -41,11 +47,17 @@ $(SAM_VENV)/.installed: requirements-tools.txt
 	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-tools.txt
 	touch $@
 
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(CHECKOV_PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-deps: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed
+deps: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed
 
 local: $(VENV)/.installed
 	$(PY) -m local
@@ -66,11 +78,15 @@ integration: deps
 template: deps
 	$(PY) -m pytest tests/template
 
+scan: $(VENV)/.installed $(CHECKOV_VENV)/.installed
+	$(CHECKOV) -f template.yaml --framework cloudformation --skip-download --skip-results-upload --quiet --compact
+	$(VENV)/bin/bandit -c pyproject.toml -r layers functions local -ll -q
+
 # One pytest run over every test: its exit code (including 5, "no tests collected") is the result.
 test: deps lint typecheck
 	$(PY) -m pytest tests
 
-bench: deps
+bench: $(VENV)/.installed node_modules/.installed
 	$(PY) -m benchmarks
 
 build: $(SAM_VENV)/.installed
