@@ -6,10 +6,13 @@ the cache never pays for it.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 from token_vending.exceptions import (
     UpstreamInvalidResponse,
@@ -156,8 +159,7 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"the provider answered HTTP {status}",
                                       retry_after=_retry_after(headers.get("Retry-After")), provider=name)
         if 400 <= status < 500:
-            error = document.get("error") if document else None
-            error = error if isinstance(error, str) and error else None
+            error = _error_code(document.get("error") if document else None, credentials)
             if error is None:
                 error = "invalid_client" if self.profile.is_credential_error(status, None) else f"http_{status}"
             description = _description(document, credentials)
@@ -206,8 +208,43 @@ def _retry_after(value: str | None) -> int | None:
     return None
 
 
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ECHO_WINDOW = 12
+"""Any run of this many characters of a credential (in any encoding we send it) counts as an echo."""
+REDACTED = "[description withheld: it repeated our credentials]"
+
+
+def _credential_forms(credentials: ClientCredentials) -> list[str]:
+    """Every way the client secret travels to a provider, so an echo of any of them is recognised
+    (the client id is not a secret and is left alone)."""
+    secret, client_id = credentials.client_secret, credentials.client_id
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
+    return [form for form in {secret, quote(secret, safe=":"), quote_plus(secret), json.dumps(secret)[1:-1],
+                              basic} if form]
+
+
+def _echoes_credentials(text: str, credentials: ClientCredentials) -> bool:
+    for form in _credential_forms(credentials):
+        if len(form) <= ECHO_WINDOW:
+            if form in text:
+                return True
+            continue
+        if any(form[i:i + ECHO_WINDOW] in text for i in range(len(form) - ECHO_WINDOW + 1)):
+            return True
+    return False
+
+
+def _error_code(value: Any, credentials: ClientCredentials) -> str | None:
+    """The provider's OAuth ``error`` code, passed on only if it looks like one (RFC 6749 codes are
+    short ASCII words) and does not repeat our credentials; otherwise the caller gets a status-based code."""
+    if not isinstance(value, str) or not _ERROR_CODE.match(value) or _echoes_credentials(value, credentials):
+        return None
+    return value
+
+
 def _description(document: dict[str, Any] | None, credentials: ClientCredentials) -> str:
-    """The provider's own description, sanitised and bounded, with our credentials scrubbed out."""
+    """The provider's own description, sanitised and bounded; withheld whole if it echoes any part
+    of our credentials in any form we send them (plain, form- or JSON-encoded, HTTP Basic)."""
     text = ""
     if document:
         for key in ("error_description", "message", "error"):
@@ -215,7 +252,6 @@ def _description(document: dict[str, Any] | None, credentials: ClientCredentials
                 text = document[key]
                 break
     text = text or "no description"
-    for secret in (credentials.client_secret, credentials.client_id):
-        if secret:
-            text = text.replace(secret, "[redacted]")
+    if _echoes_credentials(text, credentials):
+        return REDACTED
     return sanitise(text, 120)
