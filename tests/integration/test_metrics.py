@@ -59,6 +59,7 @@ def test_stale_serve_and_upstream_failure(make_stack: Any, emulators: Any) -> No
     metrics = emf(stack)
     assert metrics[("StaleServed", "autopay")] == 1
     assert metrics[("UpstreamFailure_upstream_unavailable", "autopay")] == 1
+    assert metrics[("UpstreamFailure", "autopay")] == 1
 
 
 def test_rejection_is_counted_on_both_functions(stack: Any, emulators: Any) -> None:

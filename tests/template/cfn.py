@@ -253,7 +253,7 @@ def python313_dir() -> Path:
 
 # --- SAM's own reading of the template (translator, offline) ------------------------------------
 TRANSLATE_SCRIPT = r"""
-import json, sys
+import json, os, sys
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 tpl = yaml_parse(open(sys.argv[1]).read())
@@ -262,6 +262,9 @@ for res in tpl["Resources"].values():
     for key in ("CodeUri", "ContentUri"):
         if isinstance(props.get(key), str):
             props[key] = "s3://bucket/" + props[key].strip("/")
+    if isinstance(props.get("DefinitionUri"), str):  # what `sam deploy` uploads: inline it instead
+        with open(os.path.join(os.path.dirname(sys.argv[1]), props.pop("DefinitionUri"))) as f:
+            props["Definition"] = json.load(f)
 print(json.dumps(transform(tpl, {}, lambda: {})))
 """
 

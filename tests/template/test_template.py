@@ -649,6 +649,7 @@ def test_log_groups(template: dict[str, Any]) -> None:
     assert set(names) == {f"/aws/lambda/${{{fn}}}" for fn in ALL_FUNCTIONS} | {
         "/aws/apigateway/${AWS::StackName}/access",
         "API-Gateway-Execution-Logs_${TokenVendingApi}/${StageName}",
+        "/aws/vendedlogs/states/${AWS::StackName}-get-token",
     }
     for group in groups.values():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
@@ -777,3 +778,41 @@ def test_env_json(template: dict[str, Any]) -> None:
         assert {k: v for k, v in entry.items() if k != "function"} == {
             k: v for k, v in deployed[route].items() if k != "function"
         }
+
+
+# --- operations: alarms, dashboard, example state machine -----------------------------------------
+def _emitted_metric_names() -> set[str]:
+    """Metric names the layer really emits (``_count("...")`` and ``add_metric(name="...")``)."""
+    source = "\n".join(path.read_text() for path in (ROOT / "layers" / "token_vending").rglob("*.py"))
+    return set(re.findall(r'_count\("([A-Za-z]+)"\)', source)) | set(re.findall(r'add_metric\(name="(\w+)"', source))
+
+
+def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "FunctionErrorsAlarm",
+            "FunctionThrottlesAlarm", "ApiServerErrorsAlarm"} <= set(alarms)
+    emitted = _emitted_metric_names()
+    providers = set(PROVIDERS)
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+        assert props["AlarmActions"] == notify
+        stats = [metric["MetricStat"]["Metric"] for metric in props.get("Metrics", []) if "MetricStat" in metric]
+        for metric in stats:
+            if metric["Namespace"] == "TokenVending":
+                assert metric["MetricName"] in emitted, f"{name}: {metric['MetricName']} is never emitted"
+        custom = [metric for metric in stats if metric["Namespace"] == "TokenVending"]
+        if custom:  # one series per provider, with the dimensions EMF writes
+            assert {dict((d["Name"], d["Value"]) for d in m["Dimensions"])["provider"] for m in custom} == providers
+            assert all({d["Name"] for d in m["Dimensions"]} == {"provider", "service"} for m in custom)
+
+
+def test_example_state_machine(template: dict[str, Any]) -> None:
+    machine = template["Resources"]["GetTokenStateMachine"]["Properties"]
+    assert machine["DefinitionUri"] == "statemachines/get_token.asl.json"
+    assert machine["DefinitionSubstitutions"]["TokenFunctionArn"] == {"Fn::GetAtt": ["PyngFunction", "Arn"]}
+    assert machine["Logging"]["IncludeExecutionData"] is False  # task results hold the token
+    role = template["Resources"]["GetTokenStateMachineRole"]["Properties"]
+    [invoke] = [statement for policy in role["Policies"] for statement in policy["PolicyDocument"]["Statement"]
+                if statement["Action"] == "lambda:InvokeFunction"]
+    assert invoke["Resource"] == {"Fn::GetAtt": ["PyngFunction", "Arn"]}

@@ -257,6 +257,7 @@ class TokenVendor:
         try:
             grant = self.upstream.fetch(credentials, request.scope_key, deadline)
         except TokenVendingError as exc:
+            self._count("UpstreamFailure")  # the alarm's metric; the suffixed one tells the kind
             self._count(f"UpstreamFailure_{exc.code}")
             self.logger.warning("token request failed", extra={"error": exc.code,
                                                                "upstream_error": exc.extra.get("upstream_error")})
