@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=3000)
     parser.add_argument("--lambda-port", type=int, default=3001)
     parser.add_argument("--aws-port", type=int, default=4566)
+    parser.add_argument("--provider-port-base", type=int, default=DEFAULT_PORTS["invoice-cloud"],
+                        help="first of the five provider emulator ports")
     parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")
     parser.add_argument("--refresh-ahead", type=float, default=300.0, metavar="SECONDS",
                         help="interval of the local refresh-ahead schedule (0: off)")
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             urls[provider.route] = real["token_url"]
             credentials[provider.route] = (real["client_id"], real["client_secret"])
             continue
-        emulator = ProviderEmulator(provider.route, host=args.host, port=DEFAULT_PORTS[provider.route]).start()
+        port = DEFAULT_PORTS[provider.route] - DEFAULT_PORTS["invoice-cloud"] + args.provider_port_base
+        emulator = ProviderEmulator(provider.route, host=args.host, port=port).start()
         emulators.append(emulator)
         urls[provider.route] = emulator.url
         credentials[provider.route] = LOCAL_CREDENTIALS[provider.route]

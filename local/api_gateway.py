@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from local.http import JsonHandler, serve_in_thread
+
 if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
     from local.lambda_service import LambdaService
 
 LOG = logging.getLogger("local.api")
@@ -70,19 +72,13 @@ class ApiGateway:
     def serve(self, host: str, port: int) -> int:
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def _handle(self) -> None:
                 started = time.perf_counter()
                 headers = {key: value for key, value in self.headers.items()}
                 event = proxy_event(self.command, self.path, headers, self.client_address[0])
                 if event is None:
-                    self._send(403, json.dumps(MISSING_TOKEN).encode(),
+                    self.send_json(403, json.dumps(MISSING_TOKEN).encode(),
                                {"x-amzn-ErrorType": "MissingAuthenticationTokenException"})
                     status = 403
                 else:
@@ -92,18 +88,7 @@ class ApiGateway:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                headers = {"Content-Type": "application/json", **headers}
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve_in_thread(host, port, Handler)
         return int(self._server.server_address[1])
 
     def respond(self, event: dict[str, Any], handler: Any) -> int:
@@ -118,7 +103,7 @@ class ApiGateway:
         except (ValueError, TypeError):
             # What API Gateway answers when the integration fails or returns a malformed result.
             status, body, headers = 502, json.dumps({"message": "Internal server error"}), {}
-        handler._send(status, body.encode() if isinstance(body, str) else body, headers)
+        handler.send_json(status, body.encode() if isinstance(body, str) else body, headers)
         return status
 
     def stop(self) -> None:

@@ -9,7 +9,6 @@ scale out to more environments, up to ``max_concurrency``; idle ones are reused 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import re
@@ -19,11 +18,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-LOG = logging.getLogger("local.lambda")
+from local.http import JsonHandler, serve_in_thread
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
@@ -57,7 +59,10 @@ class Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "local.worker", str(spec.code_path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE if log_stream else None,
-            env=env, cwd=REPO_ROOT, text=True, bufsize=1)
+            env=env, cwd=REPO_ROOT, text=True, bufsize=1,
+            # Ctrl-C reaches only the runner, which stops the workers; a worker whose runner dies
+            # reads end-of-file on stdin and exits.
+            start_new_session=True)
         self._replies: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         if log_stream is not None:
@@ -186,12 +191,7 @@ class LambdaService:
     def serve(self, host: str, port: int) -> int:
         service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes
-
-            def log_message(self, format: str, *args: Any) -> None:
-                LOG.debug("%s %s", self.command, self.path)
+        class Handler(JsonHandler):
 
             def do_POST(self) -> None:
                 match = _INVOKE_PATH.match(self.path.split("?")[0])
@@ -200,38 +200,28 @@ class LambdaService:
                 name = match.group(1) if match else ""
                 name = name.rsplit(":", 1)[-1] if name.startswith("arn:") else name
                 if not match or name not in service.pools:
-                    self._send(404, json.dumps({"Type": "User", "message": f"Function not found: {name}"}).encode(),
+                    self.send_json(404, json.dumps({"Type": "User", "message": f"Function not found: {name}"}).encode(),
                                {"x-amzn-ErrorType": "ResourceNotFoundException"})
                     return
                 invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
                 try:
                     event = json.loads(raw) if raw else {}
                 except ValueError:
-                    self._send(400, json.dumps({"Type": "User", "message": "Could not parse request body into json"})
-                               .encode(), {"x-amzn-ErrorType": "InvalidRequestContentException"})
+                    message = {"Type": "User", "message": "Could not parse request body into json"}
+                    self.send_json(400, json.dumps(message).encode(),
+                                   {"x-amzn-ErrorType": "InvalidRequestContentException"})
                     return
                 if invocation_type == "Event":
                     threading.Thread(target=service.invoke, args=(name, event), daemon=True).start()
-                    self._send(202, b"", {})
+                    self.send_json(202, b"", {})
                     return
                 payload, error = service.invoke(name, event)
                 headers = {"X-Amz-Executed-Version": "$LATEST"}
                 if error:
                     headers["X-Amz-Function-Error"] = error
-                self._send(200, payload, headers)
+                self.send_json(200, payload, headers)
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve_in_thread(host, port, Handler)
         return int(self._server.server_address[1])
 
     def stop(self) -> None:

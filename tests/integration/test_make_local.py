@@ -1,0 +1,60 @@
+"""`make local`'s program as a user runs it: it answers on the API port and Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from local.lambda_service import REPO_ROOT
+from tests.support.dynamodb_local import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
+    api, lam, aws = free_port(), free_port(), free_port()
+    base = free_port()
+    while any(port in (api, lam, aws) for port in range(base, base + 5)):
+        base = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "token_vending")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
+         "--provider-port-base", str(base)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        response = None
+        while time.monotonic() < deadline:
+            try:
+                response = requests.get(f"http://127.0.0.1:{api}/token/pyng", timeout=30)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert response is not None, "the local API never answered"
+        assert response.status_code == 200, response.text
+        assert response.json()["token_type"] == "Bearer"
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        assert len(children) >= 2  # the token API's and Pyng's execution environments
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "stopping" in output
+    # Nothing is left listening or running.
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{api}/token/pyng", timeout=5)
+    time.sleep(0.5)
+    for pid in children:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower(), f"process {pid} outlived the runner"
