@@ -12,7 +12,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from token_vending.api import TokenApi
-from token_vending.clients import DYNAMODB_CONFIG, LAMBDA_CONFIG
+from token_vending.clients import API_DYNAMODB_CONFIG, LAMBDA_CONFIG
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -23,7 +23,7 @@ metrics = Metrics()
 api = TokenApi(
     logger=logger,
     metrics=metrics,
-    dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG),
+    dynamodb=boto3.client("dynamodb", config=API_DYNAMODB_CONFIG),
     lambda_client=boto3.client("lambda", config=LAMBDA_CONFIG),
 )
 

@@ -240,3 +240,67 @@ def test_refresh_ahead_failure_keeps_the_cached_token(stack: Any, emulators: Any
     assert summary == {"renewed": 0, "fresh": 0, "failed": 1}  # reported (and counted as a metric)...
     # ...while the still-valid token stays cached and keeps being served.
     assert get_token(stack, "invoice-cloud").json()["access_token"] == "ageing"
+
+
+# --- a failed refresh is remembered, min_ttl is bounded, odd grants are refused ----------------------
+def test_a_failed_refresh_holds_every_caller_off_the_provider(stack: Any, emulators: Any) -> None:
+    emulators["pyng"].enqueue(*[Fault(status=429, headers={"Retry-After": "120"})] * 3)
+    first = get_token(stack, "pyng")
+    assert first.status_code == 503
+    calls = emulators["pyng"].token_requests
+    # Callers keep coming (some forcing a refresh): the provider is not asked again during the cool-down.
+    for params in ({}, {"force_refresh": "true"}, {}, {"min_ttl": "30"}):
+        response = get_token(stack, "pyng", **params)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "120"
+    assert emulators["pyng"].token_requests == calls
+    [lease] = [item for item in table_items(stack) if item["sk"]["S"].startswith("lease#")]
+    assert float(lease["lease_expires_at"]["N"]) >= time.time() + 100  # Retry-After honoured for everyone
+
+
+def test_a_cool_down_still_serves_a_valid_cached_token(stack: Any, emulators: Any) -> None:
+    put_token(stack, "invoice-cloud", "still-valid", expires_in=200)
+    emulators["invoice-cloud"].enqueue(*[Fault(status=503)] * 3)
+    assert get_token(stack, "invoice-cloud").json()["access_token"] == "still-valid"
+    calls = emulators["invoice-cloud"].token_requests
+    assert get_token(stack, "invoice-cloud").json()["access_token"] == "still-valid"
+    assert emulators["invoice-cloud"].token_requests == calls
+
+
+def test_rejected_credentials_are_not_retried_by_the_next_caller(stack: Any, emulators: Any) -> None:
+    emulators["autopay"].set_credentials("other", "other")
+    for _ in range(4):
+        response = get_token(stack, "autopay")
+        assert response.status_code == 502
+        assert response.json()["upstream_error"] == "access_denied"
+    assert emulators["autopay"].token_requests == 1  # Autopay cuts off clients that over-request
+
+
+def test_a_min_ttl_the_provider_cannot_keep_is_refused_without_fetching(stack: Any, emulators: Any) -> None:
+    assert get_token(stack, "pyng").status_code == 200  # 900 s tokens, renewed 90 s before expiry
+    response = get_token(stack, "pyng", min_ttl="900")
+    assert response.status_code == 400
+    assert "at most 810" in response.json()["error_description"]
+    assert get_token(stack, "pyng", min_ttl="800").status_code == 200
+    assert emulators["pyng"].token_requests == 1
+
+
+@pytest.mark.parametrize("body", [
+    {"access_token": "short", "token_type": "Bearer", "expires_in": 5},
+    {"access_token": "eyJhbGciOiJub25lIn0.eyJleHAiOjEwfQ.x", "token_type": "Bearer"},  # JWT exp in 1970
+])
+def test_a_token_that_expires_at_once_is_an_invalid_response(stack: Any, emulators: Any,
+                                                             body: dict[str, Any]) -> None:
+    emulators["invoice-cloud"].enqueue(Fault(status=200, body=body))
+    response = get_token(stack, "invoice-cloud")
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_invalid_response"
+
+
+def test_a_narrower_grant_than_requested_is_refused(stack: Any, emulators: Any) -> None:
+    emulators["pyng"].enqueue(Fault(status=200, body={"access_token": "narrow", "token_type": "Bearer",
+                                                      "expires_in": 900, "scope": "billing:batches:read"}))
+    response = get_token(stack, "pyng", scope="billing:batches:read billing:customers:read")
+    assert response.status_code == 502
+    assert response.json()["upstream_error"] == "invalid_scope"
+    assert not [item for item in table_items(stack) if item["sk"]["S"].startswith("token#")]

@@ -112,3 +112,56 @@ def test_load_1000_requests_from_50_callers_with_a_cold_cache(make_stack: Any, e
     assert statuses.count(200) == 1000
     for route in routes:
         assert emulators[route].token_requests == 1, route
+
+
+class FailingWrites(ThrottlingDynamoDB):
+    """Forwards reads to DynamoDB Local and throttles PutItem: the table fails right after a fetch."""
+
+    def __init__(self, upstream: str) -> None:
+        import urllib.request
+
+        self.calls = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                target = self.headers.get("X-Amz-Target", "")
+                if target.endswith(".PutItem") and b'"token#' in raw:
+                    outer.calls += 1
+                    body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#"
+                                       "ProvisionedThroughputExceededException", "message": "slow down"}).encode()
+                    status = 400
+                else:
+                    forward = urllib.request.Request(upstream, data=raw, method="POST",
+                                                     headers={k: v for k, v in self.headers.items()})
+                    try:
+                        with urllib.request.urlopen(forward, timeout=10) as answer:
+                            status, body = answer.status, answer.read()
+                    except urllib.error.HTTPError as error:
+                        status, body = error.code, error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_token_whose_write_fails_is_served_and_kept_not_fetched_again(make_stack: Any, emulators: Any,
+                                                                        dynamodb_local: Any) -> None:
+    proxy = FailingWrites(dynamodb_local.endpoint)
+    try:
+        stack = make_stack(dynamodb_endpoint=proxy.endpoint, max_concurrency=1)
+        tokens = {get_token(stack, "aria").json()["access_token"] for _ in range(3)}
+    finally:
+        proxy.stop()
+    assert proxy.calls >= 1
+    assert len(tokens) == 1
+    assert emulators["aria"].token_requests == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +19,28 @@ from tests.support.dynamodb_local import free_port
 pytestmark = pytest.mark.integration
 
 
+def free_run_of_ports(count: int, avoid: set[int]) -> int:
+    """A first port such that it and the next ``count - 1`` are all free now (the emulators' ports)."""
+    for _ in range(200):
+        base = free_port()
+        ports = range(base, base + count)
+        if avoid.isdisjoint(ports) and all(_bindable(port) for port in ports):
+            return base
+    raise RuntimeError("no run of free ports found")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
     api, lam, aws = free_port(), free_port(), free_port()
-    base = free_port()
-    while any(port in (api, lam, aws) for port in range(base, base + 5)):
-        base = free_port()
+    base = free_run_of_ports(5, avoid={api, lam, aws})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "token_vending")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
@@ -37,7 +55,9 @@ def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
                 break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        assert response is not None, "the local API never answered"
+        if response is None:
+            process.kill()
+            pytest.fail(f"the local API never answered:\n{process.communicate(timeout=10)[0]}")
         assert response.status_code == 200, response.text
         assert response.json()["token_type"] == "Bearer"
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True,

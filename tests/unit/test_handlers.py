@@ -119,3 +119,24 @@ def test_event_files_exist_for_every_provider() -> None:
     names = {path.name for path in Path(EVENTS).glob("*.json")}
     for route in ROUTES:
         assert {f"api-{route}.json", f"invoke-{route}.json"} <= names
+
+
+def test_a_provider_function_that_outlasts_the_invoke_timeout_is_504(api_app: Any, context: Any) -> None:
+    from botocore.exceptions import ReadTimeoutError
+
+    class SlowLambda:
+        def invoke(self, **_: Any) -> dict[str, Any]:
+            raise ReadTimeoutError(endpoint_url="https://lambda.us-east-1.amazonaws.com")
+
+    api_app.api.lambda_client = SlowLambda()
+    response = api_app.handler(json.loads((EVENTS / "api-pyng.json").read_text()), context)
+    assert response["statusCode"] == 504
+    assert json.loads(response["body"])["error"] == "upstream_timeout"
+
+
+def test_token_grant_repr_hides_the_token() -> None:
+    from token_vending.upstream import TokenGrant
+
+    grant = TokenGrant(access_token="secret-token-value", token_type="Bearer", scope=None, lifetime=60,
+                       fetched_at=0.0, expires_at=60)
+    assert "secret-token-value" not in repr(grant)

@@ -67,6 +67,8 @@ class TokenApi:
             self.metrics.add_dimension(name="provider", value=provider)
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
                                     default=entry.default_scopes, max_lifetime=entry.max_lifetime)
+            if request.force_refresh and self.memory is not None:
+                self.memory.discard(f"{request.provider}#{request.scope_key}")  # the caller says it is bad
             token = None if request.force_refresh else self._cached(settings, request)
             body = token_body(token) if token is not None else self._invoke(entry, request)
         except TokenVendingError as exc:
@@ -95,9 +97,8 @@ class TokenApi:
         key = f"{request.provider}#{request.scope_key}"
         memory = self.memory or MemoryCache(settings.memory_cache_seconds)
         self.memory = memory
-        now = time.time()
         remembered = memory.get(key)
-        if remembered is not None and policy.is_fresh(remembered, request.min_ttl, now):
+        if remembered is not None and policy.is_fresh(remembered, request.min_ttl, time.time()):
             self._count("CacheHitMemory")
             return remembered
         try:
@@ -106,14 +107,14 @@ class TokenApi:
             # Not fatal here: the provider function has its own fallbacks.
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
             return None
-        if cached is not None and policy.is_fresh(cached, request.min_ttl, now):
+        if cached is not None and policy.is_fresh(cached, request.min_ttl, time.time()):  # after the read
             self._count("CacheHitDynamoDB")
             memory.put(key, cached)
             return cached
         return None
 
     def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         payload = {"scope": request.scope_key or None, "min_ttl": request.min_ttl,
                    "force_refresh": request.force_refresh}
@@ -131,6 +132,8 @@ class TokenApi:
                 raise Misconfigured(f"the provider function cannot be invoked ({code})",
                                     provider=entry.name) from None
             raise InternalError(f"invoking the provider function failed ({code})", provider=entry.name) from None
+        except ReadTimeoutError:
+            raise UpstreamTimeout("the provider function did not answer in time", provider=entry.name) from None
         except BotoCoreError as exc:
             raise InternalError(f"invoking the provider function failed ({type(exc).__name__})",
                                 provider=entry.name) from None

@@ -13,6 +13,7 @@ DynamoDB deletes expired items lazily (up to days later), so every read checks `
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ class LeaseResult:
     acquired: bool
     expires_at: float
     """When the lease lapses (ours or the holder's)."""
+    failure: dict[str, Any] | None = None
+    """Set when the lease is a failed refresh's cool-down: the error body to answer with until it lapses."""
 
 
 def _error_types() -> tuple[type[Exception], ...]:
@@ -147,10 +150,34 @@ class TokenCache:
         except _error_types() as exc:
             if _is_condition_failure(exc):
                 old = getattr(exc, "response", {}).get("Item") or {}
-                held_until = _number(old.get("lease_expires_at"), default=now + seconds)
-                return LeaseResult(acquired=False, expires_at=held_until)
+                return _lease_from_item(old, default_expiry=now + seconds)
             raise CacheUnavailable(_describe(exc)) from None
         return LeaseResult(acquired=True, expires_at=expires)
+
+    def get_lease(self, provider: str, scope_key: str) -> LeaseResult | None:
+        """The current lease (consistent read), or ``None`` when nobody holds one."""
+        try:
+            response = self.client.get_item(TableName=self.table_name, Key=_key(provider, LEASE_PREFIX + scope_key),
+                                            ConsistentRead=True)
+        except _error_types() as exc:
+            raise CacheUnavailable(_describe(exc)) from None
+        item = response.get("Item")
+        return _lease_from_item(item, default_expiry=0.0) if item else None
+
+    def record_failure(self, provider: str, scope_key: str, owner: str, until: float,
+                       error: dict[str, Any]) -> None:
+        """Turn our lease into a cool-down: until ``until`` nobody calls the provider for this key, and
+        callers get ``error`` (or a still-valid cached token) at once instead of waiting or retrying."""
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item={**_key(provider, LEASE_PREFIX + scope_key), "owner": {"S": owner},
+                      "lease_expires_at": {"N": f"{until:.3f}"}, "failure": {"S": json.dumps(error)},
+                      "purge_at": {"N": str(int(until) + PURGE_AFTER_EXPIRY_SECONDS)}},
+                ConditionExpression="#owner = :owner", ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}})
+        except _error_types():
+            pass  # best effort: without the record the lease simply lapses
 
     def release_lease(self, provider: str, scope_key: str, owner: str) -> None:
         """Best effort: a lease we fail to delete lapses by itself."""
@@ -161,6 +188,19 @@ class TokenCache:
                 ExpressionAttributeValues={":owner": {"S": owner}})
         except _error_types():
             pass
+
+
+def _lease_from_item(item: dict[str, Any], default_expiry: float) -> LeaseResult:
+    failure: dict[str, Any] | None = None
+    raw = item.get("failure", {}).get("S")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        failure = parsed if isinstance(parsed, dict) else None
+    return LeaseResult(acquired=False, expires_at=_number(item.get("lease_expires_at"), default=default_expiry),
+                       failure=failure)
 
 
 def _key(provider: str, sort_key: str) -> dict[str, Any]:

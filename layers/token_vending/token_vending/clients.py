@@ -9,7 +9,11 @@ from __future__ import annotations
 from botocore.config import Config
 
 DYNAMODB_CONFIG = Config(connect_timeout=2, read_timeout=2, retries={"mode": "standard", "max_attempts": 3})
+API_DYNAMODB_CONFIG = Config(connect_timeout=0.5, read_timeout=0.5,
+                             retries={"mode": "standard", "max_attempts": 2})
+"""The token API only reads, and a failed read is not fatal (it delegates): it must not eat into the
+time the provider function may need inside API Gateway's 29 s."""
 SECRETS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-LAMBDA_CONFIG = Config(connect_timeout=2, read_timeout=27, retries={"mode": "standard", "max_attempts": 1})
+LAMBDA_CONFIG = Config(connect_timeout=1, read_timeout=26, retries={"mode": "standard", "max_attempts": 1})
 """Invoking a provider function may take its whole timeout (25 s); a read timeout must not re-invoke it,
-and it ends before the token API function's own 28 s."""
+and it ends before the token API function's own 28 s (a read timeout is answered as upstream_timeout)."""

@@ -10,7 +10,7 @@ import base64
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
@@ -22,6 +22,7 @@ from token_vending.exceptions import (
     sanitise,
 )
 from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
+from token_vending.profile import ScopeMode
 
 if TYPE_CHECKING:
     from urllib3.util.retry import Retry
@@ -33,13 +34,16 @@ if TYPE_CHECKING:
 MAX_BODY_BYTES = 64 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MIN_READ_TIMEOUT = 0.5
+MIN_LIFETIME = 30
+"""A token that lives less than this is unusable here (refresh margins, caller min_ttl): a provider
+fault (or a clock problem), not something to fetch again on every request."""
 SAFETY_SECONDS = 1.0
 """Kept back from the deadline so the function can still write the cache and answer."""
 
 
 @dataclass(frozen=True)
 class TokenGrant:
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str
     scope: str | None
     lifetime: int
@@ -58,12 +62,15 @@ def _budgeted_retry_class() -> type[Retry]:
     from urllib3.util.retry import Retry
 
     class BudgetedRetry(Retry):
-        def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, deadline: float | None = None, attempt_seconds: float = 0.0,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.deadline = deadline
+            self.attempt_seconds = attempt_seconds
 
         def new(self, **kw: Any) -> BudgetedRetry:
             kw.setdefault("deadline", self.deadline)
+            kw.setdefault("attempt_seconds", self.attempt_seconds)
             return super().new(**kw)
 
         def increment(
@@ -79,7 +86,9 @@ def _budgeted_retry_class() -> type[Retry]:
                     wait = None
             if wait is None:
                 wait = new.get_backoff_time()
-            if self.deadline is not None and time.monotonic() + wait + SAFETY_SECONDS > self.deadline:
+            # The wait *and* a whole further attempt (connect + read timeouts) must fit before the deadline.
+            needed = wait + self.attempt_seconds + SAFETY_SECONDS
+            if self.deadline is not None and time.monotonic() + needed > self.deadline:
                 raise MaxRetryError(_pool, url or "", error or ResponseError("retry budget exhausted"))
             return new
 
@@ -98,7 +107,7 @@ class UpstreamClient:
         self.settings = settings
         self._retry_class: type[Retry] | None = None
 
-    def _retry(self, deadline: float) -> Retry:
+    def _retry(self, deadline: float, attempt_seconds: float) -> Retry:
         if self._retry_class is None:
             self._retry_class = _budgeted_retry_class()
         retries = self.settings.upstream_retries
@@ -107,7 +116,7 @@ class UpstreamClient:
             allowed_methods=frozenset({"POST"}), status_forcelist=RETRY_STATUSES,
             backoff_factor=0.25, backoff_max=5.0, backoff_jitter=0.25,
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
-            deadline=deadline,  # type: ignore[call-arg]
+            deadline=deadline, attempt_seconds=attempt_seconds,  # type: ignore[call-arg]
         )
 
     def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
@@ -125,7 +134,8 @@ class UpstreamClient:
         started = time.time()
         try:
             with requests.Session() as session:
-                adapter = HTTPAdapter(max_retries=self._retry(deadline), pool_connections=1, pool_maxsize=1)
+                adapter = HTTPAdapter(max_retries=self._retry(deadline, sum(timeout)), pool_connections=1,
+                                      pool_maxsize=1)
                 session.mount("https://", adapter)
                 session.mount("http://", adapter)
                 response = session.post(self.settings.token_url, data=body, headers=headers, timeout=timeout,
@@ -181,12 +191,24 @@ class UpstreamClient:
             raise UpstreamInvalidResponse(f"the provider's lifetime is unusable: {exc}", provider=name) from None
         expires_at: int | None = int(started) + lifetime if lifetime is not None else None
         jwt_exp = jwt_expiry(token)
-        if jwt_exp is not None:
-            # The earlier of the two: a JWT's exp is what the provider's API will enforce.
+        if jwt_exp is not None and jwt_exp > started + MIN_LIFETIME:
+            # The earlier of the two: a JWT's exp is what the provider's API will enforce. An exp that is
+            # already (nearly) past is a clock or encoding problem, not the lifetime: expires_in rules.
             expires_at = jwt_exp if expires_at is None else min(expires_at, jwt_exp)
         if expires_at is None:
+            if jwt_exp is not None:
+                raise UpstreamInvalidResponse("the provider's token has already expired (JWT exp)", provider=name)
             expires_at = int(started) + self.settings.default_lifetime
+        if expires_at - started < MIN_LIFETIME:
+            raise UpstreamInvalidResponse(f"the provider granted a token that lives under {MIN_LIFETIME} s",
+                                          provider=name)
         granted = document.get("scope")
+        if isinstance(granted, str) and scope and self.profile.scope is not ScopeMode.OMIT:
+            missing = set(scope.split()) - set(granted.split())
+            if missing:
+                # A narrower token cached under the requested set would fail its callers later.
+                raise UpstreamRejected(f"the provider did not grant {len(missing)} of the requested scope(s)",
+                                       upstream_error="invalid_scope", upstream_status=status, provider=name)
         return TokenGrant(
             access_token=token, token_type="Bearer",  # noqa: S106 - normalised OAuth token type
             scope=granted if isinstance(granted, str) else (scope or None),

@@ -19,11 +19,13 @@ import random
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
 from token_vending.exceptions import (
+    ERRORS_BY_TYPE,
     InvalidRequest,
+    Misconfigured,
     TokenVendingError,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
+COOL_DOWN_SECONDS = 10.0
+"""After a failed refresh (timeout, 5xx, invalid answer), nobody asks the provider again for this long."""
+REJECTED_COOL_DOWN_SECONDS = 60.0
+"""After a rejection or misconfiguration: retrying cannot help until a person changes something."""
+MAX_COOL_DOWN_SECONDS = 300.0
 
 
 def fingerprint(token: str) -> str:
@@ -62,6 +69,7 @@ class TokenVendor:
         self.metrics = metrics
         self.policy = RefreshPolicy(settings.cache.refresh_margin_seconds, settings.cache.refresh_margin_ratio)
         self.memory: MemoryCache[CachedToken] = MemoryCache(settings.cache.memory_cache_seconds)
+        self.degraded: MemoryCache[CachedToken] = MemoryCache(0)
         self._local_lock = threading.Lock()
         self.owner = f"{uuid.uuid4()}"
 
@@ -69,20 +77,21 @@ class TokenVendor:
     def vend(self, request: TokenRequest, deadline: float) -> CachedToken:
         """Return a token that satisfies ``request`` or raise the contract's error."""
         key = request.scope_key
-        now = time.time()
         if not request.force_refresh:
             remembered = self.memory.get(key)
-            if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, now):
+            if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, time.time()):
                 self._count("CacheHitMemory")
                 return remembered
         try:
             cached = self.cache.get(self.profile.name, key)
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
-        if cached is not None and self._acceptable(cached, request, now):
-            self._count("CacheHitDynamoDB")
-            self.memory.put(key, cached)
-            return cached
+        if cached is not None:
+            self._check_min_ttl(request, cached.lifetime)
+            if self._acceptable(cached, request, time.time()):
+                self._count("CacheHitDynamoDB")
+                self.memory.put(key, cached)
+                return cached
         self._count("CacheMiss")
         try:
             return self._refresh(request, deadline, stale=cached)
@@ -96,56 +105,57 @@ class TokenVendor:
         from token_vending.request import TokenRequest
         from token_vending.scopes import parse_scope_set, scope_key
 
+        summary = {"renewed": 0, "fresh": 0, "failed": 0}
         now = time.time()
         interval = self.settings.cache.refresh_ahead_interval
-        tokens: dict[str, CachedToken | None] = {
-            token.scope_key: token for token in self.cache.list_tokens(self.profile.name) if token.remaining(now) > 0}
+        try:
+            live = [token for token in self.cache.list_tokens(self.profile.name) if token.remaining(now) > 0]
+        except CacheUnavailable as exc:
+            self._count("RefreshAheadFailure")
+            self.logger.warning("refresh ahead could not list tokens", extra={"reason": str(exc)})
+            summary["failed"] += 1
+            return summary
+        tokens: dict[str, CachedToken | None] = {token.scope_key: token for token in live}
         tokens.setdefault(scope_key(self.settings.default_scopes), None)
-        summary = {"renewed": 0, "fresh": 0, "failed": 0}
         for key, token in tokens.items():
+            min_ttl = 0
             if token is not None:
                 # Fresh enough to last until the run after next, with room for a late schedule.
-                horizon = self.policy.margin(token.lifetime) + 1.5 * interval
-                min_ttl = int(min(horizon, 0.75 * token.lifetime))
+                margin = self.policy.margin(token.lifetime)
+                min_ttl = int(min(margin + 1.5 * interval, token.lifetime - margin))
                 if self.policy.is_fresh(token, min_ttl, now):
                     summary["fresh"] += 1
                     continue
-            else:
-                min_ttl = 0
             request = TokenRequest(provider=self.profile.name, scopes=parse_scope_set(key), min_ttl=min_ttl,
                                    force_refresh=False)
             try:
                 self._refresh(request, deadline, stale=token)
                 summary["renewed"] += 1
-            except TokenVendingError as exc:
+            except (TokenVendingError, CacheUnavailable) as exc:
                 summary["failed"] += 1
                 self._count("RefreshAheadFailure")
-                self.logger.warning("refresh ahead failed", extra={"scope_key": key, "error": exc.code})
+                self.logger.warning("refresh ahead failed", extra={
+                    "scope_key": key, "error": getattr(exc, "code", type(exc).__name__)})
         self.logger.info("refresh ahead done", extra=summary)
         return summary
 
     # -- decisions ------------------------------------------------------------------------------
-    def _recent(self, token: CachedToken, now: float) -> bool:
-        """Fetched so lately that asking the provider again would only hammer it; never longer than the
-        refresh margin, so short-lived tokens are still renewed in time."""
-        window = min(self.settings.cache.force_refresh_interval, self.policy.margin(token.lifetime))
-        return now - token.fetched_at < window
-
     def _acceptable(self, token: CachedToken, request: TokenRequest, now: float) -> bool:
-        """A forced refresh discards the token, unless it was itself fetched moments ago: a burst of
-        forced refreshes (every caller that got a 401) then makes one upstream call, not one each."""
-        if request.force_refresh and not self._recent(token, now):
+        """Fresh for this request. A forced refresh discards the token unless it was itself fetched within
+        the force-refresh interval: a burst of forced refreshes (every caller that got a 401) then makes
+        one upstream call, not one each."""
+        if request.force_refresh and now - token.fetched_at >= self.settings.cache.force_refresh_interval:
             return False
-        if self.policy.is_fresh(token, request.min_ttl, now):
-            return True
-        if self._recent(token, now):
-            # Just fetched and still not fresh enough: the provider grants no longer lifetime, so
-            # asking again would only hammer it.
-            if self.policy.is_usable(token, request.min_ttl, now):
-                return True
-            raise InvalidRequest(f"min_ttl {request.min_ttl} exceeds the lifetime this provider grants "
-                                 f"({token.lifetime} s)", provider=self.profile.name)
-        return False
+        return self.policy.is_fresh(token, request.min_ttl, now)
+
+    def _check_min_ttl(self, request: TokenRequest, lifetime: int) -> None:
+        """A ``min_ttl`` that this provider's tokens cannot keep for longer than their refresh margin
+        would mean a new token on nearly every request: refuse it instead of hammering the provider."""
+        limit = int(lifetime - self.policy.margin(lifetime))
+        if request.min_ttl > limit:
+            raise InvalidRequest(f"min_ttl can be at most {limit} for this provider (its tokens live "
+                                 f"{lifetime} s and are renewed {lifetime - limit} s before they expire)",
+                                 provider=self.profile.name)
 
     # -- refresh under a lease ------------------------------------------------------------------
     def _refresh(self, request: TokenRequest, deadline: float, stale: CachedToken | None) -> CachedToken:
@@ -153,30 +163,40 @@ class TokenVendor:
         poll = POLL_FIRST
         waited = False
         while True:
-            lease = self.cache.acquire_lease(self.profile.name, key, self.owner,
-                                             self._lease_seconds(deadline))
+            lease_seconds = self._lease_seconds(deadline)
+            lease = self.cache.acquire_lease(self.profile.name, key, self.owner, lease_seconds)
             if lease.acquired:
-                try:
-                    return self._refresh_holding_lease(request, deadline, stale)
-                finally:
-                    self.cache.release_lease(self.profile.name, key, self.owner)
+                return self._refresh_holding_lease(request, min(deadline, time.monotonic() + lease_seconds),
+                                                   stale)
+            if lease.failure is not None:  # a refresh just failed: answer as it did, do not ask again
+                return self._serve_stale_or_raise(request, stale, self._stored_error(lease.failure))
             if not waited:
                 waited = True
                 self._count("LeaseWait")
-            # Someone else is refreshing: poll for their result until their lease lapses.
-            while time.time() < lease.expires_at:
+            # Someone else is refreshing: poll for their result until they finish, fail or vanish.
+            while True:
                 if time.monotonic() + poll >= deadline:
                     return self._serve_stale_or_raise(
                         request, stale, UpstreamUnavailable("a refresh by another caller is still running",
                                                             retry_after=1, provider=self.profile.name))
-                time.sleep(poll * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+                time.sleep(poll * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
                 poll = min(poll * 2, POLL_MAX)
                 latest = self.cache.get(self.profile.name, key, consistent=True)
-                if latest is not None and (stale is None or latest.fetched_at > stale.fetched_at) \
-                        and self._acceptable(latest, request, time.time()):
+                if latest is not None and self._newer(latest, stale) and self._acceptable(latest, request,
+                                                                                          time.time()):
                     self.memory.put(key, latest)
                     return latest
-            self.logger.warning("refresh lease lapsed; taking over", extra={"scope_key": key})
+                holder = self.cache.get_lease(self.profile.name, key)
+                if holder is not None and holder.failure is not None:
+                    return self._serve_stale_or_raise(request, stale, self._stored_error(holder.failure))
+                if holder is None or holder.expires_at <= time.time():
+                    break  # released without a usable token for us, or the holder died: take over
+            if holder is not None:
+                self.logger.warning("refresh lease lapsed; taking over", extra={"scope_key": key})
+
+    @staticmethod
+    def _newer(token: CachedToken, than: CachedToken | None) -> bool:
+        return than is None or token.fetched_at > than.fetched_at
 
     def _lease_seconds(self, deadline: float) -> float:
         """Shorter than what is left of this invocation, so a holder that dies frees the key."""
@@ -185,25 +205,54 @@ class TokenVendor:
 
     def _refresh_holding_lease(self, request: TokenRequest, deadline: float,
                                stale: CachedToken | None) -> CachedToken:
+        """``deadline`` is the earlier of the invocation's and the lease's end: the fetch never outlives
+        the lease, so no second environment can start one while ours still runs."""
         key = request.scope_key
-        latest = self.cache.get(self.profile.name, key, consistent=True)
-        if latest is not None and (stale is None or latest.fetched_at > stale.fetched_at) \
-                and self._acceptable(latest, request, time.time()):
-            self.memory.put(key, latest)  # another environment refreshed between our read and lease
-            return latest
-        stale = latest or stale
+        release = True
         try:
-            token = self._fetch(request, deadline)
-        except TokenVendingError as exc:
-            return self._serve_stale_or_raise(request, stale, exc)
-        if not self.cache.put(token):
-            newer = self.cache.get(self.profile.name, key, consistent=True)
-            token = newer or token
-        self.memory.put(key, token)
-        if not self.policy.is_usable(token, request.min_ttl, time.time()):
-            raise InvalidRequest(f"min_ttl {request.min_ttl} exceeds the lifetime this provider grants "
-                                 f"({token.lifetime} s)", provider=self.profile.name)
-        return token
+            latest = self.cache.get(self.profile.name, key, consistent=True)
+            if latest is not None and self._newer(latest, stale) and self._acceptable(latest, request,
+                                                                                      time.time()):
+                self.memory.put(key, latest)  # another environment refreshed between our read and lease
+                return latest
+            stale = latest or stale
+            try:
+                token = self._fetch(request, deadline)
+            except TokenVendingError as exc:
+                release = not self._cool_down(key, exc)
+                return self._serve_stale_or_raise(request, stale, exc)
+            try:
+                if not self.cache.put(token):
+                    token = self.cache.get(self.profile.name, key, consistent=True) or token
+            except CacheUnavailable as exc:
+                # Keep what we paid for: this environment serves it from its degraded store.
+                self._count("CacheUnavailable")
+                self.logger.warning("could not store the new token", extra={"reason": str(exc)})
+                self._remember_degraded(key, token)
+            self.memory.put(key, token)
+            self._check_min_ttl(request, token.lifetime)
+            return token
+        finally:
+            if release:
+                self.cache.release_lease(self.profile.name, key, self.owner)
+
+    def _cool_down(self, key: str, error: TokenVendingError) -> bool:
+        """Record a failed refresh on the lease; ``True`` when recorded (the lease is then kept)."""
+        if isinstance(error, InvalidRequest):
+            return False
+        if isinstance(error, UpstreamUnavailable) and error.retry_after is not None:
+            seconds = float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
+        elif isinstance(error, (UpstreamRejected, Misconfigured)):
+            seconds = REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret, scope or setting
+        else:
+            seconds = COOL_DOWN_SECONDS
+        self.cache.record_failure(self.profile.name, key, self.owner, time.time() + seconds, error.body())
+        return True
+
+    def _stored_error(self, body: dict[str, Any]) -> TokenVendingError:
+        code = body.get("error")
+        cls = next((cls for cls in ERRORS_BY_TYPE.values() if cls.code == code), UpstreamUnavailable)
+        return cls.from_body(body, self.profile.name)
 
     def _serve_stale_or_raise(self, request: TokenRequest, stale: CachedToken | None,
                               error: TokenVendingError) -> CachedToken:
@@ -217,19 +266,24 @@ class TokenVendor:
         raise error
 
     # -- degraded mode --------------------------------------------------------------------------
+    def _remember_degraded(self, key: str, token: CachedToken) -> None:
+        hold = token.remaining(time.time()) - self.policy.margin(token.lifetime)
+        self.degraded.put(key, token, seconds=max(hold, 0.0))
+
     def _degraded(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
-        """DynamoDB is unavailable: one fetch per environment, kept in memory until its margin."""
+        """DynamoDB is unavailable: one fetch per environment, kept until its refresh margin in a store
+        of its own, read only while DynamoDB fails (so it never shadows the table once it is back)."""
         self._count("CacheUnavailable")
         self.logger.warning("token cache unavailable; using this environment's memory only",
                             extra={"reason": reason})
         key = request.scope_key
         with self._local_lock:
-            remembered = self.memory.get(key)
+            remembered = self.degraded.get(key)
             if remembered is not None and self._acceptable(remembered, request, time.time()):
                 return remembered
             token = self._fetch(request, deadline)
-            hold = token.remaining(time.time()) - self.policy.margin(token.lifetime)
-            self.memory.put(key, token, seconds=max(hold, 0.0))
+            self._remember_degraded(key, token)
+            self._check_min_ttl(request, token.lifetime)
             return token
 
     # -- upstream -------------------------------------------------------------------------------
