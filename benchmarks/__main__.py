@@ -48,8 +48,8 @@ order below; progress and diagnostics go to stderr. A figure that could not be m
 ``waiting_share_steady_state``
     Share of caller requests (``GET /token/pyng?min_ttl=1`` through the local API) that waited on
     the provider, i.e. whose Pyng invocation missed the cache or blocked on the lease (read from
-    that invocation's EMF metrics), over 30 s of steady traffic from 4 callers with 20 s tokens
-    (refresh margin 2 s), while a scheduler invokes Pyng with ``{"refresh_ahead": true}`` every
+    that invocation's EMF metrics), over 30 s of steady traffic from 4 callers with 30 s tokens
+    (refresh margin 3 s), while a scheduler invokes Pyng with ``{"refresh_ahead": true}`` every
     ``REFRESH_AHEAD_INTERVAL`` = 3 s. ``nan`` if the product code does not know that payload. See
     ``benchmarks.steady``.
 

@@ -2,7 +2,8 @@
 
 One run shape, measured twice: the whole local service (API Gateway emulation, the token API and
 Pyng functions in worker processes, DynamoDB Local, moto's Secrets Manager) with the Pyng emulator
-handing out short tokens (``expires_in=20``, refresh margin ``max(2 s, 10 %)`` = 2 s). A first request
+handing out short tokens (``expires_in=30``, the shortest the service accepts; refresh margin
+``max(2 s, 10 %)`` = 3 s, so without refresh-ahead a caller meets the margin inside the 30 s run). A first request
 caches a token (not counted); then ``CALLERS`` threads call ``GET /token/pyng?min_ttl=1`` back to back
 for ``duration`` seconds. With refresh-ahead on, a scheduler thread also invokes a separate Pyng
 execution environment with ``{"refresh_ahead": true}`` every ``REFRESH_AHEAD_INTERVAL`` (3 s), at a
@@ -44,18 +45,13 @@ from local.stack import API_FUNCTION
 if TYPE_CHECKING:
     from benchmarks.infra import LoopbackAws
 
-TOKEN_SECONDS = 20
+TOKEN_SECONDS = 30
 REFRESH_AHEAD_INTERVAL = 3.0
 CALLERS = 4
 FUNCTION_ENV = {
     "REFRESH_MARGIN_SECONDS": "2",
     "REFRESH_MARGIN_RATIO": "0.1",
     "REFRESH_AHEAD_INTERVAL": f"{REFRESH_AHEAD_INTERVAL:g}",
-    # A token fetched less than FORCE_REFRESH_INTERVAL ago (default 30 s) is accepted even inside the
-    # margin (TokenVendor._acceptable), by callers and by refresh-ahead alike; every 20 s token is that
-    # young, so with the default nothing would be renewed before it fell below min_ttl. A 1 s interval
-    # keeps the refresh margin in charge, as it is with real lifetimes (900 s and more).
-    "FORCE_REFRESH_INTERVAL": "1",
 }
 REFRESH_AHEAD_PAYLOAD = {"refresh_ahead": True}
 

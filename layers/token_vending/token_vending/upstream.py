@@ -199,7 +199,7 @@ class UpstreamClient:
             if jwt_exp is not None:
                 raise UpstreamInvalidResponse("the provider's token has already expired (JWT exp)", provider=name)
             expires_at = int(started) + self.settings.default_lifetime
-        if expires_at - started < MIN_LIFETIME:
+        if expires_at - int(started) < MIN_LIFETIME:
             raise UpstreamInvalidResponse(f"the provider granted a token that lives under {MIN_LIFETIME} s",
                                           provider=name)
         granted = document.get("scope")
