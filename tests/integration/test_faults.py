@@ -18,8 +18,12 @@ from tests.integration.conftest import get_token, table_items
 pytestmark = pytest.mark.integration
 
 
-class ThrottlingDynamoDB:
-    """A DynamoDB endpoint that answers every call with ProvisionedThroughputExceededException."""
+THROTTLED = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                        "message": "Rate of requests exceeds the allowed throughput."}).encode()
+
+
+class FakeDynamoDB:
+    """A DynamoDB endpoint on loopback whose answers ``answer`` decides; it throttles every call."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -30,11 +34,9 @@ class ThrottlingDynamoDB:
                 pass
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.calls += 1
-                body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-                                   "message": "Rate of requests exceeds the allowed throughput."}).encode()
-                self.send_response(400)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, body = outer.answer(dict(self.headers.items()), raw)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/x-amz-json-1.0")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -44,6 +46,10 @@ class ThrottlingDynamoDB:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def answer(self, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
+        self.calls += 1
+        return 400, THROTTLED
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -52,7 +58,7 @@ class ThrottlingDynamoDB:
 @pytest.mark.parametrize("failure", ["unreachable", "throttled"])
 def test_dynamodb_failure_degrades_to_one_fetch_per_environment(make_stack: Any, emulators: Any,
                                                                  failure: str) -> None:
-    throttling = ThrottlingDynamoDB() if failure == "throttled" else None
+    throttling = FakeDynamoDB() if failure == "throttled" else None
     endpoint = throttling.endpoint if throttling else "http://127.0.0.1:9"
     try:
         stack = make_stack(dynamodb_endpoint=endpoint, create_resources=False, max_concurrency=1)
@@ -114,44 +120,25 @@ def test_load_1000_requests_from_50_callers_with_a_cold_cache(make_stack: Any, e
         assert emulators[route].token_requests == 1, route
 
 
-class FailingWrites(ThrottlingDynamoDB):
-    """Forwards reads to DynamoDB Local and throttles PutItem: the table fails right after a fetch."""
+class FailingWrites(FakeDynamoDB):
+    """Forwards to DynamoDB Local but throttles the token PutItem: the table fails right after a fetch."""
 
     def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        super().__init__()
+
+    def answer(self, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
+        import urllib.error
         import urllib.request
 
-        self.calls = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                target = self.headers.get("X-Amz-Target", "")
-                if target.endswith(".PutItem") and b'"token#' in raw:
-                    outer.calls += 1
-                    body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#"
-                                       "ProvisionedThroughputExceededException", "message": "slow down"}).encode()
-                    status = 400
-                else:
-                    forward = urllib.request.Request(upstream, data=raw, method="POST",
-                                                     headers={k: v for k, v in self.headers.items()})
-                    try:
-                        with urllib.request.urlopen(forward, timeout=10) as answer:
-                            status, body = answer.status, answer.read()
-                    except urllib.error.HTTPError as error:
-                        status, body = error.code, error.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        if headers.get("X-Amz-Target", "").endswith(".PutItem") and b'"token#' in raw:
+            return super().answer(headers, raw)
+        forward = urllib.request.Request(self.upstream, data=raw, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(forward, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
 
 
 def test_a_token_whose_write_fails_is_served_and_kept_not_fetched_again(make_stack: Any, emulators: Any,
