@@ -6,7 +6,8 @@ Order of preference for one request:
 2. the DynamoDB item, if fresh,
 3. a refresh under a DynamoDB lease: exactly one environment calls the provider, the others poll
    the item with consistent reads and take over only if the holder's lease lapses,
-4. on refresh failure, the old token if it still meets ``min_ttl`` (stale on error).
+4. on refresh failure, the old token if it still meets ``min_ttl`` (stale on error); the failed
+   refresh's lease stays as a cool-down, so no caller asks the provider again until it lapses.
 
 If DynamoDB itself is unavailable the function degrades to a per-environment cache: each
 environment fetches at most once per token lifetime, never once per request.
