@@ -48,12 +48,18 @@ class TokenApi:
         self.dynamodb = dynamodb
         self.lambda_client = lambda_client
         self._settings: ApiSettings | None = None
-        self.memory: MemoryCache[CachedToken] | None = None
+        # Built with the settings, once per execution environment (not per request).
+        self.memory: MemoryCache[CachedToken] = MemoryCache(0)
+        self.policy = RefreshPolicy(0, 0)
+        self.cache: TokenCache | None = None
 
     def settings(self) -> ApiSettings:
         if self._settings is None:
-            self._settings = ApiSettings.from_env()
-            self.memory = MemoryCache(self._settings.memory_cache_seconds)
+            settings = ApiSettings.from_env()
+            self.memory = MemoryCache(settings.memory_cache_seconds)
+            self.policy = RefreshPolicy(settings.refresh_margin_seconds, settings.refresh_margin_ratio)
+            self.cache = TokenCache(settings.table_name, self.dynamodb)
+            self._settings = settings
         return self._settings
 
     def handle(self, event: Any) -> dict[str, Any]:
@@ -67,9 +73,9 @@ class TokenApi:
             self.metrics.add_dimension(name="provider", value=provider)
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
                                     default=entry.default_scopes, max_lifetime=entry.max_lifetime)
-            if request.force_refresh and self.memory is not None:
+            if request.force_refresh:
                 self.memory.discard(f"{request.provider}#{request.scope_key}")  # the caller says it is bad
-            token = None if request.force_refresh else self._cached(settings, request)
+            token = None if request.force_refresh else self._cached(request)
             body = token_body(token) if token is not None else self._invoke(entry, request)
         except TokenVendingError as exc:
             if exc.provider is None and provider is not None:
@@ -92,24 +98,23 @@ class TokenApi:
             raise UnknownProvider("no such provider is deployed", provider=shown)
         return entry
 
-    def _cached(self, settings: ApiSettings, request: TokenRequest) -> CachedToken | None:
-        policy = RefreshPolicy(settings.refresh_margin_seconds, settings.refresh_margin_ratio)
+    def _cached(self, request: TokenRequest) -> CachedToken | None:
         key = f"{request.provider}#{request.scope_key}"
-        memory = self.memory or MemoryCache(settings.memory_cache_seconds)
-        self.memory = memory
-        remembered = memory.get(key)
-        if remembered is not None and policy.is_fresh(remembered, request.min_ttl, time.time()):
+        remembered = self.memory.get(key)
+        if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, time.time()):
             self._count("CacheHitMemory")
             return remembered
+        if self.cache is None:
+            return None
         try:
-            cached = TokenCache(settings.table_name, self.dynamodb).get(request.provider, request.scope_key)
+            cached = self.cache.get(request.provider, request.scope_key)
         except CacheUnavailable as exc:
             # Not fatal here: the provider function has its own fallbacks.
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
             return None
-        if cached is not None and policy.is_fresh(cached, request.min_ttl, time.time()):  # after the read
+        if cached is not None and self.policy.is_fresh(cached, request.min_ttl, time.time()):  # after the read
             self._count("CacheHitDynamoDB")
-            memory.put(key, cached)
+            self.memory.put(key, cached)
             return cached
         return None
 

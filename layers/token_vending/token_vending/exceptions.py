@@ -136,3 +136,6 @@ ERRORS_BY_TYPE: dict[str, type[TokenVendingError]] = {
                 UpstreamInvalidResponse, UpstreamUnavailable, UpstreamTimeout, InternalError)
 }
 """``errorType`` reported by Lambda -> error class, for the token API function."""
+
+ERRORS_BY_CODE: dict[str, type[TokenVendingError]] = {cls.code: cls for cls in ERRORS_BY_TYPE.values()}
+"""Contract error code -> error class, for errors stored as bodies (a failed refresh's cool-down)."""

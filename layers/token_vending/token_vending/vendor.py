@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
 from token_vending.exceptions import (
-    ERRORS_BY_TYPE,
+    ERRORS_BY_CODE,
     InvalidRequest,
     Misconfigured,
     TokenVendingError,
@@ -251,8 +251,7 @@ class TokenVendor:
         return True
 
     def _stored_error(self, body: dict[str, Any]) -> TokenVendingError:
-        code = body.get("error")
-        cls = next((cls for cls in ERRORS_BY_TYPE.values() if cls.code == code), UpstreamUnavailable)
+        cls = ERRORS_BY_CODE.get(str(body.get("error")), UpstreamUnavailable)
         return cls.from_body(body, self.profile.name)
 
     def _serve_stale_or_raise(self, request: TokenRequest, stale: CachedToken | None,
