@@ -71,7 +71,7 @@ def lambda_environment(base: Mapping[str, str]) -> dict[str, str]:
         "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false", "POWERTOOLS_LOGGER_LOG_EVENT": "false",
         "TOKEN_VENDING_LOCAL_MODE": "false", "AWS_ENDPOINT_URL_DYNAMODB": "",
         "PROVIDER_NAME": "pyng", "TOKEN_URL": "https://pyng.invalid/billing/oauth2/token",
-        "SECRET_ID": "token-vending/pyng", "MAX_TOKEN_LIFETIME": "900",
+        "SECRET_ID": "token-vending/pyng", "TOKEN_LIFETIME": "900",
     }
 
 

@@ -32,15 +32,15 @@ class ProviderDefinition:
     folder: str
     allowed_scopes: str = ""
     default_scopes: str = ""
-    max_lifetime: int = 3600
+    lifetime: int = 3600
     audience: str | None = None
 
 
 PROVIDERS: tuple[ProviderDefinition, ...] = (
     ProviderDefinition("invoice-cloud", "InvoiceCloudFunction", "invoice_cloud"),
-    ProviderDefinition("pyng", "PyngFunction", "pyng", allowed_scopes=PYNG_SCOPES, max_lifetime=900),
+    ProviderDefinition("pyng", "PyngFunction", "pyng", allowed_scopes=PYNG_SCOPES, lifetime=900),
     ProviderDefinition("aria", "AriaFunction", "aria"),
-    ProviderDefinition("autopay", "AutopayFunction", "autopay", max_lifetime=86400, audience=""),
+    ProviderDefinition("autopay", "AutopayFunction", "autopay", lifetime=36000, audience=""),
     ProviderDefinition("alternative-payments", "AlternativePaymentsFunction", "alternative_payments"),
 )
 
@@ -210,7 +210,7 @@ class LocalStack:
                 "SECRET_ID": self.secret_name(provider.route),
                 "ALLOWED_SCOPES": provider.allowed_scopes,
                 "DEFAULT_SCOPES": provider.default_scopes,
-                "MAX_TOKEN_LIFETIME": str(provider.max_lifetime),
+                "TOKEN_LIFETIME": str(provider.lifetime),
                 **({"AUDIENCE": provider.audience} if provider.audience is not None else {}),
                 **self.config.provider_env.get(provider.route, {}),
             }
@@ -218,7 +218,7 @@ class LocalStack:
                                       timeout=25, max_concurrency=self.config.max_concurrency))
             providers_env[provider.route] = {"function": provider.function, "scopes": provider.allowed_scopes,
                                              "default_scopes": provider.default_scopes,
-                                             "max_lifetime": provider.max_lifetime}
+                                             "lifetime": provider.lifetime}
         specs.append(FunctionSpec(API_FUNCTION, REPO_ROOT / "functions" / "token_api" / "app.py",
                                   {**common, "PROVIDERS": json.dumps(providers_env)}, timeout=29,
                                   max_concurrency=self.config.max_concurrency))

@@ -32,7 +32,7 @@ PROVIDERS = {
     "invoice-cloud": ("InvoiceCloudFunction", "invoice_cloud", 3600),
     "pyng": ("PyngFunction", "pyng", 900),
     "aria": ("AriaFunction", "aria", 3600),
-    "autopay": ("AutopayFunction", "autopay", 86400),
+    "autopay": ("AutopayFunction", "autopay", 36000),
     "alternative-payments": ("AlternativePaymentsFunction", "alternative_payments", 3600),
 }
 SECRET_PREFIX = {

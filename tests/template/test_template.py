@@ -274,7 +274,7 @@ def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> 
                 "UPSTREAM_CONNECT_TIMEOUT",
                 "UPSTREAM_READ_TIMEOUT",
                 "LEASE_SECONDS",
-                "MAX_TOKEN_LIFETIME",
+                "TOKEN_LIFETIME",
             ):
                 float(env[key])
     providers = json.loads(resolved[TOKEN_API]["env"]["PROVIDERS"])
@@ -493,10 +493,10 @@ def test_scope_parameters_cannot_break_the_providers_json(template: dict[str, An
 
 def test_provider_functions_environment(template: dict[str, Any]) -> None:
     ev = Evaluator(template)
-    for route, (logical_id, _, max_lifetime) in PROVIDERS.items():
+    for route, (logical_id, _, lifetime) in PROVIDERS.items():
         env = function_env(template, logical_id)
         assert env[constants.PROVIDER_NAME_ENV] == route
-        assert int(env[constants.MAX_LIFETIME_ENV]) == max_lifetime
+        assert int(env[constants.TOKEN_LIFETIME_ENV]) == lifetime
         prefix = SECRET_PREFIX[route]
         assert env[constants.SECRET_ID_ENV] == {
             "Fn::If": [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
@@ -567,14 +567,14 @@ def test_token_api_providers_json(template: dict[str, Any]) -> None:
         ev = Evaluator(template, overrides)
         providers = json.loads(ev(env[constants.PROVIDERS_ENV]))
         assert list(providers) == list(PROVIDERS)
-        for route, (logical_id, _, max_lifetime) in PROVIDERS.items():
+        for route, (logical_id, _, lifetime) in PROVIDERS.items():
             entry = providers[route]
-            assert set(entry) == {"function", "scopes", "default_scopes", "max_lifetime"}
+            assert set(entry) == {"function", "scopes", "default_scopes", "lifetime"}
             assert entry["function"] == ev({"Ref": logical_id})
             provider_env = function_env(template, logical_id)
             assert entry["scopes"] == ev(provider_env[constants.ALLOWED_SCOPES_ENV])
             assert entry["default_scopes"] == ev(provider_env[constants.DEFAULT_SCOPES_ENV])
-            assert entry["max_lifetime"] == max_lifetime == int(provider_env[constants.MAX_LIFETIME_ENV])
+            assert entry["lifetime"] == lifetime == int(provider_env[constants.TOKEN_LIFETIME_ENV])
         if overrides:
             assert providers["pyng"]["default_scopes"] == "billing:batches:read"
 

@@ -17,7 +17,7 @@ ROUTES = {"invoice-cloud": "invoice_cloud", "pyng": "pyng", "aria": "aria", "aut
           "alternative-payments": "alternative_payments"}
 PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
 PROVIDERS = {route: {"function": f"{folder}-fn", "scopes": PYNG_SCOPES if route == "pyng" else "",
-                     "max_lifetime": 86400 if route == "autopay" else 3600} for route, folder in ROUTES.items()}
+                     "lifetime": 36000 if route == "autopay" else 3600} for route, folder in ROUTES.items()}
 
 
 def seed(client: Any, route: str, scope_key: str, token: str, expires_in: int = 3000) -> None:
@@ -64,7 +64,7 @@ def test_invoke_event_files_are_served_from_the_cache(moto_table: Any, context: 
     monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
     monkeypatch.setenv("SECRET_ID", f"token-vending/{route}")
     monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES if route == "pyng" else "")
-    monkeypatch.setenv("MAX_TOKEN_LIFETIME", "86400" if route == "autopay" else "3600")
+    monkeypatch.setenv("TOKEN_LIFETIME", "36000" if route == "autopay" else "3600")
     event = json.loads((EVENTS / f"invoke-{route}.json").read_text())
     seed(moto_table, route, scope_key_of(event.get("scope"), route), f"cached-{route}")
     body = load_app(ROUTES[route]).handler(event, context)

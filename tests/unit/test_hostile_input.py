@@ -40,7 +40,7 @@ PYNG_SCOPES = ("billing:customers:invite", "billing:customers:read", "billing:ba
 ROUTES = ("invoice-cloud", "pyng", "aria", "autopay", "alternative-payments")
 PROVIDERS: dict[str, dict[str, Any]] = {
     route: {"function": f"{route}-function", "scopes": " ".join(PYNG_SCOPES) if route == "pyng" else "",
-            "max_lifetime": {"autopay": 86400, "pyng": 900}.get(route, 3600)}
+            "lifetime": {"autopay": 36000, "pyng": 900}.get(route, 3600)}
     for route in ROUTES
 }
 CLIENT_ID = "hostile-client-id"
@@ -334,7 +334,7 @@ def _check_invocation(call: dict[str, Any]) -> str:
     if route != "pyng":
         assert payload["scope"] is None
     assert type(payload["min_ttl"]) is int
-    assert 0 <= payload["min_ttl"] <= PROVIDERS[route]["max_lifetime"]
+    assert 0 <= payload["min_ttl"] <= PROVIDERS[route]["lifetime"]
     assert type(payload["force_refresh"]) is bool
     return route
 
@@ -482,7 +482,7 @@ def pyng_function(moto_table: Any, token_endpoint: TokenEndpoint, monkeypatch: p
     for name, value in {
         "CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "TOKEN_URL": token_endpoint.url,
         "TOKEN_VENDING_LOCAL_MODE": "true", "SECRET_ID": "token-vending/hostile/pyng",
-        "ALLOWED_SCOPES": " ".join(PYNG_SCOPES), "MAX_TOKEN_LIFETIME": "900", "UPSTREAM_RETRIES": "0",
+        "ALLOWED_SCOPES": " ".join(PYNG_SCOPES), "TOKEN_LIFETIME": "900", "UPSTREAM_RETRIES": "0",
         # Every forced refresh reaches the token endpoint: a token fetched a moment ago does not
         # absorb the next forced refresh.
         "FORCE_REFRESH_INTERVAL": "0", "POWERTOOLS_LOG_LEVEL": "WARNING",

@@ -11,7 +11,7 @@ ALLOWED = frozenset({"billing:batches:read", "billing:customers:read"})
 
 
 def parse(params: Any, allowed: frozenset[str] = ALLOWED) -> Any:
-    return parse_request(params, provider="pyng", allowed=allowed, default=allowed, max_lifetime=900)
+    return parse_request(params, provider="pyng", allowed=allowed, default=allowed, min_ttl_limit=810)
 
 
 def test_defaults() -> None:
@@ -50,5 +50,17 @@ def test_force_refresh_values(raw: Any, expected: bool) -> None:
 
 
 def test_min_ttl_accepts_integers_and_digit_strings() -> None:
-    assert parse({"min_ttl": "900"}).min_ttl == 900
+    assert parse({"min_ttl": "810"}).min_ttl == 810  # Pyng: 900 s documented, 90 s margin
     assert parse({"min_ttl": 0}).min_ttl == 0
+
+
+@pytest.mark.parametrize("raw", [811, "850", 900])
+def test_min_ttl_above_documented_lifetime_minus_margin_is_refused_before_any_cache_access(raw: Any) -> None:
+    """Issue 8 items 3 and 4: the limit comes from configuration, so the answer never depends on the cache."""
+    with pytest.raises(InvalidRequest, match="between 0 and 810"):
+        parse({"min_ttl": raw})
+
+
+def test_default_min_ttl_never_exceeds_the_limit() -> None:
+    """Issue 8 item 5: a caller never gets a client error for a parameter it did not send."""
+    assert parse_request({}, provider="p", allowed=frozenset(), default=frozenset(), min_ttl_limit=45).min_ttl == 45

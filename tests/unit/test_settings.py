@@ -13,7 +13,7 @@ BASE = {"PROVIDER_NAME": "pyng", "TOKEN_URL": "https://sample.pyng.com.au/billin
 def test_valid_settings() -> None:
     settings = ProviderSettings.from_env("pyng", BASE)
     assert settings.default_scopes == settings.allowed_scopes
-    assert settings.max_lifetime == 3600
+    assert settings.lifetime == 3600
     assert settings.cache.lease_seconds == 20
 
 

@@ -78,7 +78,7 @@ def pyng(moto_table: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("TOKEN_URL", "https://sample.pyng.com.au/billing/oauth2/token")
     monkeypatch.setenv("SECRET_ID", "token-vending/pyng")
     monkeypatch.setenv("ALLOWED_SCOPES", "billing:batches:read billing:customers:read")
-    monkeypatch.setenv("MAX_TOKEN_LIFETIME", "900")
+    monkeypatch.setenv("TOKEN_LIFETIME", "900")
     now = time.time()
     moto_table.put_item(TableName=TABLE, Item={
         "pk": {"S": "pyng"}, "sk": {"S": "token#billing:batches:read"}, "access_token": {"S": "the-token"},

@@ -72,7 +72,8 @@ class TokenApi:
             self.logger.append_keys(provider=provider)
             self.metrics.add_dimension(name="provider", value=provider)
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
-                                    default=entry.default_scopes, max_lifetime=entry.max_lifetime)
+                                    default=entry.default_scopes,
+                                    min_ttl_limit=self.policy.min_ttl_limit(entry.lifetime))
             if request.force_refresh:
                 self.memory.discard(f"{request.provider}#{request.scope_key}")  # the caller says it is bad
             token = None if request.force_refresh else self._cached(request)

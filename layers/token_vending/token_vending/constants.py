@@ -24,8 +24,10 @@ DEFAULT_SCOPES_ENV = "DEFAULT_SCOPES"
 AUDIENCE_ENV = "AUDIENCE"
 DEFAULT_LIFETIME_ENV = "DEFAULT_TOKEN_LIFETIME"
 """Lifetime assumed when the provider sends neither ``expires_in`` nor a JWT ``exp``."""
-MAX_LIFETIME_ENV = "MAX_TOKEN_LIFETIME"
-"""Longest lifetime the provider grants; the upper bound of ``min_ttl``."""
+TOKEN_LIFETIME_ENV = "TOKEN_LIFETIME"  # noqa: S105 - a variable name, not a secret
+"""The lifetime the provider's documents promise (the shortest they say it grants). ``min_ttl`` is bounded
+by it minus its refresh margin, from configuration alone, so a request gets the same answer whatever the
+cache holds."""
 REFRESH_MARGIN_SECONDS_ENV = "REFRESH_MARGIN_SECONDS"
 REFRESH_MARGIN_RATIO_ENV = "REFRESH_MARGIN_RATIO"
 CONNECT_TIMEOUT_ENV = "UPSTREAM_CONNECT_TIMEOUT"
@@ -42,14 +44,14 @@ SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a sec
 # --- token API function ---------------------------------------------------------------------
 PROVIDERS_ENV = "PROVIDERS"
 """JSON object: route name -> {"function": name or ARN, "scopes": "...", "default_scopes": "...",
-"max_lifetime": seconds}. Written by the template; the only providers the API knows."""
+"lifetime": seconds}. Written by the template; the only providers the API knows."""
 
 # --- defaults -------------------------------------------------------------------------------
 DEFAULT_MIN_TTL = 60
 DEFAULT_REFRESH_MARGIN_SECONDS = 60
 DEFAULT_REFRESH_MARGIN_RATIO = 0.1
 DEFAULT_TOKEN_LIFETIME = 300
-DEFAULT_MAX_LIFETIME = 3600
+DEFAULT_DOCUMENTED_LIFETIME = 3600
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_UPSTREAM_RETRIES = 2

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from token_vending.cache import CachedToken
 
 
+SHORT_LIFETIME_SLACK = 5
+"""Seconds a new token loses between being issued and being served (request, store, answer)."""
+
+
 @dataclass(frozen=True)
 class RefreshPolicy:
     margin_seconds: float
@@ -22,6 +26,16 @@ class RefreshPolicy:
         """Refresh ahead by max(margin_seconds, ratio x lifetime), but never more than half the
         lifetime: a provider handing out very short tokens must not be asked for one per call."""
         return min(max(self.margin_seconds, self.margin_ratio * lifetime), lifetime / 2)
+
+    def min_ttl_limit(self, lifetime: int) -> int:
+        """The largest ``min_ttl`` a token of ``lifetime`` seconds can keep outside its refresh margin.
+        Applied to the *documented* lifetime before anything else, so it never depends on cache state."""
+        return max(0, int(lifetime - self.margin(lifetime)))
+
+    def cannot_satisfy(self, token: CachedToken, min_ttl: float) -> bool:
+        """Even freshly issued, a token like this one would not keep ``min_ttl``: the provider grants shorter
+        tokens than documented. Fetching again would only hammer it (one new token per request)."""
+        return token.lifetime < min_ttl + SHORT_LIFETIME_SLACK
 
     def is_fresh(self, token: CachedToken, min_ttl: float, now: float) -> bool:
         """Servable without a refresh: outside the refresh margin and valid for ``min_ttl``."""

@@ -70,7 +70,8 @@ class ProviderFunction:
             vendor = self.vendor()
             settings = vendor.settings
             request = parse_request(event, provider=self.profile.name, allowed=settings.allowed_scopes,
-                                    default=settings.default_scopes, max_lifetime=settings.max_lifetime)
+                                    default=settings.default_scopes,
+                                    min_ttl_limit=vendor.policy.min_ttl_limit(settings.lifetime))
             token = vendor.vend(request, deadline=time.monotonic() + budget_ms / 1000)
         except Misconfigured as exc:
             self.logger.error("misconfigured", extra={"error_description": exc.description})

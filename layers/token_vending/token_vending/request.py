@@ -51,9 +51,11 @@ def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset
     return requested
 
 
-def _min_ttl(raw: Any, provider: str, max_lifetime: int) -> int:
+def _min_ttl(raw: Any, provider: str, limit: int) -> int:
+    """``limit`` comes from configuration only (the documented lifetime minus its refresh margin), never
+    from what the cache holds: the same request gets the same answer on a cold or a warm cache."""
     if raw is None:
-        return min(constants.DEFAULT_MIN_TTL, max_lifetime)
+        return min(constants.DEFAULT_MIN_TTL, limit)  # never a client error for a parameter not sent
     if isinstance(raw, bool):
         raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
     if isinstance(raw, int):
@@ -62,8 +64,10 @@ def _min_ttl(raw: Any, provider: str, max_lifetime: int) -> int:
         value = int(raw)
     else:
         raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
-    if not 0 <= value <= max_lifetime:
-        raise InvalidRequest(f"min_ttl must be between 0 and {max_lifetime}", provider=provider)
+    if not 0 <= value <= limit:
+        raise InvalidRequest(f"min_ttl must be between 0 and {limit} for this provider (its tokens are "
+                             f"documented to live long enough for that, refresh margin included)",
+                             provider=provider)
     return value
 
 
@@ -78,8 +82,11 @@ def _force_refresh(raw: Any, provider: str) -> bool:
 
 
 def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: frozenset[str],
-                  default: frozenset[str], max_lifetime: int) -> TokenRequest:
-    """Validate caller parameters; unknown parameters are refused rather than silently ignored."""
+                  default: frozenset[str], min_ttl_limit: int) -> TokenRequest:
+    """Validate caller parameters; unknown parameters are refused rather than silently ignored.
+
+    ``min_ttl_limit`` is :meth:`RefreshPolicy.min_ttl_limit` of the provider's documented lifetime.
+    """
     params = params or {}
     if not isinstance(params, Mapping):
         raise InvalidRequest("the request must be a JSON object", provider=provider)
@@ -90,6 +97,6 @@ def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: f
     return TokenRequest(
         provider=provider,
         scopes=_scopes(params.get("scope"), provider, allowed, default),
-        min_ttl=_min_ttl(params.get("min_ttl"), provider, max_lifetime),
+        min_ttl=_min_ttl(params.get("min_ttl"), provider, min_ttl_limit),
         force_refresh=_force_refresh(params.get("force_refresh"), provider),
     )

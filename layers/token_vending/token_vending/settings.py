@@ -103,7 +103,7 @@ class ProviderSettings:
     default_scopes: frozenset[str]
     audience: str
     default_lifetime: int
-    max_lifetime: int
+    lifetime: int
     connect_timeout: float
     read_timeout: float
     upstream_retries: int
@@ -131,7 +131,7 @@ class ProviderSettings:
             audience=env.get(constants.AUDIENCE_ENV, ""),
             default_lifetime=int(_number(env, constants.DEFAULT_LIFETIME_ENV,
                                          constants.DEFAULT_TOKEN_LIFETIME, provider, minimum=1)),
-            max_lifetime=int(_number(env, constants.MAX_LIFETIME_ENV, constants.DEFAULT_MAX_LIFETIME,
+            lifetime=int(_number(env, constants.TOKEN_LIFETIME_ENV, constants.DEFAULT_DOCUMENTED_LIFETIME,
                                      provider, minimum=1)),
             connect_timeout=_number(env, constants.CONNECT_TIMEOUT_ENV, constants.DEFAULT_CONNECT_TIMEOUT,
                                     provider, minimum=0.1),
@@ -160,7 +160,7 @@ class ProviderEntry:
     function: str
     allowed_scopes: frozenset[str]
     default_scopes: frozenset[str]
-    max_lifetime: int
+    lifetime: int
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class ApiSettings:
                     allowed_scopes=parse_scope_set(str(entry.get("scopes", ""))),
                     default_scopes=(parse_scope_set(str(entry.get("default_scopes", "")))
                                     or parse_scope_set(str(entry.get("scopes", "")))),
-                    max_lifetime=int(entry.get("max_lifetime", constants.DEFAULT_MAX_LIFETIME)),
+                    lifetime=int(entry.get("lifetime", constants.DEFAULT_DOCUMENTED_LIFETIME)),
                 )
                 for name, entry in document.items()
             }
