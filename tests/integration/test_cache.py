@@ -252,7 +252,7 @@ def test_a_failed_refresh_holds_every_caller_off_the_provider(stack: Any, emulat
     for params in ({}, {"force_refresh": "true"}, {}, {"min_ttl": "30"}):
         response = get_token(stack, "pyng", **params)
         assert response.status_code == 503
-        assert response.headers["Retry-After"] == "120"
+        assert 100 <= int(response.headers["Retry-After"]) <= 120  # what is left of the provider's 120 s
     assert emulators["pyng"].token_requests == calls
     [lease] = [item for item in table_items(stack) if item["sk"]["S"].startswith("lease#")]
     assert float(lease["lease_expires_at"]["N"]) >= time.time() + 100  # Retry-After honoured for everyone
@@ -280,7 +280,7 @@ def test_a_min_ttl_the_provider_cannot_keep_is_refused_without_fetching(stack: A
     assert get_token(stack, "pyng").status_code == 200  # 900 s tokens, renewed 90 s before expiry
     response = get_token(stack, "pyng", min_ttl="900")
     assert response.status_code == 400
-    assert "at most 810" in response.json()["error_description"]
+    assert "between 0 and 810" in response.json()["error_description"]
     assert get_token(stack, "pyng", min_ttl="800").status_code == 200
     assert emulators["pyng"].token_requests == 1
 

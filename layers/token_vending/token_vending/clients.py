@@ -14,6 +14,7 @@ API_DYNAMODB_CONFIG = Config(connect_timeout=0.5, read_timeout=0.5,
 """The token API only reads, and a failed read is not fatal (it delegates): it must not eat into the
 time the provider function may need inside API Gateway's 29 s."""
 SECRETS_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-LAMBDA_CONFIG = Config(connect_timeout=1, read_timeout=26, retries={"mode": "standard", "max_attempts": 1})
-"""Invoking a provider function may take its whole timeout (25 s); a read timeout must not re-invoke it,
-and it ends before the token API function's own 28 s (a read timeout is answered as upstream_timeout)."""
+LAMBDA_CONFIG = Config(connect_timeout=1, read_timeout=24, retries={"mode": "standard", "max_attempts": 1})
+"""A provider function finishes its work ``RESPONSE_RESERVE_SECONDS`` (2 s) before its 25 s timeout; a read
+timeout must not re-invoke it. Worst case of the token API: the DynamoDB read (2 x (0.5 + 0.5) s) plus this
+invoke (1 + 24 s) = 27 s, inside its own 28 s timeout (a read timeout is answered as upstream_timeout)."""

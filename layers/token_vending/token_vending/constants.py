@@ -51,6 +51,9 @@ DEFAULT_MIN_TTL = 60
 DEFAULT_REFRESH_MARGIN_SECONDS = 60
 DEFAULT_REFRESH_MARGIN_RATIO = 0.1
 DEFAULT_TOKEN_LIFETIME = 300
+MIN_DEFAULT_TOKEN_LIFETIME = 120
+"""A shorter assumed lifetime could not serve a request without parameters (the default ``min_ttl`` of 60 s
+plus the 60 s refresh margin): refused as ``misconfigured`` instead of failing every such request."""
 DEFAULT_DOCUMENTED_LIFETIME = 3600
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0

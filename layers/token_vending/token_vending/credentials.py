@@ -47,10 +47,11 @@ class CredentialStore:
         except GetParameterError as exc:
             code = _client_error_code(exc)
             if code in MISCONFIGURATION_CODES:
-                raise Misconfigured(f"secret {self.secret_id} cannot be read ({code})",
+                # Never the secret's name or ARN: error bodies reach callers, cross-account ones included.
+                raise Misconfigured(f"the provider's secret cannot be read ({code})",
                                     provider=self.provider) from None
             raise UpstreamUnavailable(f"Secrets Manager is unavailable ({code or 'error'})",
-                                      provider=self.provider) from None
+                                      provider=self.provider, provider_fault=False) from None
         return self._parse(raw)
 
     def _parse(self, raw: Any) -> ClientCredentials:

@@ -28,9 +28,13 @@ class TokenVendingError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, description: str, *, provider: str | None = None, **extra: Any) -> None:
+    def __init__(self, description: str, *, provider: str | None = None, provider_fault: bool = True,
+                 **extra: Any) -> None:
         self.description = sanitise(description)
         self.provider = provider
+        self.provider_fault = provider_fault
+        """``False`` when the provider was not (or not fully) asked: our own lack of time, Secrets Manager
+        down. Only a real provider failure starts a cool-down or counts as ``UpstreamFailure``."""
         self.extra = {key: value for key, value in extra.items() if value is not None}
         super().__init__(self.description)
 
@@ -102,9 +106,9 @@ class UpstreamUnavailable(TokenVendingError):
     status = 503
     code = "upstream_unavailable"
 
-    def __init__(self, description: str, *, retry_after: int | None = None,
-                 provider: str | None = None) -> None:
-        super().__init__(description, provider=provider, retry_after=retry_after)
+    def __init__(self, description: str, *, retry_after: int | None = None, provider: str | None = None,
+                 provider_fault: bool = True) -> None:
+        super().__init__(description, provider=provider, provider_fault=provider_fault, retry_after=retry_after)
 
     @property
     def retry_after(self) -> int | None:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from token_vending.vendor import TokenVendor
 
 DEFAULT_BUDGET_MS = 25_000
+RESPONSE_RESERVE_SECONDS = 2.0
+"""Kept back from the invocation's remaining time: the answer must reach the token API (whose invoke read
+timeout is 24 s for a 25 s function) before it gives up, and Lambda must not time the function out."""
 REFRESH_AHEAD_EVENT = {"refresh_ahead": True}
 
 
@@ -64,15 +67,16 @@ class ProviderFunction:
         """
         self.logger.append_keys(provider=self.profile.name)  # inject_lambda_context(clear_state) drops it
         budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
+        deadline = time.monotonic() + budget_ms / 1000 - RESPONSE_RESERVE_SECONDS
         if event == REFRESH_AHEAD_EVENT:
-            return self.vendor().refresh_ahead(deadline=time.monotonic() + budget_ms / 1000)
+            return self.vendor().refresh_ahead(deadline=deadline)
         try:
             vendor = self.vendor()
             settings = vendor.settings
             request = parse_request(event, provider=self.profile.name, allowed=settings.allowed_scopes,
                                     default=settings.default_scopes,
                                     min_ttl_limit=vendor.policy.min_ttl_limit(settings.lifetime))
-            token = vendor.vend(request, deadline=time.monotonic() + budget_ms / 1000)
+            token = vendor.vend(request, deadline=deadline)
         except Misconfigured as exc:
             self.logger.error("misconfigured", extra={"error_description": exc.description})
             raise

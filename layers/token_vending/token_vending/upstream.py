@@ -1,20 +1,28 @@
-"""One token request to a provider, with urllib3's retries bounded by the invocation's deadline.
+"""One token request to a provider: urllib3 with its retries, bounded as a whole by a deadline.
 
-``requests`` is imported on first use, not at module import, so a cold start that is answered from
-the cache never pays for it.
+Per-socket timeouts bound each read, not the request: a provider that trickles its headers or body a
+byte at a time would keep a fetch running past its lease, and a second environment would then send a
+second token request. So every socket of a fetch is registered with a :class:`Watchdog` that shuts it
+down at the deadline, whatever urllib3 is doing (connecting, TLS, headers, body, retry).
+
+urllib3 is botocore's own HTTP client (always in the runtime) and is imported on first use, so a cold
+start answered from the cache never pays for it.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import json
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 from token_vending.exceptions import (
+    TokenVendingError,
     UpstreamInvalidResponse,
     UpstreamRejected,
     UpstreamTimeout,
@@ -22,9 +30,10 @@ from token_vending.exceptions import (
     sanitise,
 )
 from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
-from token_vending.profile import ScopeMode
+from token_vending.profile import ScopeMode, basic_authorization
 
 if TYPE_CHECKING:
+    from urllib3 import BaseHTTPResponse
     from urllib3.util.retry import Retry
 
     from token_vending.credentials import ClientCredentials
@@ -39,6 +48,10 @@ MIN_LIFETIME = 30
 fault (or a clock problem), not something to fetch again on every request."""
 SAFETY_SECONDS = 1.0
 """Kept back from the deadline so the function can still write the cache and answer."""
+B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+"""RFC 6750 section 2.1 ``b64token``: what may follow ``Bearer `` in an Authorization header. Anything else
+(spaces, CR/LF, quotes) would let a provider inject headers into every caller's requests."""
+MAX_TOKEN_LENGTH = 16384
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,90 @@ class TokenGrant:
     expires_at: int
 
 
-def _budgeted_retry_class() -> type[Retry]:
-    """urllib3 ``Retry`` that gives up instead of sleeping past the invocation's deadline.
+class Watchdog:
+    """Shuts down every socket of one fetch when its deadline passes.
 
-    Plain ``Retry`` honours ``Retry-After`` however long it is; a Lambda function has a hard timeout,
-    so a wait that cannot finish in time ends the retries and the last response is reported (with its
-    ``Retry-After``) to the caller instead.
+    ``shutdown`` (not ``close``) is safe from another thread: a ``recv`` blocked in the fetching thread
+    returns at once, urllib3 reports a broken or timed-out connection, and :meth:`fired` tells the two
+    apart. A socket opened after the deadline (a retry) is shut down as it is registered.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self.fire)
+        self._timer.daemon = True
+
+    @property
+    def fired(self) -> bool:
+        return self._fired or time.monotonic() >= self._deadline
+
+    def register(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self._fired
+        if fired:
+            _shutdown(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched_pool(url: str, watchdog: Watchdog, timeout: tuple[float, float]) -> Any:
+    """A one-connection urllib3 pool for ``url`` whose sockets ``watchdog`` can shut down."""
+    from botocore.httpsession import where
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class WatchedHTTPConnection(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            watchdog.register(sock)
+            return sock
+
+    class WatchedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            watchdog.register(sock)
+            return sock
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""  # settings.check_token_url guarantees one
+    pool_timeout = Timeout(connect=timeout[0], read=timeout[1])
+    if parts.scheme == "https":
+        pool: Any = HTTPSConnectionPool(host, parts.port, maxsize=1, timeout=pool_timeout,
+                                        cert_reqs="CERT_REQUIRED", ca_certs=where())
+        pool.ConnectionCls = WatchedHTTPSConnection
+    else:
+        pool = HTTPConnectionPool(host, parts.port, maxsize=1, timeout=pool_timeout)
+        pool.ConnectionCls = WatchedHTTPConnection
+    return pool
+
+
+def _budgeted_retry_class() -> type[Retry]:
+    """urllib3 ``Retry`` that gives up instead of sleeping past the deadline.
+
+    Plain ``Retry`` honours ``Retry-After`` however long it is; a fetch has a hard end (the lease and the
+    invocation), so a wait that cannot finish in time ends the retries and the last response is reported
+    (with its ``Retry-After``) to the caller instead.
     """
     from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
     from urllib3.util.retry import Retry
@@ -87,7 +178,7 @@ def _budgeted_retry_class() -> type[Retry]:
             if wait is None:
                 wait = new.get_backoff_time()
             # The wait *and* a whole further attempt (connect + read timeouts) must fit before the deadline.
-            needed = wait + self.attempt_seconds + SAFETY_SECONDS
+            needed = wait + self.attempt_seconds
             if self.deadline is not None and time.monotonic() + needed > self.deadline:
                 raise MaxRetryError(_pool, url or "", error or ResponseError("retry budget exhausted"))
             return new
@@ -95,11 +186,49 @@ def _budgeted_retry_class() -> type[Retry]:
     return BudgetedRetry
 
 
+def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> TokenVendingError:
+    """The contract's answer to a failure below HTTP: the connection, TLS, or reading the answer.
+
+    Read errors surface from urllib3 directly (reads are not retried) or wrapped in ``MaxRetryError``
+    (connection errors after retries); the cause decides. Nothing here is this service's own fault, so
+    nothing here is an ``internal_error``.
+    """
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        DecodeError,
+        MaxRetryError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+        SSLError,
+    )
+
+    reason: BaseException = exc
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        reason = exc.reason
+    if timed_out:
+        return UpstreamTimeout("the provider did not finish answering in the time left", provider=provider)
+    if isinstance(reason, NewConnectionError):
+        return UpstreamUnavailable("the provider is unreachable (connection failed)", provider=provider)
+    if isinstance(reason, ConnectTimeoutError):
+        return UpstreamTimeout("the provider did not accept a connection in time", provider=provider)
+    if isinstance(reason, (ReadTimeoutError, TimeoutError)):
+        return UpstreamTimeout("the provider did not answer in time", provider=provider)
+    if isinstance(reason, DecodeError):
+        return UpstreamInvalidResponse("the provider's answer could not be decoded (Content-Encoding)",
+                                       provider=provider)
+    if isinstance(reason, SSLError):
+        return UpstreamUnavailable("TLS with the provider failed", provider=provider)
+    if isinstance(reason, ProtocolError):
+        return UpstreamUnavailable("the provider's answer was cut short or malformed", provider=provider)
+    return UpstreamUnavailable(f"the provider connection failed ({type(reason).__name__})", provider=provider)
+
+
 class UpstreamClient:
     """Calls one provider's token endpoint as its profile says.
 
-    A fresh ``requests`` session per fetch: fetches are rare (once per token lifetime), and urllib3's
-    ``Retry`` has to carry this invocation's deadline anyway.
+    A fresh one-connection pool per fetch: fetches are rare (about once per token lifetime), and each
+    carries its own deadline (retries and watchdog).
     """
 
     def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> None:
@@ -119,46 +248,43 @@ class UpstreamClient:
             deadline=deadline, attempt_seconds=attempt_seconds,  # type: ignore[call-arg]
         )
 
-    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
-        """POST the token request; return the grant or raise the contract's upstream error."""
-        import requests
-        from requests.adapters import HTTPAdapter
+    def time_left(self, deadline: float) -> float:
+        """Seconds a fetch may take before ``deadline`` (the function still has to store and answer)."""
+        return deadline - time.monotonic() - SAFETY_SECONDS
 
+    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
+        """POST the token request; return the grant or raise the contract's upstream error.
+
+        The whole exchange -- connect, TLS, headers, body, retries -- ends ``SAFETY_SECONDS`` before
+        ``deadline``: the vendor passes the earlier of the invocation's end and its lease's end.
+        """
+        from urllib3.exceptions import HTTPError
+
+        name = self.profile.name
         headers, body = self.profile.build_request(
             client_id=credentials.client_id, client_secret=credentials.client_secret, scope=scope,
             audience=self.settings.audience)
-        remaining = deadline - time.monotonic() - SAFETY_SECONDS
+        end = deadline - SAFETY_SECONDS
+        remaining = end - time.monotonic()
         if remaining <= MIN_READ_TIMEOUT:
-            raise UpstreamTimeout("no time left to call the provider", provider=self.profile.name)
+            raise UpstreamTimeout("no time left to call the provider", provider=name, provider_fault=False)
         timeout = (min(self.settings.connect_timeout, remaining), min(self.settings.read_timeout, remaining))
         started = time.time()
-        try:
-            with requests.Session() as session:
-                adapter = HTTPAdapter(max_retries=self._retry(deadline, sum(timeout)), pool_connections=1,
-                                      pool_maxsize=1)
-                session.mount("https://", adapter)
-                session.mount("http://", adapter)
-                response = session.post(self.settings.token_url, data=body, headers=headers, timeout=timeout,
-                                        allow_redirects=False, stream=True)
-                try:
-                    raw = response.raw.read(MAX_BODY_BYTES + 1, decode_content=True)
-                finally:
-                    response.close()
-        except requests.exceptions.ConnectTimeout:
-            raise UpstreamTimeout("the provider did not accept a connection in time",
-                                  provider=self.profile.name) from None
-        except (requests.exceptions.ReadTimeout, TimeoutError):
-            raise UpstreamTimeout("the provider did not answer in time", provider=self.profile.name) from None
-        except requests.exceptions.RequestException as exc:
-            raise UpstreamUnavailable(f"the provider is unreachable ({type(exc).__name__})",
-                                      provider=self.profile.name) from None
-        except OSError as exc:  # urllib3 read errors surfacing from raw.read
-            if "timed out" in str(exc):
-                raise UpstreamTimeout("the provider did not answer in time",
-                                      provider=self.profile.name) from None
-            raise UpstreamUnavailable(f"the provider connection failed ({type(exc).__name__})",
-                                      provider=self.profile.name) from None
-        return self._interpret(response.status_code, response.headers, raw, credentials=credentials, scope=scope,
+        path = _path(self.settings.token_url)
+        with Watchdog(end) as watchdog:
+            try:
+                pool = _watched_pool(self.settings.token_url, watchdog, timeout)
+                with pool:
+                    response: BaseHTTPResponse = pool.urlopen(
+                        "POST", path, body=body, headers=headers, retries=self._retry(end, sum(timeout)),
+                        redirect=False, preload_content=False, assert_same_host=False)
+                    try:
+                        raw = response.read(MAX_BODY_BYTES + 1, decode_content=True)
+                    finally:
+                        response.release_conn()
+            except (HTTPError, OSError, ValueError) as exc:
+                raise transport_error(exc, timed_out=watchdog.fired, provider=name) from None
+        return self._interpret(response.status, response.headers, raw, credentials=credentials, scope=scope,
                                started=started)
 
     def _interpret(self, status: int, headers: Any, raw: bytes, *, credentials: ClientCredentials, scope: str,
@@ -180,28 +306,15 @@ class UpstreamClient:
         if document is None:
             raise UpstreamInvalidResponse("the provider's answer is not a JSON object", provider=name)
         token = document.get("access_token")
-        if not isinstance(token, str) or not token.strip() or len(token) > 16384:
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise UpstreamInvalidResponse("the provider's answer has no usable access_token", provider=name)
+        if not B64TOKEN.match(token):
+            raise UpstreamInvalidResponse("the provider's access_token is not RFC 6750 b64token syntax",
+                                          provider=name)
         token_type = document.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise UpstreamInvalidResponse("the provider's token_type is not Bearer", provider=name)
-        try:
-            lifetime = lifetime_from(document, self.profile.lifetime_fields)
-        except LifetimeError as exc:
-            raise UpstreamInvalidResponse(f"the provider's lifetime is unusable: {exc}", provider=name) from None
-        expires_at: int | None = int(started) + lifetime if lifetime is not None else None
-        jwt_exp = jwt_expiry(token)
-        if jwt_exp is not None and jwt_exp > started + MIN_LIFETIME:
-            # The earlier of the two: a JWT's exp is what the provider's API will enforce. An exp that is
-            # already (nearly) past is a clock or encoding problem, not the lifetime: expires_in rules.
-            expires_at = jwt_exp if expires_at is None else min(expires_at, jwt_exp)
-        if expires_at is None:
-            if jwt_exp is not None:
-                raise UpstreamInvalidResponse("the provider's token has already expired (JWT exp)", provider=name)
-            expires_at = int(started) + self.settings.default_lifetime
-        if expires_at - int(started) < MIN_LIFETIME:
-            raise UpstreamInvalidResponse(f"the provider granted a token that lives under {MIN_LIFETIME} s",
-                                          provider=name)
+        expires_at = self._expiry(document, token, started)
         granted = document.get("scope")
         if isinstance(granted, str) and scope and self.profile.scope is not ScopeMode.OMIT:
             missing = set(scope.split()) - set(granted.split())
@@ -214,6 +327,35 @@ class UpstreamClient:
             scope=granted if isinstance(granted, str) else (scope or None),
             lifetime=max(0, expires_at - int(started)), fetched_at=started, expires_at=expires_at,
         )
+
+    def _expiry(self, document: dict[str, Any], token: str, started: float) -> int:
+        """The earliest of every expiry the answer states: ``expires_in`` (or the profile's lifetime field)
+        and, for a JWT, its ``exp`` -- the one the provider's API enforces. A JWT that is expired or expires
+        within ``MIN_LIFETIME`` is refused whatever ``expires_in`` says; with neither, the configured default.
+        """
+        name = self.profile.name
+        try:
+            lifetime = lifetime_from(document, self.profile.lifetime_fields)
+        except LifetimeError as exc:
+            raise UpstreamInvalidResponse(f"the provider's lifetime is unusable: {exc}", provider=name) from None
+        candidates = [int(started) + (lifetime if lifetime is not None else self.settings.default_lifetime)]
+        jwt_exp = jwt_expiry(token)
+        if jwt_exp is not None:
+            if jwt_exp <= started + MIN_LIFETIME:
+                raise UpstreamInvalidResponse("the provider's token is expired or about to (JWT exp)", provider=name)
+            if lifetime is None:
+                candidates = []  # the JWT states its own expiry: no need for the default
+            candidates.append(jwt_exp)
+        expires_at = min(candidates)
+        if expires_at - int(started) < MIN_LIFETIME:
+            raise UpstreamInvalidResponse(f"the provider granted a token that lives under {MIN_LIFETIME} s",
+                                          provider=name)
+        return expires_at
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -240,9 +382,9 @@ def _credential_forms(credentials: ClientCredentials) -> list[str]:
     """Every way the client secret travels to a provider, so an echo of any of them is recognised
     (the client id is not a secret and is left alone)."""
     secret, client_id = credentials.client_secret, credentials.client_id
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode("ascii")
-    return [form for form in {secret, quote(secret, safe=":"), quote_plus(secret), json.dumps(secret)[1:-1],
-                              basic} if form]
+    basics = {basic_authorization(client_id, secret).removeprefix("Basic ")}  # TEMP until BasicEncoding lands
+    return [form for form in {secret, quote(secret, safe=":"), quote(secret, safe=""), quote_plus(secret),
+                              json.dumps(secret)[1:-1], *basics} if form]
 
 
 def _echoes_credentials(text: str, credentials: ClientCredentials) -> bool:

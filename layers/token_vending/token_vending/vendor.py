@@ -16,6 +16,7 @@ environment fetches at most once per token lifetime, never once per request.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
 import time
@@ -28,7 +29,9 @@ from token_vending.exceptions import (
     InvalidRequest,
     Misconfigured,
     TokenVendingError,
+    UpstreamInvalidResponse,
     UpstreamRejected,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from token_vending.freshness import RefreshPolicy
@@ -50,6 +53,8 @@ COOL_DOWN_SECONDS = 10.0
 REJECTED_COOL_DOWN_SECONDS = 60.0
 """After a rejection or misconfiguration: retrying cannot help until a person changes something."""
 MAX_COOL_DOWN_SECONDS = 300.0
+MIN_ATTEMPT_SECONDS = 1.0
+"""A fetch with less time than this left is not started (and is not the provider's fault)."""
 
 
 def fingerprint(token: str) -> str:
@@ -71,6 +76,8 @@ class TokenVendor:
         self.policy = RefreshPolicy(settings.cache.refresh_margin_seconds, settings.cache.refresh_margin_ratio)
         self.memory: MemoryCache[CachedToken] = MemoryCache(settings.cache.memory_cache_seconds)
         self.degraded: MemoryCache[CachedToken] = MemoryCache(0)
+        self.degraded_failures: MemoryCache[tuple[float, dict[str, Any]]] = MemoryCache(0)
+        """Cool-downs while DynamoDB is unavailable: (until, error body) per key, this environment only."""
         self._local_lock = threading.Lock()
         self.owner = f"{uuid.uuid4()}"
 
@@ -88,11 +95,12 @@ class TokenVendor:
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
         if cached is not None:
-            self._check_min_ttl(request, cached.lifetime)
-            if self._acceptable(cached, request, time.time()):
+            now = time.time()
+            if self._acceptable(cached, request, now):
                 self._count("CacheHitDynamoDB")
                 self.memory.put(key, cached)
                 return cached
+            self._refuse_if_too_short(cached, request, now)
         self._count("CacheMiss")
         try:
             return self._refresh(request, deadline, stale=cached)
@@ -116,7 +124,8 @@ class TokenVendor:
             self.logger.warning("refresh ahead could not list tokens", extra={"reason": str(exc)})
             summary["failed"] += 1
             return summary
-        tokens: dict[str, CachedToken | None] = {token.scope_key: token for token in live}
+        tokens: dict[str, CachedToken | None] = {
+            token.scope_key: token for token in live if self._configured(token.scope_key)}
         tokens.setdefault(scope_key(self.settings.default_scopes), None)
         for key, token in tokens.items():
             min_ttl = 0
@@ -140,6 +149,15 @@ class TokenVendor:
         self.logger.info("refresh ahead done", extra=summary)
         return summary
 
+    def _configured(self, key: str) -> bool:
+        """A stored scope set that is no longer configured is never requested again (left to expire)."""
+        from token_vending.scopes import parse_scope_set
+
+        try:
+            return parse_scope_set(key) <= self.settings.allowed_scopes
+        except ValueError:
+            return False
+
     # -- decisions ------------------------------------------------------------------------------
     def _acceptable(self, token: CachedToken, request: TokenRequest, now: float) -> bool:
         """Fresh for this request. A forced refresh discards the token unless it was itself fetched within
@@ -149,14 +167,20 @@ class TokenVendor:
             return False
         return self.policy.is_fresh(token, request.min_ttl, now)
 
-    def _check_min_ttl(self, request: TokenRequest, lifetime: int) -> None:
-        """A ``min_ttl`` that this provider's tokens cannot keep for longer than their refresh margin
-        would mean a new token on nearly every request: refuse it instead of hammering the provider."""
-        limit = int(lifetime - self.policy.margin(lifetime))
-        if request.min_ttl > limit:
-            raise InvalidRequest(f"min_ttl can be at most {limit} for this provider (its tokens live "
-                                 f"{lifetime} s and are renewed {lifetime - limit} s before they expire)",
-                                 provider=self.profile.name)
+    def _refuse_if_too_short(self, token: CachedToken, request: TokenRequest, now: float) -> None:
+        """``token`` is current (or was just fetched) and still cannot keep ``min_ttl``: the provider grants
+        shorter tokens than its documented lifetime. Another fetch would bring the same, once per request,
+        so the answer is an error without one -- the same answer a cold cache gets after its one fetch."""
+        if request.force_refresh and now - token.fetched_at >= self.settings.cache.force_refresh_interval:
+            return  # the caller wants a new token anyway
+        if token.remaining(now) > self.policy.margin(token.lifetime) and self.policy.cannot_satisfy(
+                token, request.min_ttl):
+            raise self._too_short(token, request)
+
+    def _too_short(self, token: CachedToken, request: TokenRequest) -> UpstreamInvalidResponse:
+        return UpstreamInvalidResponse(
+            f"the provider's tokens live {token.lifetime} s, too short for min_ttl {request.min_ttl} (documented: "
+            f"{self.settings.lifetime} s)", provider=self.profile.name)
 
     # -- refresh under a lease ------------------------------------------------------------------
     def _refresh(self, request: TokenRequest, deadline: float, stale: CachedToken | None) -> CachedToken:
@@ -165,12 +189,19 @@ class TokenVendor:
         waited = False
         while True:
             lease_seconds = self._lease_seconds(deadline)
+            lease_started = time.monotonic()
+            fetch_deadline = min(deadline, lease_started + lease_seconds)
+            if self.upstream.time_left(fetch_deadline) < MIN_ATTEMPT_SECONDS:
+                # Our own lack of time: not the provider's fault, so no lease, no cool-down, no failure metric.
+                return self._serve_stale_or_raise(request, stale, UpstreamTimeout(
+                    "too little time left in this invocation to ask the provider", provider=self.profile.name,
+                    provider_fault=False))
             lease = self.cache.acquire_lease(self.profile.name, key, self.owner, lease_seconds)
             if lease.acquired:
-                return self._refresh_holding_lease(request, min(deadline, time.monotonic() + lease_seconds),
-                                                   stale)
+                # The lease's own end bounds the whole fetch: no second environment can start one meanwhile.
+                return self._refresh_holding_lease(request, fetch_deadline, stale)
             if lease.failure is not None:  # a refresh just failed: answer as it did, do not ask again
-                return self._serve_stale_or_raise(request, stale, self._stored_error(lease.failure))
+                return self._serve_stale_or_raise(request, stale, self._stored_error(lease.failure, lease.expires_at))
             if not waited:
                 waited = True
                 self._count("LeaseWait")
@@ -179,17 +210,21 @@ class TokenVendor:
                 if time.monotonic() + poll >= deadline:
                     return self._serve_stale_or_raise(
                         request, stale, UpstreamUnavailable("a refresh by another caller is still running",
-                                                            retry_after=1, provider=self.profile.name))
+                                                            retry_after=1, provider=self.profile.name,
+                                                            provider_fault=False))
                 time.sleep(poll * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
                 poll = min(poll * 2, POLL_MAX)
                 latest = self.cache.get(self.profile.name, key, consistent=True)
-                if latest is not None and self._newer(latest, stale) and self._acceptable(latest, request,
-                                                                                          time.time()):
-                    self.memory.put(key, latest)
-                    return latest
+                if latest is not None and self._newer(latest, stale):
+                    now = time.time()
+                    if self._acceptable(latest, request, now):
+                        self.memory.put(key, latest)
+                        return latest
+                    self._refuse_if_too_short(latest, request, now)
                 holder = self.cache.get_lease(self.profile.name, key)
                 if holder is not None and holder.failure is not None:
-                    return self._serve_stale_or_raise(request, stale, self._stored_error(holder.failure))
+                    return self._serve_stale_or_raise(request, stale,
+                                                      self._stored_error(holder.failure, holder.expires_at))
                 if holder is None or holder.expires_at <= time.time():
                     break  # released without a usable token for us, or the holder died: take over
             if holder is not None:
@@ -212,15 +247,21 @@ class TokenVendor:
         release = True
         try:
             latest = self.cache.get(self.profile.name, key, consistent=True)
-            if latest is not None and self._newer(latest, stale) and self._acceptable(latest, request,
-                                                                                      time.time()):
-                self.memory.put(key, latest)  # another environment refreshed between our read and lease
-                return latest
+            if latest is not None and self._newer(latest, stale):
+                now = time.time()
+                if self._acceptable(latest, request, now):
+                    self.memory.put(key, latest)  # another environment refreshed between our read and lease
+                    return latest
+                self._refuse_if_too_short(latest, request, now)
             stale = latest or stale
             try:
                 token = self._fetch(request, deadline)
             except TokenVendingError as exc:
-                release = not self._cool_down(key, exc)
+                seconds = self._cool_down_seconds(exc)
+                if seconds is not None:
+                    self._announce_cool_down(exc, seconds)
+                    self.cache.record_failure(self.profile.name, key, self.owner, time.time() + seconds, exc.body())
+                    release = False  # the lease stays as the cool-down record
                 return self._serve_stale_or_raise(request, stale, exc)
             try:
                 if not self.cache.put(token):
@@ -231,28 +272,42 @@ class TokenVendor:
                 self.logger.warning("could not store the new token", extra={"reason": str(exc)})
                 self._remember_degraded(key, token)
             self.memory.put(key, token)
-            self._check_min_ttl(request, token.lifetime)
-            return token
+            return self._serve_new(token, request)
         finally:
             if release:
                 self.cache.release_lease(self.profile.name, key, self.owner)
 
-    def _cool_down(self, key: str, error: TokenVendingError) -> bool:
-        """Record a failed refresh on the lease; ``True`` when recorded (the lease is then kept)."""
-        if isinstance(error, InvalidRequest):
-            return False
-        if isinstance(error, UpstreamUnavailable) and error.retry_after is not None:
-            seconds = float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
-        elif isinstance(error, (UpstreamRejected, Misconfigured)):
-            seconds = REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret, scope or setting
-        else:
-            seconds = COOL_DOWN_SECONDS
-        self.cache.record_failure(self.profile.name, key, self.owner, time.time() + seconds, error.body())
-        return True
+    def _serve_new(self, token: CachedToken, request: TokenRequest) -> CachedToken:
+        """A token just fetched is served only if it keeps ``min_ttl``; it is stored for others either way."""
+        if token.remaining(time.time()) < request.min_ttl or self.policy.cannot_satisfy(token, request.min_ttl):
+            raise self._too_short(token, request)
+        return token
 
-    def _stored_error(self, body: dict[str, Any]) -> TokenVendingError:
+    @staticmethod
+    def _cool_down_seconds(error: TokenVendingError) -> float | None:
+        """How long nobody asks the provider again after ``error``; ``None`` when the provider was not at
+        fault (our own lack of time, Secrets Manager, a bad setting): retrying those costs it nothing."""
+        if not error.provider_fault or isinstance(error, (InvalidRequest, Misconfigured)):
+            return None
+        if isinstance(error, UpstreamUnavailable) and error.retry_after is not None:
+            return float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
+        if isinstance(error, UpstreamRejected):
+            return REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret or scope
+        return COOL_DOWN_SECONDS
+
+    @staticmethod
+    def _announce_cool_down(error: TokenVendingError, seconds: float) -> None:
+        """A 503's ``Retry-After`` is when this service will ask the provider again, not sooner."""
+        if isinstance(error, UpstreamUnavailable):
+            error.extra["retry_after"] = math.ceil(seconds)
+
+    def _stored_error(self, body: dict[str, Any], until: float) -> TokenVendingError:
+        """The error of a failed refresh, replayed during its cool-down with the time really left."""
         cls = ERRORS_BY_CODE.get(str(body.get("error")), UpstreamUnavailable)
-        return cls.from_body(body, self.profile.name)
+        error = cls.from_body(body, self.profile.name)
+        if isinstance(error, UpstreamUnavailable):
+            error.extra["retry_after"] = max(1, math.ceil(until - time.time()))
+        return error
 
     def _serve_stale_or_raise(self, request: TokenRequest, stale: CachedToken | None,
                               error: TokenVendingError) -> CachedToken:
@@ -272,19 +327,37 @@ class TokenVendor:
 
     def _degraded(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
         """DynamoDB is unavailable: one fetch per environment, kept until its refresh margin in a store
-        of its own, read only while DynamoDB fails (so it never shadows the table once it is back)."""
+        of its own, read only while DynamoDB fails (so it never shadows the table once it is back). A failed
+        fetch starts a cool-down in this environment, as the lease would fleet-wide."""
         self._count("CacheUnavailable")
         self.logger.warning("token cache unavailable; using this environment's memory only",
                             extra={"reason": reason})
         key = request.scope_key
         with self._local_lock:
             remembered = self.degraded.get(key)
-            if remembered is not None and self._acceptable(remembered, request, time.time()):
-                return remembered
-            token = self._fetch(request, deadline)
+            now = time.time()
+            if remembered is not None:
+                if self._acceptable(remembered, request, now):
+                    return remembered
+                self._refuse_if_too_short(remembered, request, now)
+            failure = self.degraded_failures.get(key)
+            if failure is not None:
+                until, body = failure
+                return self._serve_stale_or_raise(request, remembered, self._stored_error(body, until))
+            if self.upstream.time_left(deadline) < MIN_ATTEMPT_SECONDS:
+                return self._serve_stale_or_raise(request, remembered, UpstreamTimeout(
+                    "too little time left in this invocation to ask the provider", provider=self.profile.name,
+                    provider_fault=False))
+            try:
+                token = self._fetch(request, deadline)
+            except TokenVendingError as exc:
+                seconds = self._cool_down_seconds(exc)
+                if seconds is not None:
+                    self._announce_cool_down(exc, seconds)
+                    self.degraded_failures.put(key, (time.time() + seconds, exc.body()), seconds=seconds)
+                return self._serve_stale_or_raise(request, remembered, exc)
             self._remember_degraded(key, token)
-            self._check_min_ttl(request, token.lifetime)
-            return token
+            return self._serve_new(token, request)
 
     # -- upstream -------------------------------------------------------------------------------
     def _fetch(self, request: TokenRequest, deadline: float) -> CachedToken:
@@ -311,6 +384,8 @@ class TokenVendor:
         try:
             grant = self.upstream.fetch(credentials, request.scope_key, deadline)
         except TokenVendingError as exc:
+            if not exc.provider_fault:
+                raise
             self._count("UpstreamFailure")  # the alarm's metric; the suffixed one tells the kind
             self._count(f"UpstreamFailure_{exc.code}")
             self.logger.warning("token request failed", extra={"error": exc.code,

@@ -1,0 +1,193 @@
+"""The upstream client against a real loopback server: lifetimes (issue 8 item 6), token syntax (item 11), and
+the whole-request deadline (item 2), each through ``UpstreamClient.fetch`` as the vendor calls it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from token_vending.credentials import ClientCredentials
+from token_vending.exceptions import UpstreamInvalidResponse, UpstreamTimeout
+from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile
+from token_vending.settings import ProviderSettings
+from token_vending.upstream import UpstreamClient, Watchdog
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+PROFILE = ClientCredentialsProfile(name="unit", auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM)
+CREDENTIALS = ClientCredentials("unit-client", "unit-secret-0123456789")
+
+
+def jwt(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part(claims)}.c2ln"
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], str]]:
+    """Starts a loopback server whose POST handler is the given function; returns its URL."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answer: Callable[[BaseHTTPRequestHandler], None]) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer(self)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/oauth/token"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def json_answer(document: dict[str, Any]) -> Callable[[BaseHTTPRequestHandler], None]:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        body = json.dumps(document).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def client(url: str, **overrides: Any) -> UpstreamClient:
+    env = {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "unit", "CACHE_TABLE_NAME": "t",
+           "TOKEN_VENDING_LOCAL_MODE": "true", "UPSTREAM_RETRIES": "0", **overrides}
+    return UpstreamClient(PROFILE, ProviderSettings.from_env("unit", env))
+
+
+def fetch(url: str, deadline_in: float = 10.0, **overrides: Any) -> Any:
+    return client(url, **overrides).fetch(CREDENTIALS, "", time.monotonic() + deadline_in)
+
+
+# --- item 6: the earliest stated expiry wins; an expired JWT is refused whatever expires_in says --------
+@pytest.mark.parametrize("exp_offset", [-3600, -1, 0, 20, 30])
+def test_an_expired_or_expiring_jwt_is_refused_even_with_expires_in(serve: Any, exp_offset: int) -> None:
+    token = jwt({"exp": int(time.time()) + exp_offset})
+    url = serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+    with pytest.raises(UpstreamInvalidResponse, match="JWT exp"):
+        fetch(url)
+
+
+@pytest.mark.parametrize(("exp_in", "expires_in", "lifetime"), [
+    (600, 3600, 600),  # JWT exp earlier than expires_in: exp wins
+    (7200, 3600, 3600),  # expires_in earlier: it wins
+    (900, None, 900),  # only exp
+    (None, 1200, 1200),  # not a JWT
+])
+def test_the_earliest_stated_expiry_wins(serve: Any, exp_in: int | None, expires_in: int | None,
+                                         lifetime: int) -> None:
+    now = int(time.time())
+    token = jwt({"exp": now + exp_in}) if exp_in is not None else "opaque-token"
+    document: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
+    if expires_in is not None:
+        document["expires_in"] = expires_in
+    grant = fetch(serve(json_answer(document)))
+    assert abs(grant.lifetime - lifetime) <= 1
+    assert grant.expires_at <= now + lifetime + 1
+
+
+def test_without_any_expiry_the_configured_default_applies(serve: Any) -> None:
+    grant = fetch(serve(json_answer({"access_token": "opaque", "token_type": "bearer"})),
+                  DEFAULT_TOKEN_LIFETIME="420")
+    assert grant.lifetime == 420
+
+
+# --- item 11: RFC 6750 b64token syntax -------------------------------------------------------------------
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "a b", "tab\there", "quote\"", "ü", "=x", "a,b", ""])
+def test_tokens_outside_b64token_syntax_are_refused(serve: Any, token: str) -> None:
+    with pytest.raises(UpstreamInvalidResponse, match="access_token"):
+        fetch(serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 3600})))
+
+
+@pytest.mark.parametrize("token", ["abc", "A-Z.a_z~0+9/", "dG9rZW4=", "dG9r==", jwt({"sub": "x"})])
+def test_b64token_syntax_is_accepted(serve: Any, token: str) -> None:
+    grant = fetch(serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 3600})))
+    assert grant.access_token == token
+
+
+# --- item 2: the deadline bounds the whole request, not each socket read -----------------------------------
+def test_a_trickling_body_is_cut_at_the_deadline(serve: Any) -> None:
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        body = json.dumps({"access_token": "slow", "token_type": "Bearer", "expires_in": 3600}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for byte in body:  # one byte every 0.3 s: each read is well inside the 1 s read timeout
+            try:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    url = serve(trickle)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        fetch(url, deadline_in=3.0, UPSTREAM_READ_TIMEOUT="1")
+    # Ends SAFETY_SECONDS (1 s) before the 3 s deadline, not after the ~20 s the body would take.
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_trickling_status_line_is_cut_at_the_deadline() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n":
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/t", deadline_in=3.0, UPSTREAM_READ_TIMEOUT="1")
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_no_time_left_is_not_a_provider_fault() -> None:
+    with pytest.raises(UpstreamTimeout) as caught:
+        fetch("http://127.0.0.1:9/never", deadline_in=1.2)
+    assert caught.value.provider_fault is False
+
+
+def test_the_watchdog_shuts_sockets_registered_after_it_fired() -> None:
+    left, right = socket.socketpair()
+    with left, right, Watchdog(time.monotonic()) as watchdog:
+        time.sleep(0.05)
+        assert watchdog.fired
+        watchdog.register(left)
+        assert left.recv(1) == b""  # shut down: reads see end of stream at once
