@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from token_vending.credentials import ClientCredentials
-from token_vending.exceptions import UpstreamInvalidResponse, UpstreamTimeout
+from token_vending.exceptions import UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile
 from token_vending.settings import ProviderSettings
 from token_vending.upstream import UpstreamClient, Watchdog
@@ -191,3 +191,32 @@ def test_the_watchdog_shuts_sockets_registered_after_it_fired() -> None:
         assert watchdog.fired
         watchdog.register(left)
         assert left.recv(1) == b""  # shut down: reads see end of stream at once
+
+
+# --- item 1: failures while reading the answer get contract answers, never an internal error -----------------
+def raw_answer(head: bytes, body: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(head + body)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return answer
+
+
+def test_a_503_cut_short_keeps_its_status_and_retry_after(serve: Any) -> None:
+    head = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 30\r\nContent-Length: 100\r\n\r\n"
+    with pytest.raises(UpstreamUnavailable) as caught:
+        fetch(serve(raw_answer(head, b'{"error":')))
+    assert caught.value.retry_after == 30
+
+
+@pytest.mark.parametrize(("head", "body", "error"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n", b'{"access_token":"x"', UpstreamUnavailable),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 20\r\n\r\n", b'{"access_token":"x"}',
+     UpstreamInvalidResponse),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\nnot a chunk\r\n", UpstreamUnavailable),
+])
+def test_broken_answers_map_to_the_contract(serve: Any, head: bytes, body: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error) as caught:
+        fetch(serve(raw_answer(head, body)))
+    assert caught.value.provider_fault is True  # type: ignore[attr-defined]

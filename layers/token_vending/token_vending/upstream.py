@@ -280,6 +280,10 @@ class UpstreamClient:
                         redirect=False, preload_content=False, assert_same_host=False)
                     try:
                         raw = response.read(MAX_BODY_BYTES + 1, decode_content=True)
+                    except (HTTPError, OSError, ValueError):
+                        if not _unavailable(response.status):
+                            raise
+                        raw = b""  # a 5xx or 429 cut short still says what it says, Retry-After included
                     finally:
                         response.release_conn()
             except (HTTPError, OSError, ValueError) as exc:
@@ -291,7 +295,7 @@ class UpstreamClient:
                    started: float) -> TokenGrant:
         name = self.profile.name
         document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
-        if status == 429 or status >= 500:
+        if _unavailable(status):
             raise UpstreamUnavailable(f"the provider answered HTTP {status}",
                                       retry_after=_retry_after(headers.get("Retry-After")), provider=name)
         if 400 <= status < 500:
@@ -351,6 +355,10 @@ class UpstreamClient:
             raise UpstreamInvalidResponse(f"the provider granted a token that lives under {MIN_LIFETIME} s",
                                           provider=name)
         return expires_at
+
+
+def _unavailable(status: int) -> bool:
+    return status == 429 or status >= 500
 
 
 def _path(url: str) -> str:
