@@ -66,7 +66,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy layers/token_vending/token_vending local
+	$(VENV)/bin/mypy layers/token_vending/token_vending local clients/python/token_vending_client
 	for f in functions/*/app.py; do $(VENV)/bin/mypy "$$f" || exit 1; done
 
 unit: $(VENV)/.installed

@@ -1,0 +1,39 @@
+"""A vended token on a request in one line.
+
+``TokenVendingAuth`` is ``auth=`` for requests and httpx; ``get_token`` serves code that is not an HTTP
+client. Both keep the token in memory until less than ``min_ttl`` is left, fetch it once at a time per
+provider and scope set in a process, and raise the service's errors by their contract names.
+"""
+
+from __future__ import annotations
+
+from token_vending_client.auth import TokenVendingAuth
+from token_vending_client.client import Token, get_token
+from token_vending_client.errors import (
+    AccessDenied,
+    InternalError,
+    InvalidRequest,
+    Misconfigured,
+    TokenVendingError,
+    UnknownProvider,
+    UpstreamInvalidResponse,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = [
+    "AccessDenied",
+    "InternalError",
+    "InvalidRequest",
+    "Misconfigured",
+    "Token",
+    "TokenVendingAuth",
+    "TokenVendingError",
+    "UnknownProvider",
+    "UpstreamInvalidResponse",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "get_token",
+]

@@ -1,0 +1,85 @@
+"""The caller library against the local service (the stack ``make local`` runs): through the API and by
+invoking the provider function directly, and installed from its own folder as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+import requests
+
+from token_vending_client import InvalidRequest, TokenVendingAuth, UnknownProvider, UpstreamRejected, get_token
+from token_vending_client import client as client_module
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+SCOPE = "billing:batches:read"
+
+
+@pytest.fixture(autouse=True)
+def fresh_sources() -> Iterator[None]:
+    client_module._SOURCES.clear()
+    yield
+    client_module._SOURCES.clear()
+
+
+@pytest.fixture
+def session() -> boto3.Session:
+    return boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+
+
+def test_both_ways_in_vend_the_same_cached_token(stack: Any, emulators: Any, session: boto3.Session,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
+    via_api = get_token("pyng", api_url=stack.api_url, scope=SCOPE, session=session)
+    via_function = get_token("pyng", function_name="PyngFunction", scope=SCOPE, session=session)
+    assert via_api.access_token == via_function.access_token == emulators["pyng"].issued[0]["access_token"]
+    assert via_api.scope == SCOPE
+    assert emulators["pyng"].token_requests == 1
+
+
+def test_errors_by_name_on_both_ways_in(stack: Any, emulators: Any, session: boto3.Session,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
+    for way in ({"api_url": stack.api_url}, {"function_name": "PyngFunction"}):
+        with pytest.raises(InvalidRequest):
+            get_token("pyng", scope="billing:admin", session=session, **way)
+    with pytest.raises(UnknownProvider):
+        get_token("nobody", api_url=stack.api_url, session=session)
+    emulators["autopay"].set_credentials("other", "other")
+    with pytest.raises(UpstreamRejected) as caught:
+        get_token("autopay", function_name="AutopayFunction", session=session)
+    assert caught.value.upstream_error == "access_denied"
+
+
+def test_auth_on_a_request(stack: Any, emulators: Any, session: boto3.Session) -> None:
+    """The token the service vends is the one the request carries (here to the local API itself, which
+    ignores it: what matters is the header)."""
+    seen: list[str] = []
+
+    def record(response: requests.Response, **_: Any) -> None:
+        seen.append(response.request.headers["Authorization"])
+
+    auth = TokenVendingAuth("aria", api_url=stack.api_url, session=session)
+    requests.get(f"{stack.api_url}/token/aria", auth=auth, hooks={"response": record}, timeout=30)
+    assert seen == [f"Bearer {emulators['aria'].issued[0]['access_token']}"]
+
+
+@pytest.mark.slow
+def test_the_package_installs_from_its_folder(tmp_path: Path) -> None:
+    """``pip install ./clients/python`` builds: the wheel holds the package and its py.typed marker."""
+    from tests.unit.conftest import REPO_ROOT
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
+                    str(REPO_ROOT / "clients" / "python")], check=True, timeout=300)
+    [wheel] = tmp_path.glob("token_vending_client-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "token_vending_client/py.typed" in names
+    assert {"token_vending_client/auth.py", "token_vending_client/client.py"} <= set(names)

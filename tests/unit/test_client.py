@@ -1,0 +1,274 @@
+"""The caller library (clients/python) against loopback servers: a token API that checks the request is
+SigV4-signed and counts what it serves, and a target API that answers 401 once."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import httpx
+import pytest
+import requests
+
+import token_vending_client
+from token_vending_client import (
+    AccessDenied,
+    InvalidRequest,
+    TokenVendingAuth,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    get_token,
+)
+from token_vending_client import client as client_module
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@dataclass
+class FakeTokenApi:
+    """``GET /v1/token/{provider}`` as the service answers it; ``errors`` are played first."""
+
+    served: list[dict[str, list[str]]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
+    errors: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    counter: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, path: str, headers: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        query = parse_qs(urlsplit(path).query)
+        with self.lock:
+            self.served.append(query)
+            self.authorizations.append(headers.get("Authorization", ""))
+            if self.errors:
+                return self.errors.pop(0)
+            self.counter += 1
+            number = self.counter
+        provider = urlsplit(path).path.rsplit("/", 1)[-1]
+        return 200, {"provider": provider, "access_token": f"vended-token-{number}", "token_type": "Bearer",
+                     "expires_in": 900, "expires_at": "2026-11-23T10:00:00Z",
+                     "scope": query.get("scope", [None])[0]}, {}
+
+
+@dataclass
+class TargetApi:
+    """The API a caller really calls: 401 for the tokens in ``refuse``, else 200 echoing the token."""
+
+    refuse: set[str] = field(default_factory=set)
+    seen: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def serve(handler_for: Any) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            handler_for(self)
+
+        do_POST = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    raw = json.dumps(body).encode()
+    handler.send_response(status)
+    for name, value in {"Content-Type": "application/json", **headers}.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)
+
+
+@pytest.fixture(autouse=True)
+def fresh_sources() -> Iterator[None]:
+    client_module._SOURCES.clear()
+    yield
+    client_module._SOURCES.clear()
+
+
+@pytest.fixture
+def token_api() -> Iterator[tuple[FakeTokenApi, str]]:
+    fake = FakeTokenApi()
+    server, url = serve(lambda handler: reply(handler, *fake.answer(handler.path, handler.headers)))
+    yield fake, f"{url}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def target() -> Iterator[tuple[TargetApi, str]]:
+    fake = TargetApi()
+
+    def handle(handler: BaseHTTPRequestHandler) -> None:
+        token = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        fake.seen.append((token, body))
+        if token in fake.refuse:
+            reply(handler, 401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        else:
+            reply(handler, 200, {"token": token}, {})
+
+    server, url = serve(handle)
+    yield fake, url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def session() -> boto3.Session:
+    return boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="eu-west-1")
+
+
+def test_get_token_signs_with_sigv4_and_keeps_the_token(token_api: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    first = get_token("pyng", api_url=url, scope="b a a", min_ttl=300, session=session)
+    again = get_token("pyng", api_url=url, scope="a b", min_ttl=300, session=session)
+    assert first is again  # same provider and normalised scope set: kept in memory
+    assert len(fake.served) == 1
+    assert fake.served[0] == {"scope": ["a b"], "min_ttl": ["300"]}
+    assert fake.authorizations[0].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert "/eu-west-1/execute-api/aws4_request" in fake.authorizations[0]
+    assert first.access_token == "vended-token-1"
+    assert 890 <= first.expires_in <= 900
+
+
+def test_a_token_that_no_longer_lasts_min_ttl_is_replaced(token_api: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    get_token("pyng", api_url=url, session=session)
+    assert get_token("pyng", api_url=url, session=session, min_ttl=899).access_token == "vended-token-1"
+    assert get_token("pyng", api_url=url, session=session, min_ttl=901).access_token == "vended-token-2"
+    assert len(fake.served) == 2
+
+
+def test_one_fetch_at_a_time_per_provider_and_scope_set(token_api: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    with ThreadPoolExecutor(16) as pool:
+        tokens = set(pool.map(lambda _: get_token("aria", api_url=url, session=session).access_token, range(64)))
+    assert tokens == {"vended-token-1"}
+    assert len(fake.served) == 1
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "error", "retry_after"), [
+    (503, {"error": "upstream_unavailable", "error_description": "down", "retry_after": 7}, {"Retry-After": "7"},
+     UpstreamUnavailable, 7),
+    (504, {"error": "upstream_timeout", "error_description": "slow"}, {}, UpstreamTimeout, None),
+    (400, {"error": "invalid_request", "error_description": "bad scope"}, {}, InvalidRequest, None),
+    (403, {"message": "Missing Authentication Token"}, {}, AccessDenied, None),
+])
+def test_errors_carry_their_contract_names(token_api: Any, session: boto3.Session, status: int,
+                                           body: dict[str, Any], headers: dict[str, str], error: type[Exception],
+                                           retry_after: int | None) -> None:
+    fake, url = token_api
+    fake.errors.append((status, body, headers))
+    with pytest.raises(error) as caught:
+        get_token("pyng", api_url=url, session=session)
+    assert caught.value.retry_after == retry_after  # type: ignore[attr-defined]
+    assert caught.value.status == status  # type: ignore[attr-defined]
+
+
+def test_requests_a_401_forces_one_refresh_and_one_retry(token_api: Any, target: Any,
+                                                         session: boto3.Session) -> None:
+    fake, url = token_api
+    api, target_url = target
+    auth = TokenVendingAuth("pyng", api_url=url, session=session)
+    assert requests.get(target_url, auth=auth, timeout=10).json() == {"token": "vended-token-1"}
+    api.refuse.add("vended-token-1")  # revoked at the provider
+    response = requests.post(target_url, data=b"payload", auth=auth, timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"token": "vended-token-2"}
+    assert [query.get("force_refresh") for query in fake.served] == [None, ["true"]]  # exactly one forced
+    assert [token for token, _ in api.seen] == ["vended-token-1", "vended-token-1", "vended-token-2"]
+    assert api.seen[-1][1] == b"payload"  # the retry carries the same body
+    assert [r.status_code for r in response.history] == [401]
+
+
+def test_requests_a_second_401_is_returned_not_retried_again(token_api: Any, target: Any,
+                                                             session: boto3.Session) -> None:
+    fake, url = token_api
+    api, target_url = target
+    api.refuse.update({"vended-token-1", "vended-token-2"})
+    response = requests.get(target_url, auth=TokenVendingAuth("pyng", api_url=url, session=session), timeout=10)
+    assert response.status_code == 401
+    assert len(api.seen) == 2
+    assert len(fake.served) == 2
+
+
+def test_httpx_a_401_forces_one_refresh_and_one_retry(token_api: Any, target: Any,
+                                                      session: boto3.Session) -> None:
+    fake, url = token_api
+    api, target_url = target
+    api.refuse.add("vended-token-1")
+    with httpx.Client(auth=TokenVendingAuth("pyng", api_url=url, session=session)) as http:
+        response = http.post(target_url, content=b"payload")
+    assert response.status_code == 200
+    assert response.json() == {"token": "vended-token-2"}
+    assert [query.get("force_refresh") for query in fake.served] == [None, ["true"]]
+    assert [body for _, body in api.seen] == [b"payload", b"payload"]
+
+
+def test_httpx_async_client(token_api: Any, target: Any, session: boto3.Session) -> None:
+    import asyncio
+
+    fake, url = token_api
+    api, target_url = target
+    api.refuse.add("vended-token-1")
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(auth=TokenVendingAuth("pyng", api_url=url, session=session)) as http:
+            return await http.get(target_url)
+
+    response = asyncio.run(call())
+    assert response.json() == {"token": "vended-token-2"}
+    assert len(fake.served) == 2
+
+
+def test_a_burst_of_401s_makes_one_forced_refresh(token_api: Any, target: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    api, target_url = target
+    auth = TokenVendingAuth("pyng", api_url=url, session=session)
+    requests.get(target_url, auth=auth, timeout=10)
+    api.refuse.add("vended-token-1")
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: requests.get(target_url, auth=auth, timeout=10).status_code, range(8)))
+    assert statuses == [200] * 8
+    assert sum(1 for query in fake.served if query.get("force_refresh")) == 1
+
+
+def test_no_token_in_reprs_or_logs(token_api: Any, target: Any, session: boto3.Session,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    _fake, url = token_api
+    api, target_url = target
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("token_vending_client")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        auth = TokenVendingAuth("pyng", api_url=url, session=session)
+        api.refuse.add("vended-token-1")
+        requests.get(target_url, auth=auth, timeout=10)
+        token = get_token("pyng", api_url=url, session=session)
+    finally:
+        logger.removeHandler(handler)
+    for text in (repr(auth), repr(token), str(token), stream.getvalue(), caplog.text,
+                 repr(client_module._SOURCES)):
+        assert "vended-token" not in text
+    assert token_vending_client.get_token is get_token
+
+
+def test_exactly_one_way_in() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        TokenVendingAuth("pyng", session=object())
