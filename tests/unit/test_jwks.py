@@ -1,0 +1,80 @@
+"""The registration command: the JWKS it prints verifies the assertions the functions sign (checked with
+joserfc's key set), and a certificate's fingerprint is RFC 8705's x5t#S256."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from token_vending.assertion import KmsSigner, PemSigner, client_assertion
+from token_vending.jwks import certificate_info, kms_jwks, main, pem_jwks
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+AUDIENCE = "https://idp.example/token"
+
+
+def private_pem(key: Any) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def test_private_key_jwt_pem_jwks_verifies_the_assertion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_text(private_pem(key))
+    assert main(["--pem", str(tmp_path / "key.pem"), "--algorithm", "ES256"]) == 0
+    printed = capsys.readouterr().out
+    assert "PRIVATE" not in printed
+    assert "\"d\"" not in printed  # no private JWK member
+    keys = KeySet.import_key_set(json.loads(printed))
+    token = client_assertion(PemSigner(private_pem(key), "ES256"), client_id="c", audience=AUDIENCE)
+    assert jwt.decode(token, keys, algorithms=["ES256"]).claims["sub"] == "c"
+
+
+def test_private_key_jwt_kms_jwks_verifies_the_assertion() -> None:
+    from moto import mock_aws
+
+    with mock_aws():
+        import boto3
+
+        kms = boto3.client("kms", region_name="us-east-1")
+        key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        document = kms_jwks(kms, key_id, "RS256")
+        token = client_assertion(KmsSigner(kms, key_id, "RS256"), client_id="c", audience=AUDIENCE)
+    assert document["keys"][0]["kid"] == key_id
+    assert jwt.decode(token, KeySet.import_key_set(document), algorithms=["RS256"]).header["kid"] == key_id
+
+
+def test_pem_jwks_of_a_public_key_matches_the_private_one() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert pem_jwks(public, "ES256") == pem_jwks(private_pem(key), "ES256")
+
+
+def test_tls_client_auth_certificate_fingerprint_and_expiry() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme-token-client")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    text = cert.public_bytes(serialization.Encoding.PEM).decode()
+    info = certificate_info(text, now=now.timestamp())
+    expected = base64.urlsafe_b64encode(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    assert info["x5t#S256"] == expected.rstrip(b"=").decode()
+    assert info["subject"] == "CN=acme-token-client"
+    assert info["days_left"] == 30.0
