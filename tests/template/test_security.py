@@ -473,6 +473,21 @@ SAFE_ACCESS_LOG_VARIABLES = {
 }
 
 
+def test_every_gateway_response_forbids_caching(template: dict[str, Any], translated: dict[str, Any]) -> None:
+    """README: every response carries Cache-Control: no-store and Pragma: no-cache, API Gateway's own
+    error responses included (DEFAULT_4XX and DEFAULT_5XX stand for every type not listed)."""
+    declared = template["Resources"]["TokenVendingApi"]["Properties"]["GatewayResponses"]
+    responses = _api_body(translated)["x-amazon-apigateway-gateway-responses"]
+    assert set(responses) == set(declared)
+    assert {"DEFAULT_4XX", "DEFAULT_5XX"} <= set(responses)
+    separate = resources(translated, "AWS::ApiGateway::GatewayResponse")
+    everything = {name: r.get("responseParameters", {}) for name, r in responses.items()}
+    everything |= {name: r["Properties"].get("ResponseParameters", {}) for name, r in separate.items()}
+    for name, parameters in everything.items():
+        assert parameters.get("gatewayresponse.header.Cache-Control") == "'no-store'", name
+        assert parameters.get("gatewayresponse.header.Pragma") == "'no-cache'", name
+
+
 def test_api_access_and_execution_logs(translated: dict[str, Any]) -> None:
     (stage,) = resources(translated, "AWS::ApiGateway::Stage").values()
     evaluate = Evaluator(translated)
