@@ -352,7 +352,67 @@ def test_timeouts_fit(template: dict[str, Any]) -> None:
     assert lease["MaxValue"] < PROVIDER_TIMEOUT, "a lease must expire before its holder's function times out"
     connect, read = (float(params[f"Upstream{kind}Timeout"]["Default"]) for kind in ("Connect", "Read"))
     one_attempt = connect + read
-    assert one_attempt < TOKEN_API_TIMEOUT, "one upstream attempt must fit inside the token API's timeout"
+    # the whole token request ends before the lease lapses (and before the function's timeout)
+    assert one_attempt < lease["Default"], "one whole upstream attempt must fit inside the lease"
+    # the token API's own budget (DynamoDB read + provider invoke): tests/template/test_operations.py
+
+
+# "<who>'s N s": a timeout or limit named in template.yaml's descriptions or comments.
+TIMEOUT_MENTION = re.compile(
+    r"(?P<who>token API function|token API|provider functions?|API Gateway)(?:'s|')? (?P<seconds>\d+(?:\.\d+)?) ?s\b"
+)
+
+
+def _template_prose() -> str:
+    """template.yaml's text, comments included, with folded lines joined (a phrase may span lines)."""
+    return " ".join(line.strip().lstrip("#").strip() for line in TEMPLATE.read_text().splitlines())
+
+
+def test_timeouts_named_in_the_template_are_the_real_ones(template: dict[str, Any]) -> None:
+    """Descriptions and comments that name a function's timeout (or API Gateway's limit) name the real one."""
+    default = template["Globals"]["Function"]["Timeout"]
+    timeouts = {
+        logical_id: fn["Properties"].get("Timeout", default)
+        for logical_id, fn in resources(template, "AWS::Serverless::Function").items()
+    }
+    (provider_timeout,) = {timeouts[fn] for fn, _, _ in PROVIDERS.values()}
+    real = {"token API": timeouts[TOKEN_API], "provider": provider_timeout}
+    real["API Gateway"] = API_GATEWAY_INTEGRATION_LIMIT
+    prose = _template_prose()
+    mentions = list(TIMEOUT_MENTION.finditer(prose))
+    assert mentions, "the template names no timeout at all (the pattern no longer matches its wording?)"
+    wrong = []
+    for mention in mentions:
+        who = next(key for key in real if mention["who"].startswith(key))
+        if float(mention["seconds"]) != real[who]:
+            wrong.append(f"{mention[0]!r} (really {real[who]} s)")
+    assert not wrong, "the template names timeouts that are not the real ones: " + "; ".join(wrong)
+    # every "N s timeout" / "N s integration limit" is one whose owner the check above knows
+    attributed = {mention.start("seconds") for mention in mentions}
+    for number in re.finditer(r"(\d+(?:\.\d+)?) ?s (?:timeout|integration limit)", prose):
+        context = prose[max(0, number.start() - 60) : number.end()]
+        assert number.start(1) in attributed, f"a timeout whose owner this test cannot tell: ...{context}"
+
+
+def test_default_token_lifetime_can_serve_a_request_without_parameters(template: dict[str, Any]) -> None:
+    """A token of DefaultTokenLifetime must keep the default min_ttl outside its refresh margin, whatever
+    the margin parameters: else every request without min_ttl fails (the functions call it misconfigured)."""
+    from token_vending.freshness import RefreshPolicy
+
+    params = template["Parameters"]
+    spec = params["DefaultTokenLifetime"]
+    minimum = spec["MinValue"]
+    assert minimum == constants.MIN_DEFAULT_TOKEN_LIFETIME
+    margins, ratios = params["RefreshMarginSeconds"], params["RefreshMarginRatio"]
+    for seconds in (margins["MinValue"], margins["Default"], margins["MaxValue"]):
+        for ratio in (ratios["MinValue"], ratios["Default"], ratios["MaxValue"]):
+            policy = RefreshPolicy(float(seconds), float(ratio))
+            assert policy.min_ttl_limit(minimum) >= constants.DEFAULT_MIN_TTL, (seconds, ratio)
+    defaults = RefreshPolicy(float(margins["Default"]), float(ratios["Default"]))
+    assert defaults.min_ttl_limit(minimum - 1) < constants.DEFAULT_MIN_TTL, "MinValue is more than needed"
+    description = " ".join(spec["Description"].split())
+    assert f"At least {minimum}" in description, description
+    assert f"min_ttl ({constants.DEFAULT_MIN_TTL} s)" in description, description
 
 
 def test_exactly_one_api_route_with_iam_auth(template: dict[str, Any]) -> None:
@@ -768,6 +828,8 @@ def test_env_json(template: dict[str, Any]) -> None:
         assert values[constants.SECRET_ID_ENV] == f"token-vending/local/{route}"
         assert values[constants.PROVIDER_NAME_ENV] == route
         assert values["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == LOCAL_AWS
+        lifetime = function_env(template, logical_id)[constants.TOKEN_LIFETIME_ENV]
+        assert values[constants.TOKEN_LIFETIME_ENV] == lifetime == str(PROVIDERS[route][2]), route
     api = env_file[TOKEN_API]
     assert api["AWS_ENDPOINT_URL_LAMBDA"] == "http://host.docker.internal:3001"
     local_providers = json.loads(api[constants.PROVIDERS_ENV])
