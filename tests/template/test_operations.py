@@ -1,0 +1,270 @@
+"""Operations: every alarm and dashboard metric names something the stack creates, and the time budget.
+
+- Alarms and the dashboard are plain strings to CloudWatch: a dimension naming an API, function, stage,
+  provider or service that does not exist is accepted at deploy time and then watches nothing, for ever
+  (an alarm that can never fire). Every dimension is resolved here, on SAM's translation evaluated with
+  the parameter defaults, to a resource the stack really creates or a value the code really emits.
+- The token API's worst case (its DynamoDB read and its provider invocation, from the botocore Configs in
+  ``token_vending.clients``, retries and botocore's back-off included) must end inside its own timeout,
+  which must stay within API Gateway's 29 s integration limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.template.cfn import ROOT, TOKEN_API, Evaluator, load_template, resources, translate
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+
+if str(ROOT / "layers" / "token_vending") not in sys.path:
+    sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
+
+from token_vending import clients
+from token_vending.provider_function import RESPONSE_RESERVE_SECONDS
+
+API_GATEWAY_INTEGRATION_LIMIT = 29
+"""API Gateway's maximum integration timeout for a REST API (seconds)."""
+STACK_NAME = "stack-under-test"
+"""Not the samconfig stack names: a name written into an alarm by hand must not match by coincidence."""
+# Dimension sets each namespace publishes that the alarms and the dashboard may use.
+DIMENSION_SETS = {
+    "AWS/Lambda": [{"FunctionName"}],
+    "AWS/ApiGateway": [{"ApiName"}, {"ApiName", "Stage"}],
+    "TokenVending": [{"provider", "service"}],  # Powertools EMF: the service dimension plus ours
+}
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict[str, Any]:
+    return translate()
+
+
+class Stack(Evaluator):
+    """The translated template evaluated with parameter defaults under a distinctive stack name."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        super().__init__(template)
+        self.params["AWS::StackName"] = STACK_NAME
+
+
+def _profile_names() -> set[str]:
+    """The provider names the code puts in the ``provider`` dimension (each function's PROFILE name)."""
+    names = set()
+    for app in (ROOT / "functions").glob("*/app.py"):
+        found = re.search(r'PROFILE = \w+\(\s*name="([^"]+)"', app.read_text())
+        if found:
+            names.add(found.group(1))
+    return names
+
+
+def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
+    """Dimension name -> the values that name something this stack creates or its code emits."""
+    ev = Stack(translated)
+    functions = {
+        logical_id: fn for logical_id, fn in translated["Resources"].items() if fn["Type"] == "AWS::Lambda::Function"
+    }
+    envs = {logical_id: ev(fn["Properties"].get("Environment", {}).get("Variables", {}))
+            for logical_id, fn in functions.items()}
+    api_names = set()
+    for api in resources(translated, "AWS::ApiGateway::RestApi").values():
+        props = api["Properties"]
+        # API Gateway names an API imported from an OpenAPI body after info.title unless Name is given.
+        api_names.add(ev(props["Name"]) if "Name" in props else ev(props["Body"]["info"]["title"]))
+    stages = {
+        ev(stage["Properties"]["StageName"]) for stage in resources(translated, "AWS::ApiGateway::Stage").values()
+    }
+    routes = set(json.loads(envs[TOKEN_API]["PROVIDERS"]))
+    provider_names = {env["PROVIDER_NAME"] for env in envs.values() if "PROVIDER_NAME" in env}
+    assert provider_names == routes == _profile_names(), (
+        "PROVIDER_NAME of the provider functions, the token API's PROVIDERS routes and the functions' "
+        "PROFILE names must agree: they are the provider dimension's values"
+    )
+    return {
+        "FunctionName": {ev({"Ref": logical_id}) for logical_id in functions},
+        "ApiName": api_names,
+        "Stage": stages,
+        "provider": provider_names,
+        "service": {env["POWERTOOLS_SERVICE_NAME"] for env in envs.values()},
+        "namespace": {env["POWERTOOLS_METRICS_NAMESPACE"] for env in envs.values()},
+    }
+
+
+def _check_metric(where: str, namespace: str, dimensions: dict[str, str], known: dict[str, set[str]]) -> list[str]:
+    problems = []
+    allowed = {"AWS/Lambda", "AWS/ApiGateway", *known["namespace"]}
+    if namespace not in allowed:
+        return [f"{where}: namespace {namespace!r} is none of {sorted(allowed)}"]
+    sets = DIMENSION_SETS["TokenVending" if namespace in known["namespace"] else namespace]
+    if set(dimensions) not in sets:
+        problems.append(f"{where}: dimensions {sorted(dimensions)} are not a set {namespace} publishes ({sets})")
+    for name, value in dimensions.items():
+        if name not in known:
+            problems.append(f"{where}: unknown dimension {name}")
+        elif value not in known[name]:
+            problems.append(f"{where}: {name}={value!r} names nothing this stack creates ({sorted(known[name])})")
+    return problems
+
+
+def _alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    """(label, namespace, dimensions) of every metric an alarm reads: a single metric or a Metrics list."""
+    found = []
+    if "MetricName" in props:
+        found.append(("metric", props["Namespace"], {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}))
+    for query in props.get("Metrics", []):
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+            found.append((query["Id"], metric["Namespace"], dimensions))
+        else:
+            assert "Expression" in query, f"a metric query with neither MetricStat nor Expression: {query}"
+    return found
+
+
+def test_every_alarm_watches_something_the_stack_creates(translated: dict[str, Any]) -> None:
+    known = _what_the_stack_creates(translated)
+    ev = Stack(translated)
+    alarms = resources(translated, "AWS::CloudWatch::Alarm")
+    assert alarms, "no alarms"
+    problems = []
+    for name, alarm in alarms.items():
+        metrics = _alarm_metrics(ev(alarm["Properties"]))
+        assert metrics, f"{name} reads no metric"
+        for label, namespace, dimensions in metrics:
+            problems += _check_metric(f"{name} ({label})", namespace, dimensions, known)
+    assert not problems, "\n".join(problems)
+
+
+def _dashboard_metrics(body: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    """(widget title, namespace, dimensions) of every metric line of a dashboard body.
+
+    A line is [namespace, metric name, dimension name, value, ..., {options}]; "." repeats the value at
+    the same position of the line before (CloudWatch's shorthand).
+    """
+    found = []
+    for widget in body["widgets"]:
+        properties = widget.get("properties", {})
+        previous: list[Any] = []
+        for line in properties.get("metrics", []):
+            values = [item for item in line if not isinstance(item, dict)]
+            assert "..." not in values, "the '...' shorthand is not resolved by this test: write lines out"
+            values = [previous[i] if v == "." else v for i, v in enumerate(values)]
+            previous = values
+            if not values:  # an expression line: options only
+                continue
+            namespace, _metric, *pairs = values
+            assert len(pairs) % 2 == 0, f"{properties.get('title')}: odd dimension list {pairs}"
+            found.append((properties.get("title", "?"), namespace, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+    return found
+
+
+def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[str, Any]) -> None:
+    known = _what_the_stack_creates(translated)
+    ev = Stack(translated)
+    (dashboard,) = resources(translated, "AWS::CloudWatch::Dashboard").values()
+    body = json.loads(ev(dashboard["Properties"]["DashboardBody"]))
+    metrics = _dashboard_metrics(body)
+    assert metrics, "the dashboard shows no metric"
+    problems = []
+    for title, namespace, dimensions in metrics:
+        problems += _check_metric(f"dashboard widget {title!r}", namespace, dimensions, known)
+    assert not problems, "\n".join(problems)
+    # every provider and every function appears on it
+    assert {d["provider"] for _, _, d in metrics if "provider" in d} == known["provider"]
+    assert {d["FunctionName"] for _, _, d in metrics if "FunctionName" in d} == known["FunctionName"]
+
+
+def test_the_checks_catch_a_misnamed_api() -> None:
+    """The resolution above refuses the old alarm's ApiName (the API has no "-api" suffix)."""
+    translated = translate()
+    known = _what_the_stack_creates(translated)
+    assert known["ApiName"] == {STACK_NAME}
+    problems = _check_metric("x", "AWS/ApiGateway", {"ApiName": f"{STACK_NAME}-api", "Stage": "v1"}, known)
+    assert problems
+    assert "names nothing" in problems[0]
+    assert _check_metric("x", "AWS/Lambda", {"FunctionName": "TokenApiFunctionRole-physical-id"}, known)
+    assert _check_metric("x", "TokenVending", {"provider": "paypal", "service": "token-vending"}, known)
+    assert not _check_metric("x", "TokenVending", {"provider": "pyng", "service": "token-vending"}, known)
+
+
+# --- the token API's time budget ------------------------------------------------------------------
+def _retry_wait_bound(config: Config, service: str) -> float:
+    """The longest botocore's standard retry mode can sleep between the attempts ``config`` allows.
+
+    Computed with botocore's own back-off: jitter at its maximum, every error a throttle (the longest
+    base), and an ``x-amz-retry-after`` header as large as botocore honours.
+    """
+    from botocore.retries.standard import ExponentialBackoff
+
+    retries = config.retries or {}
+    assert retries.get("mode") == "standard", f"{service}: only the standard retry mode is modelled here"
+
+    class EveryErrorThrottles:
+        def is_throttling_error_from_context(self, context: Any) -> bool:  # botocore's signature
+            return True
+
+    backoff = ExponentialBackoff(random=lambda: 1.0, service_name=service, throttling_detector=EveryErrorThrottles())
+    huge = SimpleNamespace(headers={"x-amz-retry-after": str(10**9)})
+    return sum(
+        backoff.delay_amount(SimpleNamespace(attempt_number=attempt, http_response=huge))
+        for attempt in range(1, int(retries["max_attempts"]))
+    )
+
+
+def _worst_case(config: Config, service: str) -> float:
+    """Every attempt takes its whole connect and read timeouts, and every wait between them its longest.
+
+    (A read timeout bounds each socket read, not a whole answer: for these small answers, one or two reads.)
+    """
+    attempts = int((config.retries or {})["max_attempts"])
+    return attempts * (float(config.connect_timeout) + float(config.read_timeout)) + _retry_wait_bound(config, service)
+
+
+def _timeouts(template: dict[str, Any]) -> dict[str, float]:
+    default = template["Globals"]["Function"]["Timeout"]
+    return {
+        logical_id: float(fn["Properties"].get("Timeout", default))
+        for logical_id, fn in resources(template, "AWS::Serverless::Function").items()
+    }
+
+
+def test_token_api_worst_case_fits_its_timeout_and_api_gateways_limit() -> None:
+    timeouts = _timeouts(load_template())
+    token_api_timeout = timeouts.pop(TOKEN_API)
+    read = _worst_case(clients.API_DYNAMODB_CONFIG, "dynamodb")
+    invoke = _worst_case(clients.LAMBDA_CONFIG, "lambda")
+    worst = read + invoke
+    budget = (
+        f"DynamoDB read {read:g} s (API_DYNAMODB_CONFIG, back-off included) + provider invoke {invoke:g} s "
+        f"(LAMBDA_CONFIG) = {worst:g} s"
+    )
+    assert token_api_timeout <= API_GATEWAY_INTEGRATION_LIMIT, "callers would get API Gateway's 504, not ours"
+    assert worst < token_api_timeout, f"{budget}: not inside the token API's {token_api_timeout:g} s timeout"
+    # The token API must wait for a provider function's whole working time (it finishes its work
+    # RESPONSE_RESERVE_SECONDS before its own timeout), or it gives up on answers that are on their way.
+    for logical_id, timeout in timeouts.items():
+        working = timeout - RESPONSE_RESERVE_SECONDS
+        assert float(clients.LAMBDA_CONFIG.read_timeout) >= working, (
+            f"LAMBDA_CONFIG read_timeout {clients.LAMBDA_CONFIG.read_timeout} s < {logical_id}'s working time "
+            f"{working:g} s (Timeout {timeout:g} s less {RESPONSE_RESERVE_SECONDS:g} s)"
+        )
+    assert int((clients.LAMBDA_CONFIG.retries or {})["max_attempts"]) == 1, "a timed-out invoke must not re-invoke"
+
+
+def test_worst_case_model_counts_botocores_back_off() -> None:
+    """The back-off is botocore's: one retry of a throttled DynamoDB call may wait its base (1 s) plus
+    the 5 s botocore adds at most for ``x-amz-retry-after``; no retry, no wait."""
+    from botocore.config import Config
+
+    assert _retry_wait_bound(Config(retries={"mode": "standard", "max_attempts": 1}), "dynamodb") == 0
+    one_retry = _retry_wait_bound(Config(retries={"mode": "standard", "max_attempts": 2}), "dynamodb")
+    assert one_retry > 1  # more than the jittered base alone
+    assert _worst_case(Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 1}),
+                       "lambda") == 3
