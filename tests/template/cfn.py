@@ -27,7 +27,7 @@ CFN_LINT = TOOLS_BIN / "cfn-lint"
 TOOLS_PYTHON = TOOLS_BIN / "python"
 TOOLS_HINT = "run `make deps` (or: python3 -m venv .tools/sam && .tools/sam/bin/pip install -r requirements-tools.txt)"
 
-# route name -> (function logical ID, function folder, documented maximum token lifetime)
+# route name -> (function logical ID, function folder, documented token lifetime: TOKEN_LIFETIME)
 PROVIDERS = {
     "invoice-cloud": ("InvoiceCloudFunction", "invoice_cloud", 3600),
     "pyng": ("PyngFunction", "pyng", 900),
