@@ -138,7 +138,7 @@ def test_sam_build(tmp_path: Path) -> None:
     assert (layer / "token_vending" / "__init__.py").is_file(), "layer lacks the token_vending package"
     assert (layer / "token_vending" / "constants.py").is_file()
     assert (layer / "aws_lambda_powertools").is_dir(), "layer lacks aws_lambda_powertools"
-    assert (layer / "requests").is_dir(), "layer lacks requests"
+    assert (layer / "urllib3").is_dir(), "layer lacks urllib3 (the upstream client; it comes with botocore)"
     for logical_id in ALL_FUNCTIONS:
         assert (build_dir / logical_id / "app.py").is_file(), f"{logical_id} built without app.py"
     built = yaml.load((build_dir / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506
