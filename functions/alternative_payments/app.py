@@ -15,7 +15,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
-from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.profile import BasicEncoding, BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
 from token_vending.provider_function import ProviderFunction
 
 if TYPE_CHECKING:
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 PROFILE = ClientCredentialsProfile(
     name="alternative-payments",
     auth=ClientAuth.BASIC_HEADER,
+    # The OpenAPI document says "Authorization: Basic Base64Encode(client_id:client_secret)": the plain
+    # RFC 7617 form, not RFC 6749 2.3.1's form-urlencoded parts.
+    basic_encoding=BasicEncoding.RFC7617,
     body=BodyEncoding.FORM,
     scope=ScopeMode.OMIT,
     credential_error_statuses=frozenset({403}),

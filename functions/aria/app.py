@@ -3,7 +3,8 @@
 From Aria's "Obtaining a Bearer Token": a Keycloak realm endpoint (one of 12, by region and stage,
 chosen in the template's ``AriaTokenEndpoints`` mapping); ``client_id`` and ``client_secret`` in the
 form body; the access token is a JWT whose ``exp`` claim the cache honours (the earlier of ``exp``
-and ``expires_in`` wins). Keycloak answers bad credentials with ``401 invalid_client``.
+and ``expires_in`` wins). Keycloak answers bad credentials with ``401 invalid_client`` or, in several
+versions, ``401 unauthorized_client``: both count as rejected credentials.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ PROFILE = ClientCredentialsProfile(
     auth=ClientAuth.FORM_BODY,
     body=BodyEncoding.FORM,
     scope=ScopeMode.OPTIONAL,
+    # Aria's document names no error codes; its endpoints are Keycloak realms, and Keycloak answers a
+    # wrong client secret with 401 {"error": "unauthorized_client", "error_description": "Invalid client
+    # or Invalid client credentials"} in several versions, not RFC 6749's invalid_client.
+    credential_error_codes=frozenset({"invalid_client", "unauthorized_client"}),
 )
 
 logger = Logger()

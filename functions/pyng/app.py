@@ -15,7 +15,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
-from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.profile import BasicEncoding, BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
 from token_vending.provider_function import ProviderFunction
 
 if TYPE_CHECKING:
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 PROFILE = ClientCredentialsProfile(
     name="pyng",
     auth=ClientAuth.BASIC_HEADER,
+    # The guide's header table says literally "Basic base64(Username:Password)": no RFC 6749 2.3.1
+    # form-urlencoding of the parts. (Its example, RFC 6749's s6BhdRkqt3:gX1fBat3bV, cannot tell: both
+    # encodings agree on credentials made of unreserved characters.)
+    basic_encoding=BasicEncoding.RFC7617,
     body=BodyEncoding.FORM,
     scope=ScopeMode.REQUIRED,
 )

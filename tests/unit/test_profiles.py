@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
-from urllib.parse import parse_qs
+import string
+from urllib.parse import parse_qs, unquote, unquote_plus
 
 import pytest
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.unit.conftest import load_app
+from token_vending.profile import (
+    BasicEncoding,
+    ClientAuth,
+    ClientCredentialsProfile,
+    basic_authorization,
+    form_urlencode,
+)
 
 CREDENTIALS = {"client_id": "id:with colon", "client_secret": "s3cr3t&=+/"}
 
@@ -58,3 +69,120 @@ def test_alternative_payments_basic_header_and_grant_type_only() -> None:
 ])
 def test_what_counts_as_rejected_credentials(folder: str, status: int, error: str | None, expected: bool) -> None:
     assert load_app(folder).PROFILE.is_credential_error(status, error) is expected
+
+
+# --- HTTP Basic: RFC 6749 2.3.1 (form-urlencoded parts) or plain RFC 7617, per profile -------------------
+
+UNRESERVED = string.ascii_letters + string.digits + "-._~"
+"""RFC 3986 section 2.3: the characters form-urlencoding leaves as they are."""
+
+
+def _basic_text(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    assert scheme == "Basic"
+    return base64.b64decode(token, validate=True).decode()
+
+
+def test_rfc6749_header_form_urlencodes_each_part_before_joining() -> None:
+    header = basic_authorization("urn:acme:svc-1", "p@ss:w+rd/=& a%2Fb sécret-ü", BasicEncoding.RFC6749)
+    assert _basic_text(header) == "urn%3Aacme%3Asvc-1:p%40ss%3Aw%2Brd%2F%3D%26%20a%252Fb%20s%C3%A9cret-%C3%BC"
+    assert header == ("Basic dXJuJTNBYWNtZSUzQXN2Yy0xOnAlNDBzcyUzQXclMkJyZCUyRiUzRCUyNiUyMGElMjUyRmIlMjBzJUMz"
+                      "JUE5Y3JldC0lQzMlQkM=")
+
+
+def test_rfc7617_header_is_the_plain_utf8_text() -> None:
+    header = basic_authorization("urn:acme:svc-1", "p@ss:w+rd/=& a%2Fb sécret-ü", BasicEncoding.RFC7617)
+    assert _basic_text(header) == "urn:acme:svc-1:p@ss:w+rd/=& a%2Fb sécret-ü"
+    assert header == "Basic dXJuOmFjbWU6c3ZjLTE6cEBzczp3K3JkLz0mIGElMkZiIHPDqWNyZXQtw7w="
+
+
+def test_rfc6749_is_the_default_encoding() -> None:
+    assert basic_authorization("urn:x", "s") == basic_authorization("urn:x", "s", BasicEncoding.RFC6749)
+    profile = ClientCredentialsProfile(name="standard", auth=ClientAuth.BASIC_HEADER)
+    assert profile.basic_encoding is BasicEncoding.RFC6749
+    headers, _ = profile.build_request(client_id="urn:x", client_secret="s", scope="", audience="")
+    assert _basic_text(headers["Authorization"]) == "urn%3Ax:s"
+
+
+def test_both_encodings_agree_on_rfc6749s_own_example() -> None:
+    """The header in RFC 6749 2.3.1 and in Pyng's guide: unreserved characters only, so one value."""
+    for encoding in BasicEncoding:
+        assert basic_authorization("s6BhdRkqt3", "gX1fBat3bV", encoding) == "Basic czZCaGRSa3F0MzpnWDFmQmF0M2JW"
+
+
+def test_appendix_b_example_with_space_as_percent_20() -> None:
+    """RFC 6749 Appendix B encodes U+0020 U+0025 U+0026 U+002B U+00A3 U+20AC as ``+%25%26%2B%C2%A3%E2%82%AC``.
+    We write the space as %20: a form decoder reads both alike, a percent-only decoder (Authlib's) only ours."""
+    value = " %&+£€"
+    appendix_b = "+%25%26%2B%C2%A3%E2%82%AC"
+    assert form_urlencode(value) == "%20%25%26%2B%C2%A3%E2%82%AC"
+    assert unquote_plus(form_urlencode(value)) == unquote(form_urlencode(value)) == value
+    assert unquote_plus(appendix_b) == value
+    assert unquote(appendix_b) != value  # why not quote_plus: "+" would reach Authlib as a plus sign
+
+
+@pytest.mark.parametrize(("folder", "encoding"), [
+    ("pyng", BasicEncoding.RFC7617), ("alternative_payments", BasicEncoding.RFC7617)])
+def test_seed_basic_providers_keep_what_their_documents_show(folder: str, encoding: BasicEncoding) -> None:
+    profile = load_app(folder).PROFILE
+    assert profile.auth is ClientAuth.BASIC_HEADER
+    assert profile.basic_encoding is encoding
+    headers, _ = build(folder)
+    assert _basic_text(headers["Authorization"]) == "id:with colon:s3cr3t&=+/"
+
+
+unreserved_text = st.text(alphabet=UNRESERVED, max_size=40)
+outside_unreserved = st.characters(codec="utf-8").filter(lambda ch: ch not in UNRESERVED)
+"""Any Unicode scalar value but the unreserved ones: reserved and other ASCII, controls, non-ASCII."""
+
+
+@given(client_id=unreserved_text, client_secret=unreserved_text)
+def test_encodings_equal_for_unreserved_credentials(client_id: str, client_secret: str) -> None:
+    assert (basic_authorization(client_id, client_secret, BasicEncoding.RFC6749)
+            == basic_authorization(client_id, client_secret, BasicEncoding.RFC7617))
+
+
+@given(client_id=unreserved_text, client_secret=unreserved_text, odd=outside_unreserved,
+       in_secret=st.booleans(), at=st.integers(min_value=0, max_value=40))
+def test_encodings_differ_once_a_character_is_outside_the_unreserved_set(
+        client_id: str, client_secret: str, odd: str, in_secret: bool, at: int) -> None:
+    if in_secret:
+        client_secret = client_secret[:at] + odd + client_secret[at:]
+    else:
+        client_id = client_id[:at] + odd + client_id[at:]
+    assert (basic_authorization(client_id, client_secret, BasicEncoding.RFC6749)
+            != basic_authorization(client_id, client_secret, BasicEncoding.RFC7617))
+
+
+any_text = st.text(st.characters(codec="utf-8"), min_size=1)
+
+
+@given(client_id=any_text, client_secret=any_text)
+def test_rfc6749_credentials_survive_a_standards_servers_decoding(client_id: str, client_secret: str) -> None:
+    """Authlib's own server-side decoder (base64, split at the first ":", percent-decode each part) gets back
+    exactly what we sent, colons, percent signs, plus signs, spaces and non-ASCII included; so does a form
+    decoder (unquote_plus)."""
+    header = basic_authorization(client_id, client_secret, BasicEncoding.RFC6749)
+    assert extract_basic_authorization({"Authorization": header}) == (client_id, client_secret)
+    encoded_id, _, encoded_secret = _basic_text(header).partition(":")
+    assert (unquote_plus(encoded_id), unquote_plus(encoded_secret)) == (client_id, client_secret)
+
+
+# --- what counts as rejected credentials ----------------------------------------------------------------
+
+def test_keycloak_unauthorized_client_counts_for_aria_only() -> None:
+    assert load_app("aria").PROFILE.is_credential_error(401, "unauthorized_client") is True
+    assert load_app("aria").PROFILE.is_credential_error(400, "invalid_client") is True
+    assert load_app("aria").PROFILE.is_credential_error(400, "invalid_scope") is False
+    assert load_app("invoice_cloud").PROFILE.is_credential_error(400, "unauthorized_client") is False
+
+
+def test_credential_error_codes_default_to_invalid_client() -> None:
+    profile = ClientCredentialsProfile(name="standard", auth=ClientAuth.FORM_BODY)
+    assert profile.credential_error_codes == frozenset({"invalid_client"})
+    assert profile.is_credential_error(401, "invalid_client") is True
+    assert profile.is_credential_error(401, None) is False
+    custom = ClientCredentialsProfile(name="standard", auth=ClientAuth.FORM_BODY,
+                                      credential_error_codes=frozenset({"access_denied"}))
+    assert custom.is_credential_error(400, "access_denied") is True
+    assert custom.is_credential_error(400, "invalid_client") is False

@@ -21,8 +21,25 @@ class ClientAuth(Enum):
     """Where the client credentials travel."""
 
     FORM_BODY = "form_body"  # client_id/client_secret as form fields (RFC 6749 2.3.1, second option)
-    BASIC_HEADER = "basic_header"  # Authorization: Basic base64(id:secret)
+    BASIC_HEADER = "basic_header"  # Authorization: Basic ..., encoded as the profile's basic_encoding says
     JSON_BODY = "json_body"  # client_id/client_secret as JSON members
+
+
+class BasicEncoding(Enum):
+    """How the client id and secret become HTTP Basic credentials (with :attr:`ClientAuth.BASIC_HEADER`).
+
+    RFC 6749 section 2.3.1 has the client id and secret "encoded using the
+    application/x-www-form-urlencoded encoding algorithm per Appendix B" before they are joined with ``:``
+    and Base64-encoded; a standards server (Authlib, for one) decodes them that way, so an id such as
+    ``urn:acme:svc-1`` or a secret holding ``%2F`` only survives if we encode first. Some providers
+    document the plain RFC 7617 form instead (``base64(id:secret)``): their profiles say so.
+    """
+
+    RFC6749 = "rfc6749"
+    """Form-urlencode each part (UTF-8, everything outside RFC 3986's unreserved set as %HH, space as
+    %20), then RFC 7617."""
+    RFC7617 = "rfc7617"
+    """``base64(id:secret)`` of the UTF-8 text, as it is."""
 
 
 class BodyEncoding(Enum):
@@ -47,8 +64,14 @@ class ClientCredentialsProfile:
     """Send an ``audience`` member even when empty (Autopay: "must always be \"\"")."""
     lifetime_fields: tuple[str, ...] = ("expires_in",)
     """Response members holding the lifetime, in order of preference."""
+    basic_encoding: BasicEncoding = BasicEncoding.RFC6749
+    """How :attr:`ClientAuth.BASIC_HEADER` encodes the credentials: RFC 6749 2.3.1 unless the provider's
+    document shows otherwise (the design's rule)."""
+    credential_error_codes: frozenset[str] = frozenset({"invalid_client"})
+    """OAuth ``error`` codes that mean "bad credentials" (the secret is re-read once and the request retried):
+    RFC 6749's ``invalid_client``, plus whatever else the provider answers a wrong secret with."""
     credential_error_statuses: frozenset[int] = frozenset()
-    """HTTP statuses that mean "bad credentials" even when the body has no ``invalid_client``."""
+    """HTTP statuses that mean "bad credentials" even when the body has no such code."""
     extra_headers: Mapping[str, str] = field(default_factory=dict)
 
     def build_request(self, *, client_id: str, client_secret: str, scope: str,
@@ -57,7 +80,7 @@ class ClientCredentialsProfile:
         headers = {"Accept": "application/json", "Content-Type": self.body.value, **self.extra_headers}
         fields: dict[str, str] = {"grant_type": "client_credentials"}
         if self.auth is ClientAuth.BASIC_HEADER:
-            headers["Authorization"] = basic_authorization(client_id, client_secret)
+            headers["Authorization"] = basic_authorization(client_id, client_secret, self.basic_encoding)
         else:
             fields["client_id"] = client_id
             fields["client_secret"] = client_secret
@@ -71,10 +94,33 @@ class ClientCredentialsProfile:
         return headers, urlencode(fields, quote_via=quote, safe=":").encode("ascii")
 
     def is_credential_error(self, status: int, error: str | None) -> bool:
-        return error == "invalid_client" or status in self.credential_error_statuses
+        """Whether an answer means our credentials were refused (so a rotated secret is worth re-reading)."""
+        return error in self.credential_error_codes or status in self.credential_error_statuses
 
 
-def basic_authorization(client_id: str, client_secret: str) -> str:
-    """RFC 7617 Basic credentials (UTF-8), as Pyng and Alternative Payments document them."""
+def form_urlencode(value: str) -> str:
+    """One value in RFC 6749 Appendix B's application/x-www-form-urlencoded encoding, as 2.3.1 wants it
+    inside HTTP Basic credentials.
+
+    Appendix B: UTF-8 first, then HTML 4.01's escaping (space as ``+``, other characters as ``%HH``).
+    ``quote(value, safe="")`` percent-encodes every octet outside RFC 3986's unreserved set
+    (``A-Z a-z 0-9 - . _ ~``) and writes space as ``%20`` rather than ``+``: a form decoder reads ``%20``
+    as a space just the same, while the many servers that only percent-decode the Basic credentials
+    (Authlib's ``extract_basic_authorization`` uses ``urllib.parse.unquote``; authentik too, so that clients
+    sending a raw ``+`` keep working) would read ``+`` as a plus sign. ``%20`` is decoded right by both
+    kinds; ``+`` by one. Unreserved characters pass through every decoder unchanged, so leaving them as
+    they are changes nothing (and keeps the common alphabet identical to the plain form).
+    """
+    return quote(value, safe="")
+
+
+def basic_authorization(client_id: str, client_secret: str,
+                        encoding: BasicEncoding = BasicEncoding.RFC6749) -> str:
+    """The ``Authorization`` header value for HTTP Basic client authentication in the given encoding.
+
+    Module-level so that code recognising echoes of our credentials can build every form we send.
+    """
+    if encoding is BasicEncoding.RFC6749:
+        client_id, client_secret = form_urlencode(client_id), form_urlencode(client_secret)
     token = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
     return f"Basic {token}"
