@@ -30,7 +30,7 @@ from token_vending.exceptions import (
     sanitise,
 )
 from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
-from token_vending.profile import ScopeMode, basic_authorization
+from token_vending.profile import BasicEncoding, ScopeMode, basic_authorization
 
 if TYPE_CHECKING:
     from urllib3 import BaseHTTPResponse
@@ -390,7 +390,7 @@ def _credential_forms(credentials: ClientCredentials) -> list[str]:
     """Every way the client secret travels to a provider, so an echo of any of them is recognised
     (the client id is not a secret and is left alone)."""
     secret, client_id = credentials.client_secret, credentials.client_id
-    basics = {basic_authorization(client_id, secret).removeprefix("Basic ")}  # TEMP until BasicEncoding lands
+    basics = {basic_authorization(client_id, secret, encoding).removeprefix("Basic ") for encoding in BasicEncoding}
     return [form for form in {secret, quote(secret, safe=":"), quote(secret, safe=""), quote_plus(secret),
                               json.dumps(secret)[1:-1], *basics} if form]
 
