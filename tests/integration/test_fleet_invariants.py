@@ -1,0 +1,664 @@
+"""Invariants of the product's promise, checked after every step of a stateful model of one provider's fleet.
+
+A hypothesis ``RuleBasedStateMachine`` drives several execution environments of ONE provider function (each with
+its own memory cache, lease owner id, secret cache, logger and metrics, as separate Lambda environments have) and
+of the token API (whose fake Lambda client runs the provider function in an idle environment, as Lambda would),
+against DynamoDB Local (real conditional writes: single flight relies on them), Secrets Manager on the moto server,
+a wall clock the steps advance and a scripted hostile provider on 127.0.0.1 (``tests.support.fleet``).
+
+Rules: a burst of 1-5 concurrent calls (direct ``handle()``, the API's ``GET /token/{provider}``, or the scheduled
+refresh ahead) with a scope set, a ``min_ttl`` (boundary and invalid values included) and ``force_refresh``;
+switching the provider's behaviour (slow, failing with and without ``Retry-After``, trickling its body past the
+lease, JWTs expired or about to expire whatever ``expires_in`` says, short lifetimes, invalid bodies and tokens);
+advancing the clock; rotating the secret (in Secrets Manager and at the provider together, or only at the
+provider so the credentials are plainly wrong).
+
+Invariants, after every step:
+
+1. No token served past its expiry: every 200 carries a token the provider issued for (a superset of) the
+   requested scopes whose ground-truth expiry (the earlier of ``expires_in`` and the JWT ``exp``) is at least the
+   clock at serve time plus the request's effective ``min_ttl``.
+2. Single flight: at most one token request in flight per cache key at any instant, fleet-wide, seen from the
+   provider's side of the socket; a burst makes at most one token request per key plus its retries (twice that
+   when a rotated secret had to be re-read).
+3. No ``internal_error``/``InternalError`` for a fault outside the service, and no ``misconfigured`` (nothing is
+   misconfigured here); the scheduled refresh ahead never raises.
+4. The same request gets the same kind of answer on both interfaces whatever the cache holds: a request the
+   contract calls invalid is a 400 ``invalid_request``/``InvalidRequest``, a valid one (and one without
+   parameters) never gets a 4xx.
+5. No client secret (current, previous or the provider's unknown one) and no whole access token in any log line,
+   EMF metric, error body or exception, nor anywhere in a 200 body but its ``access_token``.
+
+Every API answer must also be a contract response (JSON error document naming the provider, ``Cache-Control:
+no-store``, ``Pragma: no-cache``; a 503 carries ``Retry-After``).
+
+Timings are short and real (lease 3 s, read timeout 1 s, 8 s invocations), the sequences derandomized and
+database-less so CI replays the same ones; the whole file runs in a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+from tests.support.fleet import (
+    BEHAVIOURS,
+    FakeContext,
+    FakeLambdaClient,
+    FleetClock,
+    ScriptedProvider,
+    Sink,
+    api_event,
+    api_pool,
+    provider_pool,
+)
+from token_vending import constants
+from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
+from token_vending.exceptions import ERRORS_BY_TYPE
+from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.support.dynamodb_local import DynamoDBLocal
+
+pytestmark = pytest.mark.integration
+
+LIFETIME = 900
+"""TOKEN_LIFETIME: what the provider's documents promise (the normal behaviour issues 900 s tokens)."""
+MIN_TTL_LIMIT = 810
+"""LIFETIME minus its refresh margin max(60, 10% of 900) = 90: the largest valid ``min_ttl``."""
+LEASE_SECONDS = 3
+"""A fetch must end SAFETY_SECONDS (1 s) before its lease and is not started with under MIN_ATTEMPT_SECONDS (1 s) to
+go: with LEASE_SECONDS=2 (accepted by the settings) no fetch ever starts and every miss is a 504. 3 s leaves 2 s:
+one read timeout (1 s) plus a connect fits."""
+CONTEXT_SECONDS = 8.0
+"""Remaining time of each invocation: 6 s of work after the 2 s reserve, so a waiter outlives a lease and can
+take over from a holder whose lease lapsed (what single flight must survive)."""
+ALLOWED = ("audit", "read", "write")
+CLIENT_ID = "fleet-client"
+BURST_JOIN_SECONDS = 30.0
+CONTRACT_ERROR_TYPES = {"InvalidRequest", "UpstreamRejected", "UpstreamInvalidResponse", "UpstreamUnavailable",
+                        "UpstreamTimeout"}
+"""Error types a caller may see here: nothing is misconfigured and every fault is outside the service."""
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")
+
+
+# --- requests and answers ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One caller's request. ``None`` means the parameter is not sent."""
+
+    interface: str
+    """``direct`` (invoke the provider function), ``api`` (GET /token/{provider}) or ``refresh_ahead``."""
+    hint: int = 0
+    """Which environment to prefer (an idle one is taken if it is busy)."""
+    scope: str | None = None
+    min_ttl: int | str | None = None
+    force_refresh: bool | str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {name: value for name, value in (("scope", self.scope), ("min_ttl", self.min_ttl),
+                                                ("force_refresh", self.force_refresh)) if value is not None}
+
+    def query(self) -> dict[str, str]:
+        """The same request as query parameters (API Gateway delivers strings)."""
+        def text(value: Any) -> str:
+            return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+        return {name: text(value) for name, value in self.payload().items()}
+
+
+@dataclass
+class Answer:
+    call: Call
+    started: float
+    served_at: float
+    status: int
+    """HTTP status (API), 200 or the error class's status (direct), 0 for a refresh-ahead summary."""
+    body: Any
+    error_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+    """Everything the caller received, for the leak scan (a 200's access_token removed)."""
+
+    @property
+    def code(self) -> str | None:
+        return self.body.get("error") if isinstance(self.body, dict) else None
+
+    def describe(self) -> str:
+        shown = dict(self.body) if isinstance(self.body, dict) else self.body
+        if isinstance(shown, dict) and "access_token" in shown:
+            shown["access_token"] = "<token>"
+        return f"{self.call} -> status {self.status} {self.error_type or ''} {shown}"
+
+
+def scopes_of(call: Call, default: frozenset[str]) -> frozenset[str]:
+    if not isinstance(call.scope, str):
+        return default
+    return frozenset(part for part in call.scope.split(" ") if part) or default
+
+
+def contract_valid(call: Call) -> bool:
+    """The contract's own reading of a request, independent of the service's code: scope a subset of the
+    configured set (RFC 6749 syntax), min_ttl an integer 0..limit, force_refresh true/false."""
+    if call.scope is not None:
+        parts = [part for part in call.scope.split(" ") if part]
+        if len(call.scope) > 2048 or any(not SCOPE_TOKEN.match(p) or p not in ALLOWED for p in parts):
+            return False
+    if call.min_ttl is not None:
+        raw = call.min_ttl
+        if isinstance(raw, str):
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):
+                return False
+            raw = int(raw)
+        if isinstance(raw, bool) or not 0 <= raw <= MIN_TTL_LIMIT:
+            return False
+    if call.force_refresh is not None and not isinstance(call.force_refresh, bool):
+        return call.force_refresh.lower() in ("true", "false")
+    return True
+
+
+def effective_min_ttl(call: Call) -> int:
+    """60 s by default (capped by the limit, as request.py does)."""
+    return min(constants.DEFAULT_MIN_TTL, MIN_TTL_LIMIT) if call.min_ttl is None else int(call.min_ttl)
+
+
+# --- the world --------------------------------------------------------------------------------------------------
+@dataclass
+class Shared:
+    """What every example shares: the clock, AWS clients on loopback and one table per test run."""
+
+    clock: FleetClock
+    dynamodb: Any
+    api_dynamodb: Any
+    secretsmanager: Any
+    table: str
+
+
+class FleetWorld:
+    """One provider deployed fresh (own partition, own secret, own provider server, own environments)."""
+
+    def __init__(self, shared: Shared, *, scope_mode: ScopeMode, default_scopes: str, retries: int) -> None:
+        self.shared = shared
+        self.clock = shared.clock
+        self.name = f"fleet-{uuid.uuid4().hex[:10]}"
+        self.function_name = f"{self.name}-function"
+        self.retries = retries
+        self.default = frozenset(default_scopes.split()) or frozenset(ALLOWED)
+        self.secret = f"s3cret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+        self.secrets_seen = {self.secret}
+        self.secret_id = f"token-vending/fleet/{self.name}"
+        shared.secretsmanager.create_secret(Name=self.secret_id, SecretString=self._secret_document(self.secret))
+        self.server = ScriptedProvider(self.clock, CLIENT_ID, self.secret)
+        self.env = {
+            constants.PROVIDER_NAME_ENV: self.name,
+            constants.TOKEN_URL_ENV: self.server.url,
+            constants.SECRET_ID_ENV: self.secret_id,
+            constants.ALLOWED_SCOPES_ENV: " ".join(ALLOWED),
+            constants.DEFAULT_SCOPES_ENV: default_scopes,
+            constants.TOKEN_LIFETIME_ENV: str(LIFETIME),
+            constants.CACHE_TABLE_ENV: shared.table,
+            constants.LOCAL_MODE_ENV: "true",
+            constants.LEASE_SECONDS_ENV: str(LEASE_SECONDS),
+            constants.READ_TIMEOUT_ENV: "1",
+            constants.CONNECT_TIMEOUT_ENV: "0.5",
+            constants.UPSTREAM_RETRIES_ENV: str(retries),
+            constants.MEMORY_CACHE_SECONDS_ENV: "5",
+            constants.PROVIDERS_ENV: json.dumps({self.name: {
+                "function": self.function_name, "scopes": " ".join(ALLOWED), "default_scopes": default_scopes,
+                "lifetime": LIFETIME}}),
+        }
+        self._saved = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
+        self.profile = ClientCredentialsProfile(name=self.name, auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM,
+                                                scope=scope_mode)
+        self.logs = Sink()
+        self.received = Sink()
+        """What callers received (error bodies, exceptions, 200 bodies without their token)."""
+        prefix = self.name
+        self.providers = provider_pool(self.profile, prefix=prefix, dynamodb=shared.dynamodb,
+                                       secretsmanager=shared.secretsmanager, sink=self.logs, initial=3)
+        self.lambda_client = FakeLambdaClient(self.function_name, self.providers, CONTEXT_SECONDS)
+        self.apis = api_pool(prefix=prefix, dynamodb=shared.api_dynamodb, lambda_client=self.lambda_client,
+                             sink=self.logs, initial=2)
+
+    def close(self) -> None:
+        self.server.stop()
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    @staticmethod
+    def _secret_document(secret: str) -> str:
+        return json.dumps({"client_id": CLIENT_ID, "client_secret": secret})
+
+    # -- steps ---------------------------------------------------------------------------------------------------
+    def switch(self, name: str) -> None:
+        self.server.behaviour = BEHAVIOURS[name]
+
+    def rotate_both(self) -> None:
+        """A proper rotation: the new secret is in Secrets Manager when the provider starts to require it."""
+        secret = f"s3cret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+        self.secrets_seen.add(secret)
+        self.shared.secretsmanager.put_secret_value(SecretId=self.secret_id,
+                                                    SecretString=self._secret_document(secret))
+        self.secret = secret
+        self.server.secret = secret
+
+    def rotate_server_only(self) -> None:
+        """The provider now wants a secret nobody told us: our credentials are plainly wrong."""
+        secret = f"s3cret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
+        self.secrets_seen.add(secret)
+        self.server.secret = secret
+
+    def burst(self, calls: list[Call]) -> list[Answer]:
+        """Run the calls at once, each in its own thread (and environment); wait for all of them."""
+        answers: list[Answer | None] = [None] * len(calls)
+        escaped: list[str] = []
+        barrier = threading.Barrier(len(calls))
+
+        def run(index: int, call: Call) -> None:
+            barrier.wait(timeout=10)
+            try:
+                answers[index] = self.call(call)
+            except BaseException as exc:  # the API's handler must answer everything; recorded, then asserted
+                escaped.append(f"{call}: {type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=run, args=(i, c), daemon=True, name=f"caller-{i}")
+                   for i, c in enumerate(calls)]
+        for thread in threads:
+            thread.start()
+        end = time.monotonic() + BURST_JOIN_SECONDS
+        for thread in threads:
+            thread.join(timeout=max(0.0, end - time.monotonic()))
+        hung = [calls[i] for i, thread in enumerate(threads) if thread.is_alive()]
+        assert not hung, f"calls still running after {BURST_JOIN_SECONDS} s: {hung}"
+        assert not escaped, f"invariant 3: an exception escaped the token API's handler: {escaped}"
+        self.server.wait_idle(timeout=8)
+        return [answer for answer in answers if answer is not None]
+
+    def call(self, call: Call) -> Answer:
+        started = self.clock.now()
+        if call.interface == "api":
+            with self.apis.environment(call.hint) as env:
+                response = env.target.handle(api_event(self.name, call.query()))
+            served_at = self.clock.now()
+            try:
+                body = json.loads(response.get("body") or "null")
+            except ValueError:
+                body = response.get("body")
+            answer = Answer(call, started, served_at, int(response.get("statusCode", 0)), body,
+                            headers=dict(response.get("headers") or {}))
+        else:
+            event = {"refresh_ahead": True} if call.interface == "refresh_ahead" else call.payload()
+            with self.providers.environment(call.hint) as env:
+                try:
+                    result = env.target.handle(event, FakeContext(CONTEXT_SECONDS))
+                except Exception as exc:
+                    served_at = self.clock.now()
+                    error_type = type(exc).__name__
+                    cls = ERRORS_BY_TYPE.get(error_type)
+                    try:
+                        body = json.loads(str(exc))
+                    except ValueError:
+                        body = str(exc)
+                    answer = Answer(call, started, served_at, cls.status if cls else 500, body,
+                                    error_type=error_type, text=f"{error_type}: {exc} {exc!r}")
+                else:
+                    served_at = self.clock.now()
+                    status = 0 if call.interface == "refresh_ahead" else 200
+                    answer = Answer(call, started, served_at, status, result)
+        if not answer.text:
+            shown = dict(answer.body) if isinstance(answer.body, dict) else answer.body
+            if answer.status == 200 and isinstance(shown, dict):
+                shown.pop("access_token", None)
+            answer.text = json.dumps(shown) + json.dumps(answer.headers)
+        self.received.write(answer.text + "\n")
+        return answer
+
+
+# --- invariants -------------------------------------------------------------------------------------------------
+def check_answer(world: FleetWorld, answer: Answer) -> None:
+    call = answer.call
+    if call.interface == "refresh_ahead":
+        assert answer.error_type is None, f"invariant 3: refresh ahead raised: {answer.describe()}"
+        assert isinstance(answer.body, dict), answer.describe()
+        assert set(answer.body) == {"renewed", "fresh", "failed"}, f"refresh ahead answered {answer.describe()}"
+        return
+    where = f"[{call.interface}] {answer.describe()}"
+    # 3: no internal error, no misconfiguration.
+    assert answer.code != "internal_error", f"invariant 3: {where}"
+    assert answer.error_type != "InternalError", f"invariant 3: {where}"
+    assert answer.code != "misconfigured", f"invariant 3 (nothing is misconfigured): {where}"
+    if call.interface == "direct" and answer.error_type is not None:
+        assert answer.error_type in CONTRACT_ERROR_TYPES, f"invariant 3: unexpected errorType: {where}"
+        assert isinstance(answer.body, dict), where
+        assert answer.body.get("provider") == world.name, where
+    if call.interface == "api":
+        check_contract_response(world, answer)
+    # 4: the contract decides validity, not the cache.
+    if contract_valid(call):
+        assert not 400 <= answer.status < 500, f"invariant 4: a valid request got a 4xx: {where}"
+    else:
+        assert answer.status == 400, f"invariant 4: an invalid request was not refused: {where}"
+        assert answer.code == "invalid_request", f"invariant 4: an invalid request was not invalid_request: {where}"
+    # 1: never a token past its expiry (or short of min_ttl), never one the provider did not issue for these scopes.
+    if answer.status == 200:
+        check_served_token(world, answer)
+
+
+def check_contract_response(world: FleetWorld, answer: Answer) -> None:
+    where = answer.describe()
+    headers = answer.headers
+    assert headers.get("Cache-Control") == "no-store", f"contract: Cache-Control: {where} {headers}"
+    assert headers.get("Pragma") == "no-cache", f"contract: Pragma: {where} {headers}"
+    assert isinstance(answer.body, dict), f"contract: body is not a JSON object: {where}"
+    if answer.status == 200:
+        assert set(answer.body) == {"provider", "access_token", "token_type", "expires_in", "expires_at",
+                                    "scope"}, where
+        assert answer.body["token_type"] == "Bearer", where
+        return
+    assert answer.status in (400, 500, 502, 503, 504), f"contract: status {answer.status}: {where}"
+    assert {"error", "error_description", "provider"} <= set(answer.body), f"contract: error document: {where}"
+    assert answer.body["provider"] == world.name, where
+    assert isinstance(answer.body["error_description"], str), where
+    if answer.status == 503:
+        retry_after = headers.get("Retry-After")
+        assert retry_after is not None, f"contract: a 503 without Retry-After: {where}"
+        assert retry_after.isdigit(), f"contract: Retry-After {retry_after!r}: {where}"
+        assert 1 <= int(retry_after) <= 3600, f"contract: Retry-After {retry_after}: {where}"
+
+
+def check_served_token(world: FleetWorld, answer: Answer) -> None:
+    body = answer.body
+    where = f"[{answer.call.interface}] {answer.describe()}"
+    token = body.get("access_token")
+    issued = world.server.issued.get(token)
+    assert issued is not None, f"invariant 1: served a token the provider never issued: {where}"
+    assert issued.servable, f"invariant 1: served a token that is not usable (CR/LF or spaces): {where}"
+    wanted = scopes_of(answer.call, world.default)
+    assert wanted <= issued.scopes, (
+        f"invariant 1: served a token issued for {sorted(issued.scopes)} to a request for {sorted(wanted)}: {where}")
+    min_ttl = effective_min_ttl(answer.call)
+    left = issued.true_expiry - answer.served_at
+    assert left >= min_ttl, (
+        f"invariant 1: served a token with {left:.1f} s left (true expiry), min_ttl {min_ttl}: {where}")
+    if issued.jwt_exp is not None:
+        assert issued.jwt_exp - answer.served_at >= min_ttl, f"invariant 1: JWT exp too close: {where}"
+    promised = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC).timestamp()
+    assert promised <= issued.true_expiry + 1, (
+        f"invariant 1: expires_at promises {promised - issued.true_expiry:.0f} s past the true expiry: {where}")
+    assert body["expires_in"] <= left + 1, f"invariant 1: expires_in {body['expires_in']} > {left:.0f}: {where}"
+
+
+def check_burst_bound(world: FleetWorld, mark: int, calls: list[Call]) -> None:
+    """Invariant 2, per burst: one token request per key, plus retries; twice that if a rotation was retried."""
+    counts = world.server.request_count(since=mark)
+    rejected = world.server.invalid_client_since(mark)
+    for key, count in counts.items():
+        bound = (1 + world.retries) * (2 if key in rejected else 1)
+        assert count <= bound, (f"invariant 2: one burst made {count} token requests for scope {key!r} "
+                                f"(bound {bound}; behaviour {world.server.behaviour.name}): {calls}")
+
+
+def check_single_flight(world: FleetWorld) -> None:
+    assert not world.server.overlaps, f"invariant 2 (single flight): {world.server.overlaps}"
+    assert all(n <= 1 for n in world.server.max_in_flight.values()), world.server.max_in_flight
+
+
+def check_no_leaks(world: FleetWorld) -> None:
+    """Invariant 5: no secret, no whole token, in anything but a 200's access_token."""
+    outputs = {"logs and metrics": world.logs.text(), "answers": world.received.text()}
+    forbidden = {f"client secret #{i}": s for i, s in enumerate(sorted(world.secrets_seen))}
+    forbidden |= {f"access token {token[:6]}...": token for token in list(world.server.issued)}
+    for where, text in outputs.items():
+        for what, value in forbidden.items():
+            for form in {value, json.dumps(value)[1:-1]}:
+                assert form not in text, f"invariant 5: {what} appears in {where}"
+
+
+# --- the state machine ------------------------------------------------------------------------------------------
+SCOPES = st.sampled_from([None, None, None, "read", "write", "read write", "write read", "audit read write", "",
+                          "read  write", "admin", "read admin", "read\nwrite"])
+MIN_TTLS = st.sampled_from([None, None, None, None, 0, 1, 60, 300, 600, 809, 810, 811, 900, 3600, -1, "abc",
+                            "1.5", "", "300"])
+FORCE = st.sampled_from([None, None, None, None, False, True, True, "maybe"])
+BEHAVIOUR_NAMES = st.sampled_from(["normal", *sorted(set(BEHAVIOURS) - {"normal"})])
+"""``normal`` first: hypothesis shrinks towards it."""
+CALLS = st.one_of(
+    st.builds(Call, interface=st.sampled_from(["direct", "api"]), hint=st.integers(0, 4), scope=SCOPES,
+              min_ttl=MIN_TTLS, force_refresh=FORCE),
+    st.builds(Call, interface=st.just("direct"), hint=st.integers(0, 4)),
+    st.builds(Call, interface=st.just("api"), hint=st.integers(0, 4)),
+    st.builds(Call, interface=st.just("refresh_ahead"), hint=st.integers(0, 4)),
+)
+
+
+def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
+    class FleetMachine(RuleBasedStateMachine):
+        """Steps a fleet; the invariants above hold after every one."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.world: FleetWorld | None = None
+
+        @initialize(scope_mode=st.sampled_from([ScopeMode.REQUIRED, ScopeMode.OPTIONAL]),
+                    default_scopes=st.sampled_from(["read", ""]), retries=st.sampled_from([0, 1]),
+                    behaviour=BEHAVIOUR_NAMES)
+        def deploy(self, scope_mode: ScopeMode, default_scopes: str, retries: int, behaviour: str) -> None:
+            self.world = FleetWorld(shared, scope_mode=scope_mode, default_scopes=default_scopes, retries=retries)
+            self.world.switch(behaviour)
+
+        def _burst(self, calls: list[Call]) -> None:
+            assert self.world is not None
+            mark = self.world.server.mark()
+            for answer in self.world.burst(calls):
+                event(f"{answer.call.interface} {answer.status} {answer.code or ''} "
+                      f"({self.world.server.behaviour.name})")
+                check_answer(self.world, answer)
+            check_burst_bound(self.world, mark, calls)
+
+        # Three identical burst rules: hypothesis picks rules uniformly, and bursts are where invariants break.
+        @rule(calls=st.lists(CALLS, min_size=1, max_size=5))
+        def burst(self, calls: list[Call]) -> None:
+            self._burst(calls)
+
+        @rule(calls=st.lists(CALLS, min_size=2, max_size=5))
+        def concurrent_burst(self, calls: list[Call]) -> None:
+            self._burst(calls)
+
+        @rule(calls=st.lists(CALLS, min_size=1, max_size=3))
+        def small_burst(self, calls: list[Call]) -> None:
+            self._burst(calls)
+
+        @rule(name=BEHAVIOUR_NAMES, expire=st.booleans())
+        def switch_behaviour(self, name: str, expire: bool) -> None:
+            """A behaviour only shows when a token is fetched: half the time every cached token expires too."""
+            assert self.world is not None
+            self.world.switch(name)
+            if expire:
+                shared.clock.advance(LIFETIME + 1)
+
+        @rule(seconds=st.sampled_from([30, 45, 61, 100, 300, 450, 700, 850, 2000]))
+        def advance_clock(self, seconds: int) -> None:
+            shared.clock.advance(seconds)
+
+        @rule(everywhere=st.booleans())
+        def rotate_secret(self, everywhere: bool) -> None:
+            """In Secrets Manager and at the provider together, or only at the provider (wrong credentials)."""
+            assert self.world is not None
+            if everywhere:
+                self.world.rotate_both()
+            else:
+                self.world.rotate_server_only()
+
+        @invariant()
+        def single_flight(self) -> None:
+            if self.world is not None:
+                check_single_flight(self.world)
+
+        @invariant()
+        def no_leaks(self) -> None:
+            if self.world is not None:
+                check_no_leaks(self.world)
+
+        def teardown(self) -> None:
+            if self.world is not None:
+                self.world.close()
+
+    return FleetMachine
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> Iterator[dict[str, Any]]:
+    """Clients on loopback with dummy credentials, and one fresh table for this test run."""
+    def client(service: str, endpoint: str, config: Any) -> Any:
+        return boto3.client(service, endpoint_url=endpoint, config=config, region_name="us-east-1",  # type: ignore[call-overload]
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    dynamodb = client("dynamodb", dynamodb_local.endpoint, DYNAMODB_CONFIG)
+    table = f"fleet-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=table, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    yield {
+        "dynamodb": dynamodb,
+        "api_dynamodb": client("dynamodb", dynamodb_local.endpoint, API_DYNAMODB_CONFIG),
+        "secretsmanager": client("secretsmanager", moto_server, SECRETS_CONFIG),
+        "table": table,
+    }
+    dynamodb.delete_table(TableName=table)
+
+
+@pytest.fixture
+def shared(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Shared:
+    """The wall clock every layer module reads through ``time.time`` becomes the fleet's clock for the test."""
+    clock = FleetClock()
+    monkeypatch.setattr(time, "time", clock.now)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return Shared(clock=clock, **aws)
+
+
+@pytest.fixture
+def world(shared: Shared) -> Iterator[FleetWorld]:
+    fleet = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0)
+    yield fleet
+    fleet.close()
+
+
+# --- the machine ------------------------------------------------------------------------------------------------
+MACHINE_SETTINGS = settings(
+    max_examples=int(os.environ.get("FLEET_EXAMPLES", "100")),
+    stateful_step_count=int(os.environ.get("FLEET_STEPS", "25")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    report_multiple_bugs=False,
+)
+
+
+@pytest.mark.timeout(900)
+def test_fleet_invariants_hold_after_every_step(shared: Shared) -> None:
+    run_state_machine_as_test(machine_for(shared), settings=MACHINE_SETTINGS)
+
+
+# --- regressions: concrete sequences ----------------------------------------------------------------------------
+def run(world: FleetWorld, calls: list[Call]) -> list[Answer]:
+    mark = world.server.mark()
+    answers = world.burst(calls)
+    for answer in answers:
+        check_answer(world, answer)
+    check_burst_bound(world, mark, calls)
+    check_single_flight(world)
+    check_no_leaks(world)
+    return answers
+
+
+def test_a_trickling_provider_never_sees_two_token_requests_at_once(world: FleetWorld) -> None:
+    """The body arrives over 5 s, past the 3 s lease: each fetch must end before its lease does, or a waiter takes
+    over while the provider is still answering the first. Found by the machine on the code before 57f8665: a burst
+    of two callers right after deploying made two token requests (invariant 2)."""
+    world.switch("trickle")
+    answers = run(world, [Call("direct", hint=i) for i in range(3)] + [Call("api", hint=0)])
+    assert {a.status for a in answers} <= {503, 504}, [a.describe() for a in answers]
+    assert world.server.request_count() == {"read": 1}
+
+
+@pytest.mark.parametrize(("behaviour", "min_ttl", "lifetime"), [("short_90", 300, 90),
+                                                                 ("jwt_300_expires_in_3600", 600, 300)])
+def test_tokens_shorter_than_a_valid_min_ttl_are_refused_alike_cold_and_warm(
+        world: FleetWorld, behaviour: str, min_ttl: int, lifetime: int) -> None:
+    """The provider's tokens live shorter than documented (900 s): 90 s, or a JWT whose exp (300 s) is earlier than
+    its expires_in (3600 s; the exp wins, the provider's API enforces it). A min_ttl the documented lifetime allows
+    but no such token meets gets the same 502 cold or warm, direct or through the API, and the provider is asked
+    once, not per request. Found by the machine on the code before 57f8665: after a first request with the default
+    min_ttl, min_ttl 300 with 200 s tokens became a 400 (invariant 4)."""
+    world.switch(behaviour)
+    cold = run(world, [Call("direct", min_ttl=min_ttl)])
+    served = run(world, [Call("api"), Call("direct", hint=2)])
+    assert {a.status for a in served} == {200}, [a.describe() for a in served]
+    assert all(a.body["expires_in"] <= lifetime for a in served), [a.describe() for a in served]
+    warm = run(world, [Call("api", min_ttl=str(min_ttl)), Call("direct", hint=1, min_ttl=min_ttl)])
+    assert {a.code for a in cold + warm} == {"upstream_invalid_response"}, [a.describe() for a in cold + warm]
+    assert world.server.request_count() == {"read": 1}
+
+
+@pytest.mark.parametrize("behaviour", ["jwt_20s", "jwt_20s_bare", "jwt_expired", "token_crlf", "token_space",
+                                       "not_json", "truncated_body", "reset_mid_body"])
+def test_an_unusable_answer_is_never_served_and_never_a_500(world: FleetWorld, behaviour: str) -> None:
+    """Found by the machine on the code before 57f8665 (one step each after deploying): a JWT with 20 s left served
+    as good for 899 s because expires_in said 900 (invariant 1), a token with CR/LF in it served (invariant 1), a
+    body cut short answered 500 internal_error (invariant 3). Both interfaces, cold cache: a 5xx of the contract,
+    one token request for the fleet."""
+    world.switch(behaviour)
+    answers = run(world, [Call("direct"), Call("api", hint=1)])
+    assert {a.code for a in answers} <= {"upstream_invalid_response", "upstream_unavailable", "upstream_timeout"}, [
+        a.describe() for a in answers]
+    assert world.server.request_count() == {"read": 1}
+
+
+def test_a_cool_down_503_carries_the_retry_after_really_left(world: FleetWorld, shared: Shared) -> None:
+    """The provider asks for 120 s: every caller in the cool-down gets a 503 whose Retry-After is what is left of
+    it, and nobody asks the provider again until it lapses. A 429 without Retry-After still gives callers one (the
+    machine found a bare 503 on the code before 57f8665): when this service will ask again."""
+    world.switch("fail_429_bare")
+    bare = run(world, [Call("api"), Call("api", hint=1)])
+    assert all(a.status == 503 and 1 <= int(a.headers["Retry-After"]) <= 10 for a in bare), [
+        f"{a.describe()} {a.headers}" for a in bare]
+    shared.clock.advance(11)  # the 10 s cool-down lapses
+    mark = world.server.mark()
+    world.switch("fail_503_retry_after_120")
+    (first,) = run(world, [Call("api")])
+    assert world.server.request_count(since=mark) == {"read": 1}
+    assert first.status == 503, first.describe()
+    assert int(first.headers["Retry-After"]) >= 119, first.headers
+    shared.clock.advance(45)
+    later = run(world, [Call("api"), Call("api", hint=1)])
+    assert all(a.status == 503 and 70 <= int(a.headers["Retry-After"]) <= 76 for a in later), [
+        a.describe() + str(a.headers) for a in later]
+    assert world.server.request_count(since=mark) == {"read": 1}
