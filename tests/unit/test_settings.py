@@ -28,6 +28,8 @@ def test_valid_settings() -> None:
     ({"ALLOWED_SCOPES": 'bad"scope'}, "ALLOWED_SCOPES"),
     ({"REFRESH_MARGIN_SECONDS": "soon"}, "REFRESH_MARGIN_SECONDS"),
     ({"LEASE_SECONDS": "0"}, "LEASE_SECONDS"),
+    ({"LEASE_SECONDS": "2"}, "LEASE_SECONDS"),  # no attempt fits: every miss would be a 504
+    ({"DEFAULT_TOKEN_LIFETIME": "119"}, "DEFAULT_TOKEN_LIFETIME"),
     ({"UPSTREAM_READ_TIMEOUT": "nan"}, "UPSTREAM_READ_TIMEOUT"),
     ({"PROVIDER_NAME": "aria"}, "PROVIDER_NAME"),
 ])

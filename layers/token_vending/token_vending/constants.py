@@ -59,6 +59,9 @@ DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_UPSTREAM_RETRIES = 2
 DEFAULT_LEASE_SECONDS = 20
+MIN_LEASE_SECONDS = 3
+"""A fetch ends one second before its lease and is not started with less than one second left: a shorter
+lease could never ask the provider (every miss would be a 504), so it is ``misconfigured``."""
 DEFAULT_FORCE_REFRESH_INTERVAL = 30
 DEFAULT_MEMORY_CACHE_SECONDS = 5
 DEFAULT_REFRESH_AHEAD_INTERVAL = 300

@@ -84,7 +84,7 @@ def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettin
         memory_cache_seconds=_number(env, constants.MEMORY_CACHE_SECONDS_ENV,
                                      constants.DEFAULT_MEMORY_CACHE_SECONDS, provider),
         lease_seconds=_number(env, constants.LEASE_SECONDS_ENV, constants.DEFAULT_LEASE_SECONDS, provider,
-                              minimum=1),
+                              minimum=constants.MIN_LEASE_SECONDS),
         force_refresh_interval=_number(env, constants.FORCE_REFRESH_INTERVAL_ENV,
                                        constants.DEFAULT_FORCE_REFRESH_INTERVAL, provider),
         refresh_ahead_interval=_number(env, constants.REFRESH_AHEAD_INTERVAL_ENV,
