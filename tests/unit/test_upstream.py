@@ -44,7 +44,7 @@ def serve() -> Iterator[Callable[[Callable[[BaseHTTPRequestHandler], None]], str
                 pass
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 answer(self)
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -220,3 +220,61 @@ def test_broken_answers_map_to_the_contract(serve: Any, head: bytes, body: bytes
     with pytest.raises(error) as caught:
         fetch(serve(raw_answer(head, body)))
     assert caught.value.provider_fault is True  # type: ignore[attr-defined]
+
+
+# --- private_key_jwt: what the token endpoint receives --------------------------------------------------------
+def test_private_key_jwt_form_carries_a_fresh_verifiable_assertion(serve: Any) -> None:
+    from dataclasses import replace
+    from urllib.parse import parse_qs
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import ECKey
+
+    from token_vending.profile import ClientAuth
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    received: list[dict[str, list[str]]] = []
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        received.append(parse_qs(handler.body.decode()))  # type: ignore[attr-defined]
+        json_answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})(handler)
+
+    url = serve(answer)
+    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
+                                                  "CACHE_TABLE_NAME": "t", "TOKEN_VENDING_LOCAL_MODE": "true",
+                                                  "CLIENT_AUTH": "private_key_jwt"})
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    credentials = ClientCredentials("unit-client", private_key=pem)
+    for _ in range(2):
+        upstream.fetch(credentials, "", time.monotonic() + 10)
+    public = ECKey.import_key(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    jtis = set()
+    for form in received:
+        assert form["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+        assert form["client_id"] == ["unit-client"]
+        assert "client_secret" not in form
+        claims = jose_jwt.decode(form["client_assertion"][0], public, algorithms=["ES256"]).claims
+        assert claims["aud"] == url
+        jtis.add(claims["jti"])
+    assert len(jtis) == 2
+
+
+def test_private_key_jwt_with_a_bad_pem_is_misconfigured_without_echoing_it(serve: Any) -> None:
+    from dataclasses import replace
+
+    from token_vending.exceptions import Misconfigured
+    from token_vending.profile import ClientAuth
+
+    url = serve(json_answer({}))
+    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
+                                                  "CACHE_TABLE_NAME": "t", "TOKEN_VENDING_LOCAL_MODE": "true"})
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    with pytest.raises(Misconfigured, match="private_key") as caught:
+        upstream.fetch(ClientCredentials("c", private_key="-----BEGIN PRIVATE KEY-----\nQUJD\n"), "",
+                       time.monotonic() + 10)
+    assert "QUJD" not in str(caught.value)

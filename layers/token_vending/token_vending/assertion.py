@@ -67,10 +67,15 @@ def der_to_jose(signature: bytes, part_bytes: int = ES256_PART_BYTES) -> bytes:
         raise SigningKeyError("the ECDSA signature is not DER") from None
 
 
-class Signer(Protocol):
-    algorithm: str
+KEY_SPEC_ALGORITHMS = {"ECC_NIST_P256": "ES256", "RSA_2048": "RS256", "RSA_3072": "RS256", "RSA_4096": "RS256"}
+"""The algorithm a KMS key signs with when none is configured: ES256 for P-256, RS256 (the most widely
+accepted) for RSA."""
 
-    def kid(self) -> str: ...
+
+class Signer(Protocol):
+    def header(self) -> dict[str, str]:
+        """The JOSE header members this signer fixes: ``alg`` and ``kid``."""
+        ...
 
     def sign(self, signing_input: bytes) -> bytes:
         """The JOSE signature of ``signing_input``."""
@@ -85,29 +90,40 @@ class KmsSigner:
 
     client: KMSClient
     key_id: str
-    algorithm: str
+    algorithm: str = ""
+    """``RS256``, ``PS256`` or ``ES256``; empty: from the key's spec (:data:`KEY_SPEC_ALGORITHMS`)."""
     max_age: float = 300.0
-    _resolved: tuple[float, str] | None = field(default=None, repr=False)
+    _resolved: tuple[float, str, str] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.algorithm not in KMS_ALGORITHMS:
+        if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
             raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
 
-    def kid(self) -> str:
+    def _resolve(self) -> tuple[str, str]:
+        """(alg, kid), from ``kms:GetPublicKey`` at most every ``max_age`` seconds (an alias may move)."""
         with self._lock:
             if self._resolved is None or time.monotonic() - self._resolved[0] > self.max_age:
                 response = self.client.get_public_key(KeyId=self.key_id)
-                if KMS_ALGORITHMS[self.algorithm] not in response.get("SigningAlgorithms", []):
-                    raise SigningKeyError(f"the KMS key cannot sign {self.algorithm}")
-                self._resolved = (time.monotonic(), response["KeyId"].rsplit("/", 1)[-1])
-            return self._resolved[1]
+                algorithm = self.algorithm or KEY_SPEC_ALGORITHMS.get(str(response.get("KeySpec")), "")
+                if not algorithm or KMS_ALGORITHMS[algorithm] not in response.get("SigningAlgorithms", []):
+                    raise SigningKeyError(f"the KMS key cannot sign {algorithm or 'RS256, PS256 or ES256'}")
+                self._resolved = (time.monotonic(), algorithm, response["KeyId"].rsplit("/", 1)[-1])
+            return self._resolved[1], self._resolved[2]
+
+    def kid(self) -> str:
+        return self._resolve()[1]
+
+    def header(self) -> dict[str, str]:
+        algorithm, kid = self._resolve()
+        return {"alg": algorithm, "kid": kid}
 
     def sign(self, signing_input: bytes) -> bytes:
+        algorithm, _ = self._resolve()
         response = self.client.sign(KeyId=self.key_id, Message=signing_input, MessageType="RAW",
-                                    SigningAlgorithm=KMS_ALGORITHMS[self.algorithm])  # type: ignore[arg-type]
+                                    SigningAlgorithm=KMS_ALGORITHMS[algorithm])  # type: ignore[arg-type]
         signature = response["Signature"]
-        return der_to_jose(signature) if self.algorithm == "ES256" else signature
+        return der_to_jose(signature) if algorithm == "ES256" else signature
 
 
 @dataclass
@@ -115,11 +131,12 @@ class PemSigner:
     """Signs with a PEM private key from the provider's secret (``cryptography``, imported on first use)."""
 
     private_key_pem: str = field(repr=False)
-    algorithm: str
+    algorithm: str = ""
+    """``RS256``, ``PS256`` or ``ES256``; empty: ES256 for an EC key, RS256 for an RSA key."""
     key_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.algorithm not in KMS_ALGORITHMS:
+        if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
             raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -128,6 +145,8 @@ class PemSigner:
             self._key = load_pem_private_key(self.private_key_pem.encode(), password=None)
         except (ValueError, TypeError):
             raise SigningKeyError("secret field private_key is not an unencrypted PEM private key") from None
+        if not self.algorithm:
+            self.algorithm = "ES256" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "RS256"
         wanted = ec.EllipticCurvePrivateKey if self.algorithm == "ES256" else rsa.RSAPrivateKey
         if not isinstance(self._key, wanted):
             raise SigningKeyError(f"secret field private_key does not fit {self.algorithm}")
@@ -135,6 +154,9 @@ class PemSigner:
     def kid(self) -> str:
         """The secret's ``kid``, else the RFC 7638 thumbprint of the public key (what the JWKS command prints)."""
         return self.key_id or jwk_thumbprint(public_jwk(self._key.public_key()))
+
+    def header(self) -> dict[str, str]:
+        return {"alg": self.algorithm, "kid": self.kid()}
 
     def sign(self, signing_input: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
@@ -155,7 +177,7 @@ def client_assertion(signer: Signer, *, client_id: str, audience: str, now: floa
     issued = int(time.time() if now is None else now)
     claims = {"iss": client_id, "sub": client_id, "aud": audience, "jti": secrets.token_urlsafe(24),
               "iat": issued, "nbf": issued, "exp": issued + min(lifetime, MAX_ASSERTION_SECONDS)}
-    header = {"alg": signer.algorithm, "typ": "JWT", "kid": signer.kid()}
+    header = {**signer.header(), "typ": "JWT"}
     signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode("ascii")
     return f"{signing_input.decode('ascii')}.{b64url(signer.sign(signing_input))}"
 

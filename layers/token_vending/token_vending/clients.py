@@ -18,3 +18,5 @@ LAMBDA_CONFIG = Config(connect_timeout=1, read_timeout=24, retries={"mode": "sta
 """A provider function finishes its work ``RESPONSE_RESERVE_SECONDS`` (2 s) before its 25 s timeout; a read
 timeout must not re-invoke it. Worst case of the token API: the DynamoDB read (0.5 + 0.5 s, one attempt) plus
 this invoke (1 + 24 s) = 26 s, inside its own 28 s timeout (a read timeout is answered as upstream_timeout)."""
+KMS_CONFIG = Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "max_attempts": 2})
+"""Signing a client assertion is one small call; it must leave the fetch most of its lease."""

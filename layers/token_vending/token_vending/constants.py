@@ -40,6 +40,14 @@ REFRESH_AHEAD_INTERVAL_ENV = "REFRESH_AHEAD_INTERVAL"
 """Seconds between scheduled refresh-ahead invocations; tokens that would enter the refresh margin
 before the next run are renewed now."""
 SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a secret
+CLIENT_AUTH_ENV = "CLIENT_AUTH"
+"""An RFC 7591 auth method name overriding the profile's (``private_key_jwt``, ``tls_client_auth``, ...)."""
+SIGNING_KEY_ID_ENV = "SIGNING_KEY_ID"
+"""KMS key (ARN, id or alias) that signs ``private_key_jwt`` assertions; empty: the secret's PEM key."""
+ASSERTION_AUDIENCE_ENV = "ASSERTION_AUDIENCE"
+"""The assertions' ``aud``; empty: the token URL (RFC 7523 3, point 3)."""
+CA_BUNDLE_ENV = "UPSTREAM_CA_BUNDLE"
+"""PEM file of CAs trusted for the token endpoint instead of the default bundle (a private CA; tests)."""
 
 # --- token API function ---------------------------------------------------------------------
 PROVIDERS_ENV = "PROVIDERS"

@@ -11,6 +11,24 @@ from token_vending.exceptions import Misconfigured, UpstreamUnavailable
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
+    from token_vending.profile import ClientAuth
+
+REQUIRED_FIELDS = ("client_id", "client_secret")
+OPTIONAL_FIELDS = ("client_secret", "private_key", "certificate", "ca_chain", "kid", "algorithm")
+ALL_FIELDS = ("client_id", *OPTIONAL_FIELDS)
+
+
+def required_fields(auth: ClientAuth, *, kms_signing: bool) -> tuple[str, ...]:
+    """The secret's fields an auth method cannot do without (named in ``misconfigured`` when missing)."""
+    from token_vending.profile import ClientAuth
+
+    if auth is ClientAuth.PRIVATE_KEY_JWT:
+        return ("client_id",) if kms_signing else ("client_id", "private_key")
+    if auth is ClientAuth.TLS_CLIENT_AUTH:
+        return ("client_id", "certificate", "private_key")
+    return REQUIRED_FIELDS
+
+
 MISCONFIGURATION_CODES = frozenset({
     "ResourceNotFoundException", "AccessDeniedException", "AccessDenied", "DecryptionFailure",
     "InvalidRequestException", "InvalidParameterException", "UnrecognizedClientException",
@@ -19,23 +37,36 @@ MISCONFIGURATION_CODES = frozenset({
 
 @dataclass(frozen=True)
 class ClientCredentials:
+    """What the provider's secret holds; which fields are required depends on the auth method."""
+
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str = field(default="", repr=False)
+    private_key: str = field(default="", repr=False)
+    """PEM: signs ``private_key_jwt`` assertions (without a KMS key), or the ``tls_client_auth`` key."""
+    certificate: str = field(default="", repr=False)
+    ca_chain: str = field(default="", repr=False)
+    kid: str = ""
+    algorithm: str = ""
 
     @property
     def fingerprint(self) -> tuple[str, int]:
         """Tells two versions apart (rotation) without keeping a second copy of the secret around."""
-        return self.client_id, hash(self.client_secret)
+        return self.client_id, hash((self.client_secret, self.private_key, self.certificate, self.ca_chain))
+
+    def secret_material(self) -> list[str]:
+        """Every secret value, for recognising an echo of it (the certificate and chain are public)."""
+        return [value for value in (self.client_secret, self.private_key) if value]
 
 
 class CredentialStore:
     def __init__(self, provider: str, secret_id: str, max_age: int,
-                 client: SecretsManagerClient | None = None) -> None:
+                 client: SecretsManagerClient | None = None, required: tuple[str, ...] = REQUIRED_FIELDS) -> None:
         from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
         self.provider = provider
         self.secret_id = secret_id
         self.max_age = max_age
+        self.required = required
         self._secrets = SecretsProvider(boto3_client=client)
 
     def get(self, *, force_fetch: bool = False) -> ClientCredentials:
@@ -63,11 +94,14 @@ class CredentialStore:
             document = None
         if not isinstance(document, dict):
             raise Misconfigured("secret is not a JSON object", provider=self.provider)
-        for name in ("client_id", "client_secret"):
+        for name in self.required:
             value = document.get(name)
             if not isinstance(value, str) or not value.strip():
                 raise Misconfigured(f"secret field {name} is missing or empty", provider=self.provider)
-        return ClientCredentials(document["client_id"], document["client_secret"])
+        for name in OPTIONAL_FIELDS:
+            if not isinstance(document.get(name, ""), str):
+                raise Misconfigured(f"secret field {name} is not a string", provider=self.provider)
+        return ClientCredentials(**{name: document.get(name, "") for name in (*ALL_FIELDS,)})
 
 
 def _client_error_code(exc: BaseException) -> str | None:

@@ -18,11 +18,27 @@ if TYPE_CHECKING:
 
 
 class ClientAuth(Enum):
-    """Where the client credentials travel."""
+    """How the client authenticates, and where its credentials travel."""
 
     FORM_BODY = "form_body"  # client_id/client_secret as form fields (RFC 6749 2.3.1, second option)
     BASIC_HEADER = "basic_header"  # Authorization: Basic ..., encoded as the profile's basic_encoding says
     JSON_BODY = "json_body"  # client_id/client_secret as JSON members
+    PRIVATE_KEY_JWT = "private_key_jwt"  # client_id + a signed RFC 7523 client_assertion: no shared secret
+    TLS_CLIENT_AUTH = "tls_client_auth"  # RFC 8705: a client certificate on the TLS connection + client_id
+
+    @classmethod
+    def from_method(cls, method: str) -> ClientAuth:
+        """From an RFC 7591 ``token_endpoint_auth_method`` name (the ``<Provider>ClientAuth`` parameter)."""
+        return AUTH_METHODS[method]
+
+
+AUTH_METHODS = {
+    "client_secret_basic": ClientAuth.BASIC_HEADER,
+    "client_secret_post": ClientAuth.FORM_BODY,  # in the profile's body encoding (form or JSON)
+    "private_key_jwt": ClientAuth.PRIVATE_KEY_JWT,
+    "tls_client_auth": ClientAuth.TLS_CLIENT_AUTH,
+}
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class BasicEncoding(Enum):
@@ -74,13 +90,19 @@ class ClientCredentialsProfile:
     """HTTP statuses that mean "bad credentials" even when the body has no such code."""
     extra_headers: Mapping[str, str] = field(default_factory=dict)
 
-    def build_request(self, *, client_id: str, client_secret: str, scope: str,
-                      audience: str) -> tuple[dict[str, str], bytes]:
+    def build_request(self, *, client_id: str, client_secret: str, scope: str, audience: str,
+                      client_assertion: str = "") -> tuple[dict[str, str], bytes]:
         """Headers and body for one token request, exactly as the provider documents it."""
         headers = {"Accept": "application/json", "Content-Type": self.body.value, **self.extra_headers}
         fields: dict[str, str] = {"grant_type": "client_credentials"}
         if self.auth is ClientAuth.BASIC_HEADER:
             headers["Authorization"] = basic_authorization(client_id, client_secret, self.basic_encoding)
+        elif self.auth is ClientAuth.PRIVATE_KEY_JWT:
+            fields["client_id"] = client_id  # RFC 7523 2.2 allows it; Keycloak and Authlib look it up by it
+            fields["client_assertion_type"] = ASSERTION_TYPE
+            fields["client_assertion"] = client_assertion
+        elif self.auth is ClientAuth.TLS_CLIENT_AUTH:
+            fields["client_id"] = client_id  # RFC 8705 section 2: the certificate is the credential
         else:
             fields["client_id"] = client_id
             fields["client_secret"] = client_secret

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
     from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
     from token_vending.profile import ClientCredentialsProfile
@@ -28,6 +29,15 @@ RESPONSE_RESERVE_SECONDS = 2.0
 """Kept back from the invocation's remaining time: the answer must reach the token API (whose invoke read
 timeout is 24 s for a 25 s function) before it gives up, and Lambda must not time the function out."""
 REFRESH_AHEAD_EVENT = {"refresh_ahead": True}
+
+
+def _kms_client() -> KMSClient:
+    """Only ``private_key_jwt`` with a KMS key needs KMS: its client is made on first use, off the cold path."""
+    import boto3
+
+    from token_vending.clients import KMS_CONFIG
+
+    return boto3.client("kms", config=KMS_CONFIG)
 
 
 class ProviderFunction:
@@ -44,18 +54,25 @@ class ProviderFunction:
     def vendor(self) -> TokenVendor:
         """Built on first use and kept for the life of the execution environment."""
         if self._vendor is None:
+            from dataclasses import replace
+
             from token_vending.cache import TokenCache
-            from token_vending.credentials import CredentialStore
+            from token_vending.credentials import CredentialStore, required_fields
+            from token_vending.profile import ClientAuth
             from token_vending.upstream import UpstreamClient
             from token_vending.vendor import TokenVendor
 
             settings = ProviderSettings.from_env(self.profile.name)
+            profile = self.profile
+            if settings.client_auth:  # the <Provider>ClientAuth parameter overrides the catalogue's method
+                profile = replace(profile, auth=ClientAuth.from_method(settings.client_auth))
+            required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
             self._vendor = TokenVendor(
-                profile=self.profile, settings=settings,
+                profile=profile, settings=settings,
                 cache=TokenCache(settings.cache.table_name, self.dynamodb),
-                credentials=CredentialStore(self.profile.name, settings.secret_id, settings.secret_max_age,
-                                            self.secretsmanager),
-                upstream=UpstreamClient(self.profile, settings),
+                credentials=CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
+                                            self.secretsmanager, required=required),
+                upstream=UpstreamClient(profile, settings, kms=_kms_client),
                 logger=self.logger, metrics=self.metrics)
         return self._vendor
 

@@ -109,6 +109,11 @@ class ProviderSettings:
     upstream_retries: int
     secret_max_age: int
     cache: CacheSettings
+    client_auth: str = ""
+    """An RFC 7591 method name overriding the profile's auth, or empty."""
+    signing_key_id: str = ""
+    assertion_audience: str = ""
+    ca_bundle: str = ""
 
     @classmethod
     def from_env(cls, provider: str, env: Mapping[str, str] = os.environ) -> ProviderSettings:
@@ -143,7 +148,21 @@ class ProviderSettings:
             secret_max_age=int(_number(env, constants.SECRET_MAX_AGE_ENV, constants.DEFAULT_SECRET_MAX_AGE,
                                        provider)),
             cache=_cache_settings(env, provider),
+            client_auth=_client_auth(env, provider),
+            signing_key_id=env.get(constants.SIGNING_KEY_ID_ENV, "").strip(),
+            assertion_audience=env.get(constants.ASSERTION_AUDIENCE_ENV, "").strip(),
+            ca_bundle=env.get(constants.CA_BUNDLE_ENV, "").strip(),
         )
+
+
+def _client_auth(env: Mapping[str, str], provider: str) -> str:
+    from token_vending.profile import AUTH_METHODS
+
+    method = env.get(constants.CLIENT_AUTH_ENV, "").strip()
+    if method and method not in AUTH_METHODS:
+        raise Misconfigured(f"setting {constants.CLIENT_AUTH_ENV} must be one of {', '.join(AUTH_METHODS)}",
+                            provider=provider)
+    return method
 
 
 def _scopes(env: Mapping[str, str], name: str, provider: str) -> frozenset[str]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from token_vending.exceptions import (
+    Misconfigured,
     TokenVendingError,
     UpstreamInvalidResponse,
     UpstreamRejected,
@@ -30,12 +31,17 @@ from token_vending.exceptions import (
     sanitise,
 )
 from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
-from token_vending.profile import BasicEncoding, ScopeMode, basic_authorization
+from token_vending.profile import BasicEncoding, ClientAuth, ScopeMode, basic_authorization
 
 if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+
+    from mypy_boto3_kms import KMSClient
     from urllib3 import BaseHTTPResponse
     from urllib3.util.retry import Retry
 
+    from token_vending.assertion import KmsSigner
     from token_vending.credentials import ClientCredentials
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.settings import ProviderSettings
@@ -111,7 +117,8 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _watched_pool(url: str, watchdog: Watchdog, timeout: tuple[float, float]) -> Any:
+def _watched_pool(url: str, watchdog: Watchdog, timeout: tuple[float, float], *,
+                  ssl_context: ssl.SSLContext | None = None, ca_bundle: str = "") -> Any:
     """A one-connection urllib3 pool for ``url`` whose sockets ``watchdog`` can shut down."""
     from botocore.httpsession import where
     from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, Timeout
@@ -134,7 +141,8 @@ def _watched_pool(url: str, watchdog: Watchdog, timeout: tuple[float, float]) ->
     pool_timeout = Timeout(connect=timeout[0], read=timeout[1])
     if parts.scheme == "https":
         pool: Any = HTTPSConnectionPool(host, parts.port, maxsize=1, timeout=pool_timeout,
-                                        cert_reqs="CERT_REQUIRED", ca_certs=where())
+                                        cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle or where(),
+                                        ssl_context=ssl_context)
         pool.ConnectionCls = WatchedHTTPSConnection
     else:
         pool = HTTPConnectionPool(host, parts.port, maxsize=1, timeout=pool_timeout)
@@ -217,11 +225,36 @@ def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> To
     if isinstance(reason, DecodeError):
         return UpstreamInvalidResponse("the provider's answer could not be decoded (Content-Encoding)",
                                        provider=provider)
+    if _client_certificate_refused(exc):
+        return UpstreamRejected("the provider refused our client certificate (TLS alert)",
+                                upstream_error="invalid_client", provider=provider)
     if isinstance(reason, SSLError):
         return UpstreamUnavailable("TLS with the provider failed", provider=provider)
     if isinstance(reason, ProtocolError):
         return UpstreamUnavailable("the provider's answer was cut short or malformed", provider=provider)
     return UpstreamUnavailable(f"the provider connection failed ({type(reason).__name__})", provider=provider)
+
+
+CLIENT_CERTIFICATE_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_EXPIRED", "ALERT_BAD_CERTIFICATE",
+                             "ALERT_CERTIFICATE_UNKNOWN", "ALERT_CERTIFICATE_REQUIRED", "ALERT_CERTIFICATE_REVOKED",
+                             "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")
+"""TLS alerts a server sends about the client's certificate (missing, unknown, expired): refused credentials,
+not an outage. Our own check of the server's certificate fails differently (CERTIFICATE_VERIFY_FAILED)."""
+
+
+def _client_certificate_refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if any(alert in str(current) for alert in CLIENT_CERTIFICATE_ALERTS):
+            return True
+        reason = getattr(current, "reason", None)
+        stack.extend([reason if isinstance(reason, BaseException) else None, current.__cause__, current.__context__])
+    return False
 
 
 class UpstreamClient:
@@ -231,10 +264,15 @@ class UpstreamClient:
     carries its own deadline (retries and watchdog).
     """
 
-    def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> None:
+    def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings,
+                 kms: Callable[[], KMSClient] | None = None) -> None:
+        """``profile`` is the effective one (its ``auth`` already the ``CLIENT_AUTH`` override, if any);
+        ``kms`` makes the KMS client on first use (only ``private_key_jwt`` with a KMS key needs one)."""
         self.profile = profile
         self.settings = settings
+        self._kms = kms
         self._retry_class: type[Retry] | None = None
+        self._kms_signer: KmsSigner | None = None
 
     def _retry(self, deadline: float, attempt_seconds: float) -> Retry:
         if self._retry_class is None:
@@ -261,9 +299,11 @@ class UpstreamClient:
         from urllib3.exceptions import HTTPError
 
         name = self.profile.name
+        assertion = self._assertion(credentials) if self.profile.auth is ClientAuth.PRIVATE_KEY_JWT else ""
+        ssl_context = self._tls_context(credentials) if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH else None
         headers, body = self.profile.build_request(
             client_id=credentials.client_id, client_secret=credentials.client_secret, scope=scope,
-            audience=self.settings.audience)
+            audience=self.settings.audience, client_assertion=assertion)
         end = deadline - SAFETY_SECONDS
         remaining = end - time.monotonic()
         if remaining <= MIN_READ_TIMEOUT:
@@ -273,7 +313,8 @@ class UpstreamClient:
         path = _path(self.settings.token_url)
         with Watchdog(end) as watchdog:
             try:
-                pool = _watched_pool(self.settings.token_url, watchdog, timeout)
+                pool = _watched_pool(self.settings.token_url, watchdog, timeout, ssl_context=ssl_context,
+                                     ca_bundle=self.settings.ca_bundle)
                 with pool:
                     response: BaseHTTPResponse = pool.urlopen(
                         "POST", path, body=body, headers=headers, retries=self._retry(end, sum(timeout)),
@@ -288,10 +329,49 @@ class UpstreamClient:
                         response.release_conn()
             except (HTTPError, OSError, ValueError) as exc:
                 raise transport_error(exc, timed_out=watchdog.fired, provider=name) from None
-        return self._interpret(response.status, response.headers, raw, credentials=credentials, scope=scope,
-                               started=started)
+        sent = [*_credential_forms(credentials), *([assertion] if assertion else [])]
+        return self._interpret(response.status, response.headers, raw, sent=sent, scope=scope, started=started)
 
-    def _interpret(self, status: int, headers: Any, raw: bytes, *, credentials: ClientCredentials, scope: str,
+    # -- client authentication without a shared secret ---------------------------------------------------
+    def _assertion(self, credentials: ClientCredentials) -> str:
+        """A fresh RFC 7523 client assertion, signed in KMS (``SIGNING_KEY_ID``) or with the secret's PEM."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from token_vending.assertion import KmsSigner, PemSigner, SigningKeyError, client_assertion
+
+        name = self.profile.name
+        try:
+            signer: KmsSigner | PemSigner
+            if self.settings.signing_key_id:
+                if self._kms_signer is None:
+                    if self._kms is None:
+                        raise SigningKeyError("no KMS client for the signing key")
+                    self._kms_signer = KmsSigner(self._kms(), self.settings.signing_key_id,
+                                                 credentials.algorithm, max_age=self.settings.secret_max_age)
+                signer = self._kms_signer
+            else:
+                signer = PemSigner(credentials.private_key, credentials.algorithm, credentials.kid or None)
+            return client_assertion(signer, client_id=credentials.client_id,
+                                    audience=self.settings.assertion_audience or self.settings.token_url)
+        except SigningKeyError as exc:
+            raise Misconfigured(str(exc), provider=name) from None
+        except (ClientError, BotoCoreError) as exc:  # KMS refused or unreachable
+            raise _kms_error(exc, name) from None
+
+    def _tls_context(self, credentials: ClientCredentials) -> ssl.SSLContext:
+        from botocore.httpsession import where
+
+        from token_vending.tls import CertificateError, client_context
+
+        if urlsplit(self.settings.token_url).scheme != "https":
+            raise Misconfigured("tls_client_auth needs an https:// token URL", provider=self.profile.name)
+        try:
+            return client_context(credentials.certificate, credentials.private_key, credentials.ca_chain,
+                                  cafile=self.settings.ca_bundle or where())
+        except CertificateError as exc:
+            raise Misconfigured(str(exc), provider=self.profile.name) from None
+
+    def _interpret(self, status: int, headers: Any, raw: bytes, *, sent: list[str], scope: str,
                    started: float) -> TokenGrant:
         name = self.profile.name
         document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
@@ -299,10 +379,10 @@ class UpstreamClient:
             raise UpstreamUnavailable(f"the provider answered HTTP {status}",
                                       retry_after=_retry_after(headers.get("Retry-After")), provider=name)
         if 400 <= status < 500:
-            error = _error_code(document.get("error") if document else None, credentials)
+            error = _error_code(document.get("error") if document else None, sent)
             if error is None:
                 error = "invalid_client" if self.profile.is_credential_error(status, None) else f"http_{status}"
-            description = _description(document, credentials)
+            description = _description(document, sent)
             raise UpstreamRejected(f"the provider rejected the token request: {description}",
                                    upstream_error=error, upstream_status=status, provider=name)
         if not 200 <= status < 300:
@@ -387,16 +467,21 @@ REDACTED = "[description withheld: it repeated our credentials]"
 
 
 def _credential_forms(credentials: ClientCredentials) -> list[str]:
-    """Every way the client secret travels to a provider, so an echo of any of them is recognised
-    (the client id is not a secret and is left alone)."""
+    """Every way a secret travels to a provider, so an echo of any of them is recognised: the client secret
+    (plain, form-, JSON- or Basic-encoded) and a private key's PEM body (the client id and the certificate are
+    not secrets and are left alone)."""
     secret, client_id = credentials.client_secret, credentials.client_id
-    basics = {basic_authorization(client_id, secret, encoding).removeprefix("Basic ") for encoding in BasicEncoding}
-    return [form for form in {secret, quote(secret, safe=":"), quote(secret, safe=""), quote_plus(secret),
-                              json.dumps(secret)[1:-1], *basics} if form]
+    forms: set[str] = set()
+    if secret:
+        forms |= {secret, quote(secret, safe=":"), quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+        forms |= {basic_authorization(client_id, secret, encoding).removeprefix("Basic ") for encoding in BasicEncoding}
+    if credentials.private_key:
+        forms |= {line for line in credentials.private_key.splitlines() if line and not line.startswith("-----")}
+    return [form for form in forms if form]
 
 
-def _echoes_credentials(text: str, credentials: ClientCredentials) -> bool:
-    for form in _credential_forms(credentials):
+def _echoes(text: str, sent: list[str]) -> bool:
+    for form in sent:
         if len(form) <= ECHO_WINDOW:
             if form in text:
                 return True
@@ -406,17 +491,18 @@ def _echoes_credentials(text: str, credentials: ClientCredentials) -> bool:
     return False
 
 
-def _error_code(value: Any, credentials: ClientCredentials) -> str | None:
+def _error_code(value: Any, sent: list[str]) -> str | None:
     """The provider's OAuth ``error`` code, passed on only if it looks like one (RFC 6749 codes are
-    short ASCII words) and does not repeat our credentials; otherwise the caller gets a status-based code."""
-    if not isinstance(value, str) or not _ERROR_CODE.match(value) or _echoes_credentials(value, credentials):
+    short ASCII words) and does not repeat what we sent; otherwise the caller gets a status-based code."""
+    if not isinstance(value, str) or not _ERROR_CODE.match(value) or _echoes(value, sent):
         return None
     return value
 
 
-def _description(document: dict[str, Any] | None, credentials: ClientCredentials) -> str:
-    """The provider's own description, sanitised and bounded; withheld whole if it echoes any part
-    of our credentials in any form we send them (plain, form- or JSON-encoded, HTTP Basic)."""
+def _description(document: dict[str, Any] | None, sent: list[str]) -> str:
+    """The provider's own description, sanitised and bounded; withheld whole if it echoes any part of a
+    secret we sent, in any form we send it (plain, form- or JSON-encoded, HTTP Basic), a private key or the
+    client assertion."""
     text = ""
     if document:
         for key in ("error_description", "message", "error"):
@@ -424,6 +510,22 @@ def _description(document: dict[str, Any] | None, credentials: ClientCredentials
                 text = document[key]
                 break
     text = text or "no description"
-    if _echoes_credentials(text, credentials):
+    if _echoes(text, sent):
         return REDACTED
     return sanitise(text, 120)
+
+
+KMS_MISCONFIGURATION_CODES = frozenset({
+    "NotFoundException", "DisabledException", "KMSInvalidStateException", "InvalidKeyUsageException",
+    "AccessDeniedException", "AccessDenied", "KMSInvalidSignatureException", "UnsupportedOperationException",
+    "ValidationException"})
+
+
+def _kms_error(exc: BaseException, provider: str) -> TokenVendingError:
+    """KMS refused the signing key (a setting or a grant to fix) or could not be reached (not the provider's
+    fault: no cool-down)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    if code in KMS_MISCONFIGURATION_CODES:
+        return Misconfigured(f"the signing key cannot be used ({code})", provider=provider)
+    return UpstreamUnavailable(f"KMS is unavailable ({code or type(exc).__name__})", provider=provider,
+                               provider_fault=False)

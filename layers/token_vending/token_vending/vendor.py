@@ -36,6 +36,7 @@ from token_vending.exceptions import (
 )
 from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
+from token_vending.profile import ClientAuth
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
@@ -53,6 +54,8 @@ COOL_DOWN_SECONDS = 10.0
 REJECTED_COOL_DOWN_SECONDS = 60.0
 """After a rejection or misconfiguration: retrying cannot help until a person changes something."""
 MAX_COOL_DOWN_SECONDS = 300.0
+CERTIFICATE_WARNING_DAYS = 21
+"""Below this many days left, a client certificate is logged as a warning (and the template's alarm fires)."""
 MIN_ATTEMPT_SECONDS = 1.0
 """A fetch with less time than this left is not started (and is not the provider's fault)."""
 
@@ -115,6 +118,11 @@ class TokenVendor:
         from token_vending.scopes import parse_scope_set, scope_key
 
         summary = {"renewed": 0, "fresh": 0, "failed": 0}
+        if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH:
+            try:
+                self._report_certificate(self.credentials.get())
+            except TokenVendingError as exc:
+                self.logger.warning("could not read the client certificate", extra={"error": exc.code})
         now = time.time()
         interval = self.settings.cache.refresh_ahead_interval
         try:
@@ -364,6 +372,7 @@ class TokenVendor:
         """One upstream request; on a credentials error, re-read the secret and retry once if it
         changed (rotation). Retrying with credentials already refused would only count against us."""
         credentials = self.credentials.get()
+        self._report_certificate(credentials)
         try:
             return self._call(credentials, request, deadline)
         except UpstreamRejected as exc:
@@ -401,6 +410,23 @@ class TokenVendor:
                                                        "expires_at": token.expires_at,
                                                        "lifetime": token.lifetime})
         return token
+
+    def _report_certificate(self, credentials: ClientCredentials) -> None:
+        """``ClientCertificateDaysLeft`` whenever a client certificate is about to be used (and on every
+        scheduled run): operators alarm on it well before the provider starts refusing the handshake."""
+        if self.profile.auth is not ClientAuth.TLS_CLIENT_AUTH or not credentials.certificate:
+            return
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        from token_vending.tls import CertificateError, days_left
+
+        try:
+            days = days_left(credentials.certificate, time.time())
+        except CertificateError as exc:
+            raise Misconfigured(str(exc), provider=self.profile.name) from None
+        self.metrics.add_metric(name="ClientCertificateDaysLeft", unit=MetricUnit.Count, value=round(days, 2))
+        if days < CERTIFICATE_WARNING_DAYS:
+            self.logger.warning("the client certificate expires soon", extra={"days_left": round(days, 1)})
 
     def _count(self, name: str) -> None:
         from aws_lambda_powertools.metrics import MetricUnit
