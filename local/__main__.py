@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider-port-base", type=int, default=DEFAULT_PORTS["invoice-cloud"],
                         help="first of the five provider emulator ports")
     parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")
+    parser.add_argument("--client-auth", action="append", default=[], metavar="PROVIDER=private_key_jwt",
+                        help="sign that provider's client assertions with a KMS key in the embedded AWS "
+                             "(its emulator verifies them); repeatable")
     parser.add_argument("--refresh-ahead", type=float, default=300.0, metavar="SECONDS",
                         help="interval of the local refresh-ahead schedule (0: off)")
     args = parser.parse_args(argv)
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
     overrides = json.loads(args.config.read_text()) if args.config else {}
+    client_auth = dict(item.split("=", 1) for item in args.client_auth)
     urls: dict[str, str] = {}
     credentials: dict[str, tuple[str, str]] = {}
     emulators: list[ProviderEmulator] = []
@@ -57,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
                                    aws_port=args.aws_port, provider_urls=urls, credentials=credentials,
-                                   refresh_ahead_every=args.refresh_ahead or None,
+                                   refresh_ahead_every=args.refresh_ahead or None, client_auth=client_auth,
                                    function_env={"REFRESH_AHEAD_INTERVAL": str(int(args.refresh_ahead or 300))}))
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         stack.start()
+        by_route = {emulator.route: emulator for emulator in emulators}
+        for route in client_auth:
+            if route in by_route:  # the emulator checks assertions against the key it was registered with
+                by_route[route].accept_client_assertions(stack.signing_public_key(route))
         print(f"\nToken vending service running locally (Ctrl-C to stop)\n"
               f"  API             {stack.api_url}/token/{{provider}}\n"
               f"  Lambda Invoke   {stack.lambda_url}  (AWS_ENDPOINT_URL_LAMBDA)\n"

@@ -281,6 +281,11 @@ class _Settings:
     client_secret: str
     options: Mapping[str, Any]
     jwt_key: bytes
+    assertion_key: Any = None
+    """Public key (``cryptography``) that verifies ``private_key_jwt`` assertions; ``None``: not accepted."""
+    audience: str = ""
+    """The ``aud`` an assertion must name: this endpoint's URL (RFC 7523 section 3)."""
+    seen_jti: set[str] = field(default_factory=set)
 
     def lifetime(self, default: int) -> int:
         """Seconds between ``iat`` and ``exp`` for JWTs: follows ``expires_in`` when it is numeric."""
@@ -376,7 +381,10 @@ class _Rules:
         return values[0] if values else None
 
     def body_credentials_ok(self, form: Mapping[str, list[str]], settings: _Settings) -> bool:
-        """``client_id``/``client_secret`` in the form body (Invoice Cloud, Aria)."""
+        """``client_id``/``client_secret`` in the form body (Invoice Cloud, Aria), or -- where the emulator
+        was given a public key -- a ``private_key_jwt`` client assertion, as Keycloak accepts one."""
+        if self.param(form, "client_assertion") is not None and settings.assertion_key is not None:
+            return _assertion_ok(form, settings)
         client_id = self.param(form, "client_id")
         client_secret = self.param(form, "client_secret")
         if client_id is None or client_secret is None:
@@ -392,6 +400,56 @@ class _Rules:
             return False
         user, password = req.basic_auth
         return _same_secret(user, settings.client_id) and _same_secret(password, settings.client_secret)
+
+
+ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def _assertion_ok(form: Mapping[str, list[str]], settings: _Settings) -> bool:
+    """RFC 7523 section 3 checks, as an authorization server makes them: type, signature (ES256, RS256 or
+    PS256 with the registered key), ``iss`` = ``sub`` = the client, ``aud`` = this endpoint, not expired, a
+    short lifetime and a ``jti`` never seen before (replays refused)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    values = {name: (form.get(name) or [""])[0] for name in ("client_assertion_type", "client_assertion",
+                                                               "client_id")}
+    if values["client_assertion_type"] != ASSERTION_TYPE:
+        return False
+    try:
+        header_b64, claims_b64, signature_b64 = values["client_assertion"].split(".")
+        header = json.loads(_b64url_decode(header_b64))
+        claims = json.loads(_b64url_decode(claims_b64))
+        signature = _b64url_decode(signature_b64)
+        signing_input = f"{header_b64}.{claims_b64}".encode("ascii")
+        key = settings.assertion_key
+        if header.get("alg") == "ES256":
+            der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+            key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        elif header.get("alg") == "RS256":
+            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        elif header.get("alg") == "PS256":
+            key.verify(signature, signing_input, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                       hashes.SHA256())
+        else:
+            return False
+    except (ValueError, TypeError, AttributeError, InvalidSignature):
+        return False
+    now = time.time()
+    client = settings.client_id
+    if not (claims.get("iss") == claims.get("sub") == client and values["client_id"] in ("", client)):
+        return False
+    if claims.get("aud") != settings.audience or not isinstance(claims.get("exp"), int) or claims["exp"] <= now:
+        return False
+    if claims["exp"] - int(claims.get("iat", 0)) > 300:
+        return False
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or jti in settings.seen_jti:
+        return False
+    settings.seen_jti.add(jti)
+    return True
 
 
 class _InvoiceCloud(_Rules):
@@ -894,6 +952,8 @@ class ProviderEmulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._assertion_key: Any = None
+        self._seen_jti: set[str] = set()
         self.jwt_key: bytes = secrets.token_bytes(32)
         """HMAC key of the JWTs this emulator issues (Aria, Autopay); see :func:`decode_jwt`."""
         self.requests: list[RecordedRequest] = []
@@ -929,6 +989,13 @@ class ProviderEmulator:
                 else:
                     self._options.pop(name, None)
             self._options.update(updates)
+
+    def accept_client_assertions(self, public_key_pem: bytes | None) -> None:
+        """Accept ``private_key_jwt`` assertions signed by this key (``None``: secrets only again)."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        with self._lock:
+            self._assertion_key = load_pem_public_key(public_key_pem) if public_key_pem else None
 
     def set_credentials(self, client_id: str, client_secret: str) -> None:
         """Simulate a credential rotation at the provider: only the new pair is accepted from now on."""
@@ -1043,6 +1110,9 @@ class ProviderEmulator:
                 client_secret=self._client_secret,
                 options=dict(self._options),
                 jwt_key=self.jwt_key,
+                assertion_key=self._assertion_key,
+                audience=f"{self.base_url}{self._options['token_path']}",
+                seen_jti=self._seen_jti,
             )
         if request.path != settings.options["token_path"]:
             return _Reply(404, {"error": "not_found", "error_description": "No such endpoint"})

@@ -78,6 +78,10 @@ class StackConfig:
     max_concurrency: int = 8
     log_stream: IO[str] | None = None
     create_resources: bool = True
+    client_auth: dict[str, str] = field(default_factory=dict)
+    """Route -> ``private_key_jwt``: that provider signs client assertions with a KMS key the stack creates in
+    the embedded AWS (ECC P-256, as a deployment would with ``<Provider>SigningKeyArn``); its secret then
+    holds only ``client_id``. :meth:`LocalStack.signing_public_key` gives the key to register."""
     refresh_ahead_every: float | None = None
     """Seconds between local refresh-ahead runs (the template's EventBridge schedule); ``None``: off."""
 
@@ -104,9 +108,11 @@ class LocalStack:
             self.aws_url = f"http://{config.host}:{self._moto._server.server_port}"
         self.dynamodb_url = config.dynamodb_endpoint or self.aws_url
         self.secrets_url = config.secrets_endpoint or self.aws_url
+        self._signing_keys: dict[str, str] = {}
         if config.create_resources:
             self.create_table()
             self.seed_secrets()
+        self.create_signing_keys()
         self.lambdas = LambdaService(self.function_specs(), log_stream=config.log_stream)
         lambda_port = self.lambdas.serve(config.host, config.lambda_port)
         self.lambda_url = f"http://{config.host}:{lambda_port}"
@@ -146,7 +152,7 @@ class LocalStack:
     def client(self, service: str) -> Any:
         import boto3
 
-        endpoint = {"dynamodb": self.dynamodb_url, "secretsmanager": self.secrets_url,
+        endpoint = {"dynamodb": self.dynamodb_url, "secretsmanager": self.secrets_url, "kms": self.secrets_url,
                     "lambda": self.lambda_url}[service]
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
                             aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
@@ -168,6 +174,30 @@ class LocalStack:
         dynamodb.update_time_to_live(TableName=self.config.table_name,
                                      TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
 
+    def create_signing_keys(self) -> None:
+        """One KMS signing key per provider configured for ``private_key_jwt`` (moto serves KMS too)."""
+        for route, method in self.config.client_auth.items():
+            if method != "private_key_jwt":
+                raise ValueError(f"{route}: only private_key_jwt is supported locally (got {method})")
+            key = self.client("kms").create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                                                Description=f"token-vending local {route} client assertions")
+            self._signing_keys[route] = key["KeyMetadata"]["Arn"]
+            self.config.provider_env.setdefault(route, {}).update({
+                "CLIENT_AUTH": method, "SIGNING_KEY_ID": key["KeyMetadata"]["Arn"],
+                "AWS_ENDPOINT_URL_KMS": self.secrets_url})
+
+    def signing_public_key(self, route: str) -> bytes:
+        """The PEM public key of ``route``'s signing key: what a provider registers (the JWKS command prints
+        it as a JWK)."""
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            PublicFormat,
+            load_der_public_key,
+        )
+
+        der = self.client("kms").get_public_key(KeyId=self._signing_keys[route])["PublicKey"]
+        return load_der_public_key(der).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
     def secret_name(self, route: str) -> str:
         return secret_name(route, self.config.secret_prefix)
 
@@ -177,7 +207,10 @@ class LocalStack:
             credentials = self.config.credentials.get(provider.route)
             if credentials is None:
                 continue
-            value = json.dumps({"client_id": credentials[0], "client_secret": credentials[1]})
+            document = {"client_id": credentials[0]}
+            if self.config.client_auth.get(provider.route) != "private_key_jwt":
+                document["client_secret"] = credentials[1]
+            value = json.dumps(document)
             try:
                 secrets.create_secret(Name=self.secret_name(provider.route), SecretString=value)
             except secrets.exceptions.ResourceExistsException:

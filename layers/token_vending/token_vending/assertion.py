@@ -67,9 +67,9 @@ def der_to_jose(signature: bytes, part_bytes: int = ES256_PART_BYTES) -> bytes:
         raise SigningKeyError("the ECDSA signature is not DER") from None
 
 
-KEY_SPEC_ALGORITHMS = {"ECC_NIST_P256": "ES256", "RSA_2048": "RS256", "RSA_3072": "RS256", "RSA_4096": "RS256"}
-"""The algorithm a KMS key signs with when none is configured: ES256 for P-256, RS256 (the most widely
-accepted) for RSA."""
+DEFAULT_ORDER = ("ES256", "RS256")
+"""The algorithm a KMS key signs with when none is configured, from what the key supports: ES256 for a P-256
+key, RS256 (the most widely accepted) for an RSA key."""
 
 
 class Signer(Protocol):
@@ -91,7 +91,7 @@ class KmsSigner:
     client: KMSClient
     key_id: str
     algorithm: str = ""
-    """``RS256``, ``PS256`` or ``ES256``; empty: from the key's spec (:data:`KEY_SPEC_ALGORITHMS`)."""
+    """``RS256``, ``PS256`` or ``ES256``; empty: from what the key supports (:data:`DEFAULT_ORDER`)."""
     max_age: float = 300.0
     _resolved: tuple[float, str, str] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -105,8 +105,10 @@ class KmsSigner:
         with self._lock:
             if self._resolved is None or time.monotonic() - self._resolved[0] > self.max_age:
                 response = self.client.get_public_key(KeyId=self.key_id)
-                algorithm = self.algorithm or KEY_SPEC_ALGORITHMS.get(str(response.get("KeySpec")), "")
-                if not algorithm or KMS_ALGORITHMS[algorithm] not in response.get("SigningAlgorithms", []):
+                supported = response.get("SigningAlgorithms", [])
+                algorithm = self.algorithm or next(
+                    (jose for jose in DEFAULT_ORDER if KMS_ALGORITHMS[jose] in supported), "")
+                if not algorithm or KMS_ALGORITHMS[algorithm] not in supported:
                     raise SigningKeyError(f"the KMS key cannot sign {algorithm or 'RS256, PS256 or ES256'}")
                 self._resolved = (time.monotonic(), algorithm, response["KeyId"].rsplit("/", 1)[-1])
             return self._resolved[1], self._resolved[2]
