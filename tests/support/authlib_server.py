@@ -11,6 +11,15 @@ a WSGI request into an ``OAuth2Request``, a response tuple back into WSGI, and t
 
 It also records every request it received (headers, body) and what it answered, and counts token requests.
 Served by ``wsgiref`` in threads: no web framework is needed.
+
+``private_key_jwt`` (RFC 7523 client assertions, OpenID Connect Core 9) is Authlib's own
+:class:`JWTBearerClientAssertion` registered under that method name: Authlib (with joserfc) checks the signature
+against the client's registered JWK set (the ``kid`` selects the key), ``iss`` = ``sub`` = a registered client,
+``aud`` (the token URL unless ``audiences`` says otherwise), ``exp`` (60 s leeway) and that the ``jti`` was not
+used before. What is written here is only what Authlib asks the application for: where the client's keys are,
+which audiences it answers to, which algorithms it allows (``token_endpoint_auth_signing_alg_values_supported``;
+joserfc's default set leaves out PS256) and a store of seen ``jti`` values. ``respond`` may rewrite an answer
+after Authlib made it (a provider that echoes what it received, for leak tests).
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
 from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from requests.structures import CaseInsensitiveDict
 
 if TYPE_CHECKING:
@@ -53,6 +66,8 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]
     scopes: frozenset[str] = frozenset()
     auth_methods: frozenset[str] = frozenset({"client_secret_basic", "client_secret_post"})
     """Token endpoint authentication methods this client registered (RFC 7591 ``token_endpoint_auth_method``)."""
+    jwks: dict[str, Any] | None = field(default=None, compare=False)
+    """The client's registered public keys (RFC 7591 ``jwks``): what ``private_key_jwt`` assertions verify with."""
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -83,9 +98,58 @@ class RegisteredClient(ClientMixin):  # type: ignore[misc]
 
 
 class _ClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
-    """Authlib's grant, allowing both secret-based methods (its default is ``client_secret_basic`` only)."""
+    """Authlib's grant, allowing both secret-based methods (its default is ``client_secret_basic`` only) and
+    ``private_key_jwt``. Authlib tries them in this order; a request without a client assertion is not
+    ``private_key_jwt``'s (it returns no client), so the secret-based answers are unchanged."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]  # noqa: RUF012 - Authlib's API
+    TOKEN_ENDPOINT_AUTH_METHODS = [  # noqa: RUF012 - Authlib's API
+        "client_secret_basic", "client_secret_post", "private_key_jwt"]
+
+
+PRIVATE_KEY_JWT_ALGORITHMS = ("RS256", "PS256", "ES256")
+"""The server's ``token_endpoint_auth_signing_alg_values_supported``."""
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
+    """Authlib's RFC 7523 client assertion authentication as the ``private_key_jwt`` method, with the storage
+    hooks Authlib leaves to the application."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self, server: StandardsAuthorizationServer, leeway: int = 60) -> None:
+        super().__init__(leeway=leeway)
+        self.server = server
+
+    def get_audiences(self) -> list[str]:
+        return list(self.server.audiences)
+
+    def validate_jti(self, claims: dict[str, Any], jti: str) -> bool:
+        """Each ``jti`` once per client (the store Authlib's documentation keeps in Redis)."""
+        with self.server._lock:
+            key = (str(claims["sub"]), jti)
+            if key in self.server.seen_jti:
+                return False
+            self.server.seen_jti.add(key)
+            return True
+
+    def resolve_client_public_key(self, client: RegisteredClient) -> KeySet:
+        if not client.jwks:
+            from authlib.oauth2.rfc6749 import InvalidClientError
+
+            raise InvalidClientError(description="The client registered no keys.")
+        return KeySet.import_key_set(client.jwks)  # type: ignore[arg-type]
+
+    def process_assertion_claims(self, assertion: str, resolve_key: Any) -> dict[str, Any]:
+        """Authlib's own steps (decode and verify with joserfc, then :meth:`verify_claims`), with the algorithms
+        this server supports: joserfc's default set is only its "recommended" ones, without PS256."""
+        from authlib.oauth2.rfc6749 import InvalidClientError
+
+        try:
+            token = jwt.decode(assertion, resolve_key, algorithms=list(self.server.signing_algorithms))
+        except JoseError as exc:
+            raise InvalidClientError(description=exc.description) from exc
+        self.verify_claims(token.claims)
+        return dict(token.claims)
 
 
 class _FormPayload(OAuth2Payload):  # type: ignore[misc]
@@ -153,16 +217,22 @@ class Exchange:
 class StandardsAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     """Authlib's ``AuthorizationServer`` with the few hooks a framework integration must implement."""
 
-    def __init__(self, clients: Iterable[RegisteredClient], *, expires_in: int) -> None:
+    def __init__(self, clients: Iterable[RegisteredClient], *, expires_in: int,
+                 signing_algorithms: Iterable[str] = PRIVATE_KEY_JWT_ALGORITHMS) -> None:
         registered = {client.client_id: client for client in clients}
         supported = sorted(set().union(*(client.scopes for client in registered.values())))
         super().__init__(scopes_supported=supported)
         self.clients = registered
         self.issued: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.audiences: list[str] = []
+        """Audiences a client assertion may name (set to the token URL once the server has its port)."""
+        self.signing_algorithms = tuple(signing_algorithms)
+        self.seen_jti: set[tuple[str, str]] = set()
         self.register_token_generator("default", BearerTokenGenerator(
             access_token_generator=lambda **_: secrets.token_urlsafe(32), expires_generator=expires_in))
         self.register_grant(_ClientCredentialsGrant)
+        self.register_client_auth_method("private_key_jwt", PrivateKeyJWT(self))
 
     def query_client(self, client_id: str) -> RegisteredClient | None:
         return self.clients.get(client_id)
@@ -201,6 +271,10 @@ class AuthlibTokenServer:
 
     clients: list[RegisteredClient]
     expires_in: int = 3600
+    audiences: list[str] | None = None
+    """What ``private_key_jwt`` assertions may name as ``aud``; ``None``: the token URL."""
+    respond: Callable[[Incoming, int, dict[str, Any]], tuple[int, dict[str, Any]]] | None = None
+    """Rewrites Authlib's answer (status, JSON body) before it is sent; ``None``: Authlib's answer as it is."""
     exchanges: list[Exchange] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -209,6 +283,7 @@ class AuthlibTokenServer:
         self._httpd = make_server("127.0.0.1", 0, self._app, server_class=_ThreadingWSGIServer,
                                   handler_class=_QuietHandler)
         self.url = f"http://127.0.0.1:{self._httpd.server_port}{TOKEN_PATH}"
+        self.authorization.audiences = [self.url] if self.audiences is None else list(self.audiences)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="authlib-token-server", daemon=True)
 
@@ -253,6 +328,10 @@ class AuthlibTokenServer:
             document = json.loads(body) if body else {}
         except ValueError:
             document = {"raw": body.decode("utf-8", "replace")}
+        if self.respond is not None:
+            status, document = self.respond(request, status, document)
+            body = json.dumps(document).encode()
+            headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
         with self._lock:
             self.exchanges.append(Exchange(request, status, dict(headers), document))
         start_response(f"{status} {_REASONS.get(status, 'Status')}",
@@ -261,7 +340,7 @@ class AuthlibTokenServer:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed"}
+            405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 def _incoming(environ: dict[str, Any], url: str) -> Incoming:
