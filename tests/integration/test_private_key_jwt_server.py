@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import time
 import types
 import uuid
@@ -506,3 +507,42 @@ def test_private_key_jwt_kms_key_the_server_does_not_know_is_rejected(deploy: An
     assert_rejected_invalid_client(deployment.environment().call())
     assert deployment.server.token_requests == 1
     deployment.assert_no_leak()
+
+
+@pytest.mark.parametrize("case", ["no-such-key", "p384-key", "encrypt-decrypt-key"])
+def test_private_key_jwt_kms_key_that_cannot_sign_is_misconfigured(deploy: Any, aws: dict[str, Any],
+                                                                   case: str) -> None:
+    """A key KMS does not have, a P-384 key (no RS256/PS256/ES256) or an encryption key: a setting to fix
+    (500 ``misconfigured``), not the provider's fault; the provider is never asked."""
+    if case == "no-such-key":
+        key_id = str(uuid.uuid4())
+    elif case == "p384-key":
+        key_id = aws["kms"].create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P384")["KeyMetadata"]["KeyId"]
+    else:
+        key_id = aws["kms"].create_key(KeyUsage="ENCRYPT_DECRYPT", KeySpec="SYMMETRIC_DEFAULT")["KeyMetadata"]["KeyId"]
+    deployment = deploy([], secret={"client_id": CLIENT_ID}, env={"SIGNING_KEY_ID": key_id})
+    answer = deployment.environment().call()
+    assert answer.get("errorType") == "Misconfigured", answer
+    assert (answer["status"], answer["error"]) == (500, "misconfigured")
+    assert "signing key" in answer["error_description"] or "KMS key" in answer["error_description"]
+    assert deployment.server.token_requests == 0
+
+
+def test_private_key_jwt_kms_unreachable_is_unavailable_without_a_cool_down(deploy: Any, aws: dict[str, Any],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """KMS cannot be reached: 503 ``upstream_unavailable`` (Step Functions retries it), but the provider was
+    not at fault, so no cool-down: once KMS is back, the next call signs and gets a token."""
+    key_id, public = kms_key(aws["kms"], "ES256")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: connection refused
+        deployment = deploy([registered_jwk(public, kid=key_id)], secret={"client_id": CLIENT_ID},
+                            env={"SIGNING_KEY_ID": key_id, "AWS_ENDPOINT_URL_KMS": dead})
+        environment = deployment.environment()
+        answer = environment.call()
+    assert answer.get("errorType") == "UpstreamUnavailable", answer
+    assert (answer["status"], answer["error"]) == (503, "upstream_unavailable")
+    assert deployment.server.token_requests == 0
+    # Another environment, KMS reachable again (the endpoint is read when the KMS client is made).
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", aws["moto"])
+    assert_token(deployment.environment().call(), deployment)

@@ -327,6 +327,13 @@ def test_tls_client_auth_certificate_from_an_intermediate_ca_is_accepted_with_it
     without_chain.put_certificate(certificate)
     assert_rejected_invalid_client(without_chain.environment().call())
     refused(without_chain, "unable to get local issuer certificate")
+    # The whole chain pasted into ``certificate`` (a fullchain.pem) works too; the metric reads the leaf.
+    fullchain = deploy(tls_version=tls_version)
+    fullchain.put_secret(client_id=CLIENT_ID, certificate=certificate.certificate_pem + intermediate.certificate_pem,
+                         private_key=certificate.key_pem)
+    assert_token(fullchain.environment().call(), fullchain)
+    (days,) = fullchain.outputs.metric("ClientCertificateDaysLeft")
+    assert abs(days - (certificate.not_after.timestamp() - time.time()) / 86400) < 1
 
 
 # --- refused certificates ------------------------------------------------------------------------------------
