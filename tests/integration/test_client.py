@@ -3,6 +3,7 @@ invoking the provider function directly, and installed from its own folder as a 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -77,8 +78,10 @@ def test_the_package_installs_from_its_folder(tmp_path: Path) -> None:
     """``pip install ./clients/python`` builds: the wheel holds the package and its py.typed marker."""
     from tests.unit.conftest import REPO_ROOT
 
+    source = tmp_path / "source"  # a copy: setuptools writes build/ and egg-info/ next to the sources
+    shutil.copytree(REPO_ROOT / "clients" / "python", source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
-                    str(REPO_ROOT / "clients" / "python")], check=True, timeout=300)
+                    str(source)], check=True, timeout=300)
     [wheel] = tmp_path.glob("token_vending_client-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "token_vending_client/py.typed" in names

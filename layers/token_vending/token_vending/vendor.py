@@ -200,10 +200,7 @@ class TokenVendor:
             lease_started = time.monotonic()
             fetch_deadline = min(deadline, lease_started + lease_seconds)
             if self.upstream.time_left(fetch_deadline) < MIN_ATTEMPT_SECONDS:
-                # Our own lack of time: not the provider's fault, so no lease, no cool-down, no failure metric.
-                return self._serve_stale_or_raise(request, stale, UpstreamTimeout(
-                    "too little time left in this invocation to ask the provider", provider=self.profile.name,
-                    provider_fault=False))
+                return self._serve_stale_or_raise(request, stale, self._no_time())
             lease = self.cache.acquire_lease(self.profile.name, key, self.owner, lease_seconds)
             if lease.acquired:
                 # The lease's own end bounds the whole fetch: no second environment can start one meanwhile.
@@ -265,10 +262,9 @@ class TokenVendor:
             try:
                 token = self._fetch(request, deadline)
             except TokenVendingError as exc:
-                seconds = self._cool_down_seconds(exc)
-                if seconds is not None:
-                    self._announce_cool_down(exc, seconds)
-                    self.cache.record_failure(self.profile.name, key, self.owner, time.time() + seconds, exc.body())
+                until = self._cool_down(exc)
+                if until is not None:
+                    self.cache.record_failure(self.profile.name, key, self.owner, until, exc.body())
                     release = False  # the lease stays as the cool-down record
                 return self._serve_stale_or_raise(request, stale, exc)
             try:
@@ -292,22 +288,26 @@ class TokenVendor:
         return token
 
     @staticmethod
-    def _cool_down_seconds(error: TokenVendingError) -> float | None:
-        """How long nobody asks the provider again after ``error``; ``None`` when the provider was not at
-        fault (our own lack of time, Secrets Manager, a bad setting): retrying those costs it nothing."""
+    def _cool_down(error: TokenVendingError) -> float | None:
+        """Until when nobody asks the provider again after ``error`` (a 503 then says so in its
+        ``Retry-After``); ``None`` when the provider was not at fault (our own lack of time, Secrets Manager
+        or KMS down, a bad setting): retrying those costs it nothing."""
         if not error.provider_fault or isinstance(error, (InvalidRequest, Misconfigured)):
             return None
         if isinstance(error, UpstreamUnavailable) and error.retry_after is not None:
-            return float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
-        if isinstance(error, UpstreamRejected):
-            return REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret or scope
-        return COOL_DOWN_SECONDS
-
-    @staticmethod
-    def _announce_cool_down(error: TokenVendingError, seconds: float) -> None:
-        """A 503's ``Retry-After`` is when this service will ask the provider again, not sooner."""
+            seconds = float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
+        elif isinstance(error, UpstreamRejected):
+            seconds = REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret or scope
+        else:
+            seconds = COOL_DOWN_SECONDS
         if isinstance(error, UpstreamUnavailable):
             error.extra["retry_after"] = math.ceil(seconds)
+        return time.time() + seconds
+
+    def _no_time(self) -> UpstreamTimeout:
+        """Our own lack of time: not the provider's fault, so no lease, no cool-down, no failure metric."""
+        return UpstreamTimeout("too little time left in this invocation to ask the provider",
+                               provider=self.profile.name, provider_fault=False)
 
     def _stored_error(self, body: dict[str, Any], until: float) -> TokenVendingError:
         """The error of a failed refresh, replayed during its cool-down with the time really left."""
@@ -350,19 +350,15 @@ class TokenVendor:
                 self._refuse_if_too_short(remembered, request, now)
             failure = self.degraded_failures.get(key)
             if failure is not None:
-                until, body = failure
-                return self._serve_stale_or_raise(request, remembered, self._stored_error(body, until))
+                return self._serve_stale_or_raise(request, remembered, self._stored_error(failure[1], failure[0]))
             if self.upstream.time_left(deadline) < MIN_ATTEMPT_SECONDS:
-                return self._serve_stale_or_raise(request, remembered, UpstreamTimeout(
-                    "too little time left in this invocation to ask the provider", provider=self.profile.name,
-                    provider_fault=False))
+                return self._serve_stale_or_raise(request, remembered, self._no_time())
             try:
                 token = self._fetch(request, deadline)
             except TokenVendingError as exc:
-                seconds = self._cool_down_seconds(exc)
-                if seconds is not None:
-                    self._announce_cool_down(exc, seconds)
-                    self.degraded_failures.put(key, (time.time() + seconds, exc.body()), seconds=seconds)
+                cooled = self._cool_down(exc)
+                if cooled is not None:
+                    self.degraded_failures.put(key, (cooled, exc.body()), seconds=cooled - time.time())
                 return self._serve_stale_or_raise(request, remembered, exc)
             self._remember_degraded(key, token)
             return self._serve_new(token, request)
