@@ -54,9 +54,11 @@ def client_context(certificate: str, private_key: str, ca_chain: str = "", *, ca
     chain = certificate.strip() + "\n" + (ca_chain.strip() + "\n" if ca_chain.strip() else "")
     try:
         with private_file(chain) as cert_path, private_file(private_key) as key_path:
-            context.load_cert_chain(cert_path, key_path)
-    except (ssl.SSLError, ValueError):
-        raise CertificateError("secret fields certificate/private_key are not a matching PEM pair") from None
+            # An empty password: without one, OpenSSL asks for an encrypted key's pass phrase on the terminal.
+            context.load_cert_chain(cert_path, key_path, password=lambda: b"")
+    except (ssl.SSLError, ValueError, OSError, TypeError):
+        raise CertificateError("secret fields certificate/private_key are not a matching, unencrypted PEM "
+                               "pair") from None
     return context
 
 

@@ -225,9 +225,10 @@ def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> To
     if isinstance(reason, DecodeError):
         return UpstreamInvalidResponse("the provider's answer could not be decoded (Content-Encoding)",
                                        provider=provider)
-    if _client_certificate_refused(exc):
-        return UpstreamRejected("the provider refused our client certificate (TLS alert)",
-                                upstream_error="invalid_client", provider=provider)
+    alert = _client_certificate_alert(exc)
+    if alert:
+        return UpstreamRejected(f"the provider refused the TLS handshake ({alert}): client certificate missing, "
+                                "unknown or expired", upstream_error="invalid_client", provider=provider)
     if isinstance(reason, SSLError):
         return UpstreamUnavailable("TLS with the provider failed", provider=provider)
     if isinstance(reason, ProtocolError):
@@ -237,12 +238,15 @@ def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> To
 
 CLIENT_CERTIFICATE_ALERTS = ("ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_EXPIRED", "ALERT_BAD_CERTIFICATE",
                              "ALERT_CERTIFICATE_UNKNOWN", "ALERT_CERTIFICATE_REQUIRED", "ALERT_CERTIFICATE_REVOKED",
-                             "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")
+                             "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED", "ALERT_HANDSHAKE_FAILURE")
 """TLS alerts a server sends about the client's certificate (missing, unknown, expired): refused credentials,
-not an outage. Our own check of the server's certificate fails differently (CERTIFICATE_VERIFY_FAILED)."""
+not an outage. Over TLS 1.2 a missing certificate is ``handshake_failure`` (RFC 5246 7.4.6), which also means
+"no common cipher": both need a person, so both are rejections with the long cool-down. Our own check of the
+server's certificate fails differently (CERTIFICATE_VERIFY_FAILED: 503)."""
 
 
-def _client_certificate_refused(exc: BaseException) -> bool:
+def _client_certificate_alert(exc: BaseException) -> str | None:
+    """The alert's name (for the operator: expired or unknown CA), if ``exc`` is one of those alerts."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -250,11 +254,12 @@ def _client_certificate_refused(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if any(alert in str(current) for alert in CLIENT_CERTIFICATE_ALERTS):
-            return True
+        for alert in CLIENT_CERTIFICATE_ALERTS:
+            if alert in str(current):
+                return alert.removeprefix("ALERT_").lower()
         reason = getattr(current, "reason", None)
         stack.extend([reason if isinstance(reason, BaseException) else None, current.__cause__, current.__context__])
-    return False
+    return None
 
 
 class UpstreamClient:
