@@ -276,3 +276,49 @@ def translate(path: Path = TEMPLATE) -> dict[str, Any]:
     assert result.returncode == 0, f"SAM translation failed:\n{result.stderr}"
     translated: dict[str, Any] = json.loads(result.stdout)
     return translated
+
+
+# --- CloudWatch Metrics Insights queries (alarms and dashboard widgets) -------------------------------
+_INSIGHTS = re.compile(
+    r"\s*SELECT\s+(?P<function>AVG|MIN|MAX|SUM|COUNT)\((?P<metric>\w+)\)"
+    r"\s+FROM\s+SCHEMA\(\s*\"(?P<namespace>[^\"]+)\"(?P<dimensions>(?:\s*,\s*\w+)*)\s*\)"
+    r"(?:\s+WHERE\s+(?P<where>.+?))?"
+    r"(?:\s+GROUP\s+BY\s+(?P<group_by>\w+(?:\s*,\s*\w+)*))?"
+    r"\s*",
+    re.IGNORECASE | re.DOTALL,
+)
+_CONDITION = re.compile(r"\s*(\w+)\s*=\s*'([^']*)'\s*")
+
+
+def is_metrics_insights(expression: str) -> bool:
+    return expression.lstrip().upper().startswith("SELECT")
+
+
+def metrics_insights(expression: str) -> dict[str, Any]:
+    """The parts of a Metrics Insights query of the forms this template uses:
+    ``SELECT FN(Metric) FROM SCHEMA("Namespace", dim, ...) [WHERE dim = 'v' AND ...] [GROUP BY dim, ...]``.
+
+    Anything else (ORDER BY, LIMIT, other operators, a bare namespace without SCHEMA) is refused: a form the
+    checks cannot read must not pass unread."""
+    found = _INSIGHTS.fullmatch(expression)
+    assert found, f"a Metrics Insights query these tests cannot read: {expression!r}"
+    where: dict[str, str] = {}
+    if found["where"]:
+        for condition in re.split(r"\s+AND\s+", found["where"], flags=re.IGNORECASE):
+            pair = _CONDITION.fullmatch(condition)
+            assert pair, f"a WHERE condition these tests cannot read: {condition!r} in {expression!r}"
+            where[pair[1]] = pair[2]
+    return {
+        "function": found["function"].upper(),
+        "metric": found["metric"],
+        "namespace": found["namespace"],
+        "schema": [d.strip() for d in found["dimensions"].split(",") if d.strip()],
+        "where": where,
+        "group_by": [d.strip() for d in (found["group_by"] or "").split(",") if d.strip()],
+    }
+
+
+def emitted_metric_names() -> set[str]:
+    """Metric names the layer really emits (``_count("...")`` and ``add_metric(name="...")``)."""
+    source = "\n".join(path.read_text() for path in (ROOT / "layers" / "token_vending").rglob("*.py"))
+    return set(re.findall(r'_count\("([A-Za-z]+)"\)', source)) | set(re.findall(r'add_metric\(name="(\w+)"', source))

@@ -3,7 +3,10 @@
 - Alarms and the dashboard are plain strings to CloudWatch: a dimension naming an API, function, stage,
   provider or service that does not exist is accepted at deploy time and then watches nothing, for ever
   (an alarm that can never fire). Every dimension is resolved here, on SAM's translation evaluated with
-  the parameter defaults, to a resource the stack really creates or a value the code really emits.
+  the parameter defaults, to a resource the stack really creates or a value the code really emits. A Metrics
+  Insights query (``SELECT MIN(Metric) FROM SCHEMA("TokenVending", provider, service)``) names dimension keys
+  rather than values: its schema must be a dimension set the namespace publishes, its WHERE values must
+  resolve like any other, and the metrics it reads in the service's namespace must be ones the code emits.
 - The token API's worst case (its DynamoDB read and its provider invocation, from the botocore Configs in
   ``token_vending.clients``, retries and botocore's back-off included) must end inside its own timeout,
   which must stay within API Gateway's 29 s integration limit.
@@ -19,7 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.template.cfn import ROOT, TOKEN_API, Evaluator, load_template, resources, translate
+from tests.template.cfn import (
+    ROOT,
+    TOKEN_API,
+    Evaluator,
+    emitted_metric_names,
+    is_metrics_insights,
+    load_template,
+    metrics_insights,
+    resources,
+    translate,
+)
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -94,10 +107,17 @@ def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
         "provider": provider_names,
         "service": {env["POWERTOOLS_SERVICE_NAME"] for env in envs.values()},
         "namespace": {env["POWERTOOLS_METRICS_NAMESPACE"] for env in envs.values()},
+        "metric": emitted_metric_names(),
     }
 
 
-def _check_metric(where: str, namespace: str, dimensions: dict[str, str], known: dict[str, set[str]]) -> list[str]:
+Metric = tuple[str, str, str, dict[str, "str | None"]]
+"""(label, namespace, metric name, dimensions): a dimension's value is None where a Metrics Insights query
+reads every value of it (a SCHEMA dimension its WHERE does not fix)."""
+
+
+def _check_metric(where: str, namespace: str, dimensions: dict[str, str | None], known: dict[str, set[str]],
+                  metric: str | None = None) -> list[str]:
     problems = []
     allowed = {"AWS/Lambda", "AWS/ApiGateway", *known["namespace"]}
     if namespace not in allowed:
@@ -108,23 +128,38 @@ def _check_metric(where: str, namespace: str, dimensions: dict[str, str], known:
     for name, value in dimensions.items():
         if name not in known:
             problems.append(f"{where}: unknown dimension {name}")
-        elif value not in known[name]:
+        elif value is not None and value not in known[name]:
             problems.append(f"{where}: {name}={value!r} names nothing this stack creates ({sorted(known[name])})")
+    if metric is not None and namespace in known["namespace"] and metric not in known["metric"]:
+        problems.append(f"{where}: {namespace} metric {metric!r} is never emitted by the code")
     return problems
 
 
-def _alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
-    """(label, namespace, dimensions) of every metric an alarm reads: a single metric or a Metrics list."""
-    found = []
+def _insights_metric(label: str, expression: str) -> Metric:
+    """A Metrics Insights query as the one metric (per dimension values) it reads."""
+    query = metrics_insights(expression)
+    schema = query["schema"]
+    for name in [*query["where"], *query["group_by"]]:
+        assert name in schema, f"{label}: {name} is not a dimension of SCHEMA{tuple(schema)} in {expression!r}"
+    dimensions: dict[str, str | None] = {name: query["where"].get(name) for name in schema}
+    return (label, query["namespace"], query["metric"], dimensions)
+
+
+def _alarm_metrics(props: dict[str, Any]) -> list[Metric]:
+    """Every metric an alarm reads: a single metric, a Metrics list, or a Metrics Insights query."""
+    found: list[Metric] = []
     if "MetricName" in props:
-        found.append(("metric", props["Namespace"], {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}))
+        dimensions: dict[str, str | None] = {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}
+        found.append(("metric", props["Namespace"], props["MetricName"], dimensions))
     for query in props.get("Metrics", []):
         if "MetricStat" in query:
             metric = query["MetricStat"]["Metric"]
             dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
-            found.append((query["Id"], metric["Namespace"], dimensions))
+            found.append((query["Id"], metric["Namespace"], metric["MetricName"], dimensions))
         else:
             assert "Expression" in query, f"a metric query with neither MetricStat nor Expression: {query}"
+            if is_metrics_insights(query["Expression"]):
+                found.append(_insights_metric(query["Id"], query["Expression"]))
     return found
 
 
@@ -137,20 +172,22 @@ def test_every_alarm_watches_something_the_stack_creates(translated: dict[str, A
     for name, alarm in alarms.items():
         metrics = _alarm_metrics(ev(alarm["Properties"]))
         assert metrics, f"{name} reads no metric"
-        for label, namespace, dimensions in metrics:
-            problems += _check_metric(f"{name} ({label})", namespace, dimensions, known)
+        for label, namespace, metric, dimensions in metrics:
+            problems += _check_metric(f"{name} ({label})", namespace, dimensions, known, metric)
     assert not problems, "\n".join(problems)
 
 
-def _dashboard_metrics(body: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
-    """(widget title, namespace, dimensions) of every metric line of a dashboard body.
+def _dashboard_metrics(body: dict[str, Any]) -> list[Metric]:
+    """(widget title, namespace, metric name, dimensions) of every metric line of a dashboard body.
 
     A line is [namespace, metric name, dimension name, value, ..., {options}]; "." repeats the value at
-    the same position of the line before (CloudWatch's shorthand).
+    the same position of the line before (CloudWatch's shorthand). An expression line has options only; a
+    Metrics Insights expression there is read like an alarm's.
     """
-    found = []
+    found: list[Metric] = []
     for widget in body["widgets"]:
         properties = widget.get("properties", {})
+        title = properties.get("title", "?")
         previous: list[Any] = []
         for line in properties.get("metrics", []):
             values = [item for item in line if not isinstance(item, dict)]
@@ -158,10 +195,13 @@ def _dashboard_metrics(body: dict[str, Any]) -> list[tuple[str, str, dict[str, s
             values = [previous[i] if v == "." else v for i, v in enumerate(values)]
             previous = values
             if not values:  # an expression line: options only
+                options = next((item for item in line if isinstance(item, dict)), {})
+                if is_metrics_insights(options.get("expression", "")):
+                    found.append(_insights_metric(title, options["expression"]))
                 continue
-            namespace, _metric, *pairs = values
-            assert len(pairs) % 2 == 0, f"{properties.get('title')}: odd dimension list {pairs}"
-            found.append((properties.get("title", "?"), namespace, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+            namespace, metric, *pairs = values
+            assert len(pairs) % 2 == 0, f"{title}: odd dimension list {pairs}"
+            found.append((title, namespace, metric, dict(zip(pairs[::2], pairs[1::2], strict=True))))
     return found
 
 
@@ -173,12 +213,17 @@ def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[
     metrics = _dashboard_metrics(body)
     assert metrics, "the dashboard shows no metric"
     problems = []
-    for title, namespace, dimensions in metrics:
-        problems += _check_metric(f"dashboard widget {title!r}", namespace, dimensions, known)
+    for title, namespace, metric, dimensions in metrics:
+        problems += _check_metric(f"dashboard widget {title!r}", namespace, dimensions, known, metric)
     assert not problems, "\n".join(problems)
     # every provider and every function appears on it
-    assert {d["provider"] for _, _, d in metrics if "provider" in d} == known["provider"]
-    assert {d["FunctionName"] for _, _, d in metrics if "FunctionName" in d} == known["FunctionName"]
+    assert {d["provider"] for _, _, _, d in metrics if d.get("provider")} == known["provider"]
+    assert {d["FunctionName"] for _, _, _, d in metrics if "FunctionName" in d} == known["FunctionName"]
+    # and every metric an alarm watches
+    ev_alarms = resources(translated, "AWS::CloudWatch::Alarm").values()
+    alarmed = {metric for alarm in ev_alarms for _, _, metric, _ in _alarm_metrics(ev(alarm["Properties"]))}
+    shown = {metric for _, _, metric, _ in metrics}
+    assert alarmed <= shown, f"alarmed but not on the dashboard: {sorted(alarmed - shown)}"
 
 
 def test_the_checks_catch_a_misnamed_api() -> None:
@@ -192,6 +237,28 @@ def test_the_checks_catch_a_misnamed_api() -> None:
     assert _check_metric("x", "AWS/Lambda", {"FunctionName": "TokenApiFunctionRole-physical-id"}, known)
     assert _check_metric("x", "TokenVending", {"provider": "paypal", "service": "token-vending"}, known)
     assert not _check_metric("x", "TokenVending", {"provider": "pyng", "service": "token-vending"}, known)
+
+
+def test_the_checks_read_metrics_insights_queries() -> None:
+    """Metrics Insights: the SCHEMA must be a dimension set the namespace publishes, WHERE values must name
+    something, and the metric must be one the code emits; a form the checks cannot read fails."""
+    known = _what_the_stack_creates(translate())
+
+    def problems(expression: str) -> list[str]:
+        _, namespace, metric, dimensions = _insights_metric("q", expression)
+        return _check_metric("q", namespace, dimensions, known, metric)
+
+    good = 'SELECT MIN(ClientCertificateDaysLeft) FROM SCHEMA("TokenVending", provider, service)'
+    assert not problems(good)
+    assert not problems(good + " WHERE provider = 'pyng' GROUP BY provider")
+    assert problems(good.replace(", service", ""))  # EMF never publishes provider alone
+    assert problems(good + " WHERE provider = 'paypal'")
+    assert problems(good.replace("ClientCertificateDaysLeft", "ClientCertificateDaysRemaining"))
+    assert problems(good.replace('"TokenVending"', '"Token-Vending"'))
+    with pytest.raises(AssertionError, match="not a dimension"):
+        problems(good + " GROUP BY FunctionName")
+    with pytest.raises(AssertionError, match="cannot read"):
+        problems(good + " ORDER BY MIN() ASC LIMIT 1")
 
 
 # --- the token API's time budget ------------------------------------------------------------------

@@ -5,6 +5,9 @@
   wildcard where a narrower ARN exists (X-Ray's two actions have none).
 - Encryption: the optional customer managed key (KmsKeyArn) reaches the table, the placeholder secrets
   and the functions' policies, and nothing else is granted when it is empty.
+- Client assertions: a provider's KMS signing key (<Provider>SigningKeyArn) may be used by that provider's
+  function alone, for kms:Sign in the layer's algorithms and kms:GetPublicKey, and by nobody when it is empty
+  (SAM's translation evaluated for every provider alone, all together and none).
 - Callers: the API's resource policy for every combination of ApiEndpointType, ApiAllowedAccountIds
   and ApiAllowedVpcEndpointIds, checked by evaluating SAM's translation and by cfn-lint.
 - Scanners: checkov on template.yaml and on SAM's translation (no failed check; every suppression is
@@ -16,6 +19,7 @@ pointed at a closed loopback port, so that any attempt to reach the network fail
 
 from __future__ import annotations
 
+import ast
 import copy
 import itertools
 import json
@@ -48,11 +52,23 @@ from tests.template.cfn import (
     translate,
 )
 
+if str(ROOT / "layers" / "token_vending") not in sys.path:
+    sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
+
+from token_vending.assertion import KMS_ALGORITHMS
+
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 CHECKOV_HINT = "run `make deps` (it installs requirements-checkov.txt into .tools/checkov)"
 BANDIT_HINT = "run `make deps` (bandit is in requirements-dev.txt)"
 
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# one asymmetric signing key per provider (another account's for one: the key policy there grants it)
+SIGNING_KEYS = {
+    route: f"arn:aws:kms:us-east-1:{'210987654321' if route == 'aria' else ACCOUNT_ID}:key/"
+    f"{index}a5b2c3d-0000-4000-8000-00000000000{index}"
+    for index, route in enumerate(PROVIDERS, start=1)
+}
+KMS_SIGNING_ACTIONS = {"kms:Sign", "kms:GetPublicKey"}
 OWN_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:billing/pyng-AbCdEf"
 TABLE_ARN = "arn:aws:CacheTable:Arn"  # what the Evaluator makes of !GetAtt CacheTable.Arn
 XRAY = {
@@ -117,14 +133,17 @@ def test_every_function_has_its_own_role_and_nothing_else(template: dict[str, An
     assert "Role" not in template["Globals"]["Function"]
 
 
+@pytest.mark.parametrize("signing_key", [False, True], ids=["no-signing-key", "kms-signing-key"])
 @pytest.mark.parametrize("kms_key", ["", KMS_KEY], ids=["aws-managed-keys", "customer-managed-key"])
 @pytest.mark.parametrize("secret_given", [False, True], ids=["placeholder-secret", "existing-secret"])
 def test_provider_roles_reach_only_their_own_secret_and_partition(
-    template: dict[str, Any], kms_key: str, secret_given: bool
+    template: dict[str, Any], kms_key: str, secret_given: bool, signing_key: bool
 ) -> None:
     for route, (function, _, _) in PROVIDERS.items():
         prefix = SECRET_PREFIX[route]
         overrides = {"KmsKeyArn": kms_key} | ({f"{prefix}SecretArn": OWN_SECRET_ARN} if secret_given else {})
+        if signing_key:
+            overrides |= {f"{prefix}ClientAuth": "private_key_jwt", f"{prefix}SigningKeyArn": SIGNING_KEYS[route]}
         own_secret = OWN_SECRET_ARN if secret_given else f"{prefix}Secret-physical-id"
         expected: list[dict[str, Any]] = [
             {
@@ -158,11 +177,100 @@ def test_provider_roles_reach_only_their_own_secret_and_partition(
                     },
                 }
             )
+        if signing_key:
+            expected += _signing_statements(SIGNING_KEYS[route])
         expected.append(XRAY)
         assert role_statements(template, function, overrides) == expected, function
         # the function is told to read the very secret it may read
         env = Evaluator(template, overrides)(template["Resources"][function]["Properties"]["Environment"])
         assert env["Variables"]["SECRET_ID"] == own_secret
+
+
+def _signing_statements(key: str) -> list[dict[str, Any]]:
+    """What a function that signs its client assertions with ``key`` in KMS may do with it."""
+    return [
+        {
+            "Sid": "SignClientAssertions",
+            "Effect": "Allow",
+            "Action": "kms:Sign",
+            "Resource": key,
+            "Condition": {
+                "StringEquals": {
+                    "kms:SigningAlgorithm": list(KMS_ALGORITHMS.values()),
+                    "kms:MessageType": "RAW",
+                }
+            },
+        },
+        # kms:GetPublicKey carries no kms:SigningAlgorithm: under the condition above it would be refused
+        {"Sid": "ReadSigningPublicKey", "Effect": "Allow", "Action": "kms:GetPublicKey", "Resource": key},
+    ]
+
+
+def _signing_combinations() -> list[tuple[str, ...]]:
+    return [(), *((route,) for route in PROVIDERS), tuple(PROVIDERS)]
+
+
+@pytest.mark.parametrize("signers", _signing_combinations(), ids=lambda s: "+".join(s) or "none")
+def test_only_a_signing_keys_own_function_may_sign_with_it(
+    translated: dict[str, Any], signers: tuple[str, ...]
+) -> None:
+    """Over everything SAM would deploy, with these providers signing in KMS: kms:Sign and kms:GetPublicKey
+    appear in their roles only, each on its own key alone; nowhere when no key is given; never for the token API."""
+    overrides = {"KmsKeyArn": KMS_KEY}
+    for route in signers:
+        prefix = SECRET_PREFIX[route]
+        overrides |= {f"{prefix}ClientAuth": "private_key_jwt", f"{prefix}SigningKeyArn": SIGNING_KEYS[route]}
+    evaluate = Evaluator(translated, overrides)
+    assert not evaluate.rules_hold()
+    granted: dict[str, list[dict[str, Any]]] = {}
+    for name, document in _policy_documents(translated):
+        for statement in evaluate(document)["Statement"]:
+            actions = set(as_list(statement["Action"]))
+            if actions & KMS_SIGNING_ACTIONS:
+                assert actions <= KMS_SIGNING_ACTIONS, f"{name}: signing mixed with other actions in {statement}"
+                granted.setdefault(name, []).append(statement)
+    assert granted == {
+        f"{PROVIDERS[route][0]}Role": _signing_statements(SIGNING_KEYS[route]) for route in signers
+    }
+    assert f"{TOKEN_API}Role" not in granted
+    # each function is told to sign with the very key it may use (and no other is told of a key)
+    for route, (function, _, _) in PROVIDERS.items():
+        variables = evaluate(translated["Resources"][function]["Properties"]["Environment"])["Variables"]
+        assert variables["SIGNING_KEY_ID"] == (SIGNING_KEYS[route] if route in signers else ""), function
+        assert variables["CLIENT_AUTH"] == ("private_key_jwt" if route in signers else ""), function
+    token_api = evaluate(translated["Resources"][TOKEN_API]["Properties"]["Environment"])["Variables"]
+    assert "SIGNING_KEY_ID" not in token_api
+
+
+def test_signing_conditions_are_what_the_layer_sends() -> None:
+    """The policy's kms:SigningAlgorithm values are the layer's KMS algorithms (RS256, PS256, ES256), and the
+    layer signs RAW messages: a narrower policy would refuse its own calls, a wider one grant more."""
+    assert set(KMS_ALGORITHMS.values()) == {"RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256", "ECDSA_SHA_256"}
+    calls = []  # every boto3 KMS sign call in the layer: .sign(KeyId=..., ...)
+    for path in (ROOT / "layers" / "token_vending" / "token_vending").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sign":
+                keywords = {keyword.arg: keyword.value for keyword in node.keywords}
+                if "KeyId" in keywords:
+                    calls.append((path.name, keywords))
+    assert calls, "the layer calls kms:Sign nowhere"
+    for where, keywords in calls:
+        assert ast.literal_eval(keywords["MessageType"]) == "RAW", where
+        algorithm = keywords["SigningAlgorithm"]
+        assert isinstance(algorithm, ast.Subscript), where
+        assert ast.unparse(algorithm.value) == "KMS_ALGORITHMS", f"{where}: {ast.unparse(algorithm)}"
+
+
+@pytest.mark.parametrize("route", list(PROVIDERS))
+def test_rules_grant_a_signing_key_only_to_private_key_jwt(template: dict[str, Any], route: str) -> None:
+    """A key given for a function that would never sign with it is refused (it would hold kms:Sign unused)."""
+    prefix = SECRET_PREFIX[route]
+    key = {f"{prefix}SigningKeyArn": SIGNING_KEYS[route]}
+    for method in ["", "client_secret_basic", "client_secret_post", "tls_client_auth"]:
+        assert Evaluator(template, key | {f"{prefix}ClientAuth": method}).rules_hold(), method
+    assert not Evaluator(template, key | {f"{prefix}ClientAuth": "private_key_jwt"}).rules_hold()
+    for method in template["Parameters"][f"{prefix}ClientAuth"]["AllowedValues"]:  # no key: anything goes
+        assert not Evaluator(template, {f"{prefix}ClientAuth": method}).rules_hold(), method
 
 
 @pytest.mark.parametrize("kms_key", ["", KMS_KEY], ids=["aws-managed-keys", "customer-managed-key"])
@@ -190,6 +298,8 @@ def test_token_api_role_only_reads_the_cache_and_invokes_the_provider_functions(
         )
     expected.append(XRAY)
     assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key}) == expected
+    everyone_signs = {f"{prefix}SigningKeyArn": SIGNING_KEYS[route] for route, prefix in SECRET_PREFIX.items()}
+    assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key} | everyone_signs) == expected
 
 
 def test_each_function_writes_only_to_its_own_log_group(template: dict[str, Any]) -> None:
@@ -222,11 +332,15 @@ def _policy_documents(translated: dict[str, Any]) -> list[tuple[str, Any]]:
     return documents
 
 
+@pytest.mark.parametrize("signing_keys", [False, True], ids=["no-signing-keys", "kms-signing-keys"])
 @pytest.mark.parametrize("kms_key", ["", KMS_KEY], ids=["aws-managed-keys", "customer-managed-key"])
-def test_no_wildcard_where_a_narrower_arn_exists(translated: dict[str, Any], kms_key: str) -> None:
+def test_no_wildcard_where_a_narrower_arn_exists(translated: dict[str, Any], kms_key: str, signing_keys: bool) -> None:
     """Over everything SAM would deploy: no '*' resource but X-Ray's, no wildcard action, no managed policy
     but API Gateway's account-wide logging role's."""
-    evaluate = Evaluator(translated, {"KmsKeyArn": kms_key})
+    overrides = {"KmsKeyArn": kms_key}
+    if signing_keys:
+        overrides |= {f"{prefix}SigningKeyArn": SIGNING_KEYS[route] for route, prefix in SECRET_PREFIX.items()}
+    evaluate = Evaluator(translated, overrides)
     for name, document in _policy_documents(translated):
         for statement in evaluate(document)["Statement"]:
             actions = as_list(statement["Action"])
@@ -439,6 +553,10 @@ def test_cfn_lint_accepts_every_valid_combination(template: dict[str, Any], tmp_
             "KmsKeyArn": KMS_KEY if index % 2 else "",
             "ApiGatewayLoggingRole": "existing" if index % 3 else "create",
         }
+        if index % 2:  # one provider signs its client assertions in KMS
+            route = list(PROVIDERS)[index % len(PROVIDERS)]
+            values[f"{SECRET_PREFIX[route]}ClientAuth"] = "private_key_jwt"
+            values[f"{SECRET_PREFIX[route]}SigningKeyArn"] = SIGNING_KEYS[route]
         path = tmp_path / f"variant-{index}.json"
         path.write_text(json.dumps(_variant(template, values), indent=1))
         files.append(path)

@@ -28,9 +28,12 @@ from tests.template.cfn import (
     TOOLS_PYTHON,
     CfnLoader,
     Evaluator,
+    emitted_metric_names,
     function_env,
+    is_metrics_insights,
     java_like_fullmatch,
     load_template,
+    metrics_insights,
     python313_dir,
     require_tool,
     resources,
@@ -50,6 +53,8 @@ if str(ROOT / "layers" / "token_vending") not in sys.path:
     sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
 
 from token_vending import constants  # noqa: E402
+from token_vending.profile import AUTH_METHODS  # noqa: E402
+from token_vending.vendor import CERTIFICATE_WARNING_DAYS  # noqa: E402
 
 PROVIDER_TIMEOUT = 25
 TOKEN_API_TIMEOUT = 28
@@ -86,6 +91,12 @@ ENV_CONSTANTS = {value for name, value in vars(constants).items() if name.endswi
 # Names the template may set besides token_vending's own: Powertools settings, and the botocore
 # endpoint overrides declared (empty) so that `sam local ... --env-vars env.json` can set them.
 EXTERNAL_ENV = re.compile(r"^(POWERTOOLS_[A-Z_]+|AWS_ENDPOINT_URL_(DYNAMODB|SECRETS_MANAGER|LAMBDA))$")
+# Names the layer reads that the template does not set (yet): their defaults are right for every provider.
+NOT_SET_BY_THE_TEMPLATE = {
+    constants.ASSERTION_AUDIENCE_ENV,  # empty: the token URL, as RFC 7523 3 asks
+    constants.CA_BUNDLE_ENV,  # empty: the default CA bundle (a private CA's bundle is for tests and local runs)
+}
+SIGNING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +259,8 @@ def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
         for key, value in env_file[logical_id].items():
             assert env.get(key) == value, f"{logical_id}: env.json's {key} is not passed through by sam local"
         assert env["TOKEN_VENDING_LOCAL_MODE"] == "true"
-        optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE"}
+        # empty means: no scopes / the profile's client authentication / no KMS key (the secret's PEM signs)
+        optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH", "SIGNING_KEY_ID"}
         empty = {k for k, v in env.items() if v == "" and k not in optional_empty}
         assert not empty, f"{logical_id}: sam local would pass empty {sorted(empty)}"
     assert sam_local_env[TOKEN_API]["timeout"] == TOKEN_API_TIMEOUT
@@ -568,6 +580,8 @@ def test_provider_functions_environment(template: dict[str, Any]) -> None:
         assert env[constants.REFRESH_MARGIN_SECONDS_ENV] == {"Ref": "RefreshMarginSeconds"}
         assert env[constants.REFRESH_MARGIN_RATIO_ENV] == {"Ref": "RefreshMarginRatio"}
         assert (constants.AUDIENCE_ENV in env) == (route == "autopay")
+        assert env[constants.CLIENT_AUTH_ENV] == {"Ref": f"{prefix}ClientAuth"}
+        assert env[constants.SIGNING_KEY_ID_ENV] == {"Ref": f"{prefix}SigningKeyArn"}
         url = ev(env[constants.TOKEN_URL_ENV])
         assert url.startswith("https://"), f"{route}: token URL {url}"
     pyng = function_env(template, "PyngFunction")
@@ -593,9 +607,55 @@ def test_provider_functions_environment(template: dict[str, Any]) -> None:
     assert defaults["SecretMaxAge"] == constants.DEFAULT_SECRET_MAX_AGE
 
 
+def test_client_auth_parameters(template: dict[str, Any]) -> None:
+    """<Provider>ClientAuth offers exactly the methods the layer knows (or "" for the profile's), and
+    <Provider>SigningKeyArn takes only a KMS key ARN (IAM grants kms:Sign on it: an alias or id would not
+    match); both default to what the stack did before they existed, and sit in the provider's group."""
+    params = template["Parameters"]
+    groups = {group["Label"]["default"]: group["Parameters"]
+              for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]}
+    for prefix in SECRET_PREFIX.values():
+        method = params[f"{prefix}ClientAuth"]
+        assert method["Type"] == "String"
+        assert method["Default"] == ""
+        assert method["AllowedValues"] == ["", *sorted(AUTH_METHODS)]
+        key = params[f"{prefix}SigningKeyArn"]
+        assert key["Type"] == "String"
+        assert key["Default"] == ""
+        assert key.get("ConstraintDescription")
+        pattern = key["AllowedPattern"]
+        for good in ("", SIGNING_KEY, "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/mrk-0123456789abcdef0123",
+                     "arn:aws-cn:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"):
+            assert java_like_fullmatch(pattern, good), (prefix, good)
+        for bad in (
+            "arn:aws:kms:eu-west-1:123456789012:alias/token-signing",  # IAM would not match the key's ARN
+            "alias/token-signing",
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:eu-west-1:123456789012:key/*",
+            "arn:aws:kms:*:123456789012:key/1234abcd",
+            "arn:aws:kms:eu-west-1:12345678901:key/1234abcd",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:x",
+            f" {SIGNING_KEY}",
+            f"{SIGNING_KEY}\n",
+        ):
+            assert not java_like_fullmatch(pattern, bad), (prefix, bad)
+        [group] = [names for names in groups.values() if f"{prefix}SecretArn" in names]
+        assert {f"{prefix}ClientAuth", f"{prefix}SigningKeyArn"} <= set(group), prefix
+
+
+def test_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> None:
+    """The console (and `sam deploy --guided` readers) show parameters by AWS::CloudFormation::Interface group."""
+    grouped = [name for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+               for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"]), (
+        f"ungrouped: {sorted(set(template['Parameters']) - set(grouped))}; "
+        f"unknown or repeated: {sorted(n for n in grouped if grouped.count(n) > 1 or n not in template['Parameters'])}"
+    )
+
+
 def test_env_var_names_are_those_of_constants(template: dict[str, Any]) -> None:
     local_only = {constants.LOCAL_MODE_ENV}
-    provider_names = ENV_CONSTANTS - {constants.PROVIDERS_ENV, constants.AUDIENCE_ENV}
+    provider_names = ENV_CONSTANTS - {constants.PROVIDERS_ENV, constants.AUDIENCE_ENV} - NOT_SET_BY_THE_TEMPLATE
     for logical_id in ALL_FUNCTIONS:
         names = set(function_env(template, logical_id))
         unknown = {n for n in names - ENV_CONSTANTS if not EXTERNAL_ENV.match(n)}
@@ -828,6 +888,12 @@ def test_env_json(template: dict[str, Any]) -> None:
         assert values[constants.SECRET_ID_ENV] == f"token-vending/local/{route}"
         assert values[constants.PROVIDER_NAME_ENV] == route
         assert values["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == LOCAL_AWS
+        # as deployed by default: the profile's client authentication, no KMS key (set them to try the others)
+        prefix = SECRET_PREFIX[route]
+        for name, parameter in ((constants.CLIENT_AUTH_ENV, "ClientAuth"), (constants.SIGNING_KEY_ID_ENV,
+                                                                            "SigningKeyArn")):
+            assert function_env(template, logical_id)[name] == {"Ref": f"{prefix}{parameter}"}
+            assert values[name] == template["Parameters"][f"{prefix}{parameter}"]["Default"] == "", (route, name)
         lifetime = function_env(template, logical_id)[constants.TOKEN_LIFETIME_ENV]
         assert values[constants.TOKEN_LIFETIME_ENV] == lifetime == str(PROVIDERS[route][2]), route
     api = env_file[TOKEN_API]
@@ -843,22 +909,26 @@ def test_env_json(template: dict[str, Any]) -> None:
 
 
 # --- operations: alarms, dashboard, example state machine -----------------------------------------
-def _emitted_metric_names() -> set[str]:
-    """Metric names the layer really emits (``_count("...")`` and ``add_metric(name="...")``)."""
-    source = "\n".join(path.read_text() for path in (ROOT / "layers" / "token_vending").rglob("*.py"))
-    return set(re.findall(r'_count\("([A-Za-z]+)"\)', source)) | set(re.findall(r'add_metric\(name="(\w+)"', source))
-
-
 def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
     alarms = resources(template, "AWS::CloudWatch::Alarm")
     assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "FunctionErrorsAlarm",
-            "FunctionThrottlesAlarm", "ApiServerErrorsAlarm"} <= set(alarms)
-    emitted = _emitted_metric_names()
+            "FunctionThrottlesAlarm", "ApiServerErrorsAlarm", "ClientCertificateExpiryAlarm"} <= set(alarms)
+    emitted = emitted_metric_names()
     providers = set(PROVIDERS)
     for name, alarm in alarms.items():
         props = alarm["Properties"]
         notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
         assert props["AlarmActions"] == notify
+        assert props["OKActions"] == notify
+        for query in props.get("Metrics", []):
+            if is_metrics_insights(query.get("Expression", "")):
+                # one query over every provider: the metric the code emits, the dimensions EMF writes, and no
+                # WHERE that would leave a provider out
+                insights = metrics_insights(query["Expression"])
+                assert insights["metric"] in emitted, f"{name}: {insights['metric']} is never emitted"
+                assert insights["namespace"] == "TokenVending", name
+                assert sorted(insights["schema"]) == ["provider", "service"], name
+                assert "provider" not in insights["where"], f"{name} leaves providers out"
         stats = [metric["MetricStat"]["Metric"] for metric in props.get("Metrics", []) if "MetricStat" in metric]
         for metric in stats:
             if metric["Namespace"] == "TokenVending":
@@ -867,6 +937,35 @@ def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
         if custom:  # one series per provider, with the dimensions EMF writes
             assert {dict((d["Name"], d["Value"]) for d in m["Dimensions"])["provider"] for m in custom} == providers
             assert all({d["Name"] for d in m["Dimensions"]} == {"provider", "service"} for m in custom)
+
+
+def test_client_certificate_expiry_alarm(template: dict[str, Any]) -> None:
+    """Fires while any provider's client certificate has fewer days left than the functions warn at, whatever
+    the providers (one Metrics Insights query, no list to keep up to date), and only then."""
+    props = template["Resources"]["ClientCertificateExpiryAlarm"]["Properties"]
+    assert "ClientCertificateDaysLeft" in emitted_metric_names(), (
+        "the layer (layers/token_vending/token_vending/) emits no ClientCertificateDaysLeft metric"
+    )
+    (query,) = props["Metrics"]
+    insights = metrics_insights(query["Expression"])
+    assert (insights["function"], insights["metric"]) == ("MIN", "ClientCertificateDaysLeft")
+    assert not insights["where"]
+    assert not insights["group_by"], "one aggregated series: the fewest days of any provider"
+    assert query["ReturnData"] is True
+    assert props["ComparisonOperator"] == "LessThanThreshold"
+    assert props["Threshold"] == CERTIFICATE_WARNING_DAYS == 21
+    # providers without a certificate emit nothing: no data is not a reason to alarm
+    assert props["TreatMissingData"] == "notBreaching"
+    # CloudWatch evaluates a Metrics Insights alarm over the last 3 hours at most, in whole minutes
+    period = query["Period"]
+    assert period % 60 == 0
+    assert period * props["EvaluationPeriods"] <= 3 * 3600
+    assert props["DatapointsToAlarm"] == 1
+    # every period holds a data point while refresh ahead runs (each run reports the certificate)
+    longest_interval = max(int(v) for v in template["Parameters"]["RefreshAheadIntervalMinutes"]["AllowedValues"])
+    assert period >= longest_interval * 60
+    assert "Namespace" not in props
+    assert "MetricName" not in props
 
 
 def test_example_state_machine(template: dict[str, Any]) -> None:
