@@ -203,7 +203,43 @@ def _signing_statements(key: str) -> list[dict[str, Any]]:
         },
         # kms:GetPublicKey carries no kms:SigningAlgorithm: under the condition above it would be refused
         {"Sid": "ReadSigningPublicKey", "Effect": "Allow", "Action": "kms:GetPublicKey", "Resource": key},
+        # An alias ARN: this account's keys that carry the alias (rotation by moving the alias). For a key ARN
+        # the condition names "key/...", which no alias is, so these grant nothing.
+        {
+            "Sid": "SignWithAliasedKey",
+            "Effect": "Allow",
+            "Action": "kms:Sign",
+            "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/*",
+            "Condition": {
+                "ForAnyValue:StringEquals": {"kms:ResourceAliases": key.split(":")[5]},
+                "StringEquals": {
+                    "kms:SigningAlgorithm": list(KMS_ALGORITHMS.values()),
+                    "kms:MessageType": "RAW",
+                },
+            },
+        },
+        {
+            "Sid": "ReadAliasedPublicKey",
+            "Effect": "Allow",
+            "Action": "kms:GetPublicKey",
+            "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/*",
+            "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": key.split(":")[5]}},
+        },
     ]
+
+
+def test_a_signing_key_alias_grants_the_keys_that_carry_it(translated: dict[str, Any]) -> None:
+    """With an alias ARN, the Pyng function may sign with whichever of this account's keys carries the alias
+    now: moving the alias to a new key rotates it without a deploy."""
+    alias = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:alias/pyng-token-signing"
+    evaluate = Evaluator(translated, {"PyngClientAuth": "private_key_jwt", "PyngSigningKeyArn": alias})
+    assert not evaluate.rules_hold()
+    [(name, document)] = [(name, document) for name, document in _policy_documents(translated)
+                          if name == f"{PROVIDERS['pyng'][0]}Role"]
+    statements = [statement for statement in evaluate(document)["Statement"]
+                  if set(as_list(statement["Action"])) & KMS_SIGNING_ACTIONS]
+    assert statements == _signing_statements(alias)
+    assert statements[2]["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"] == "alias/pyng-token-signing"
 
 
 def _signing_combinations() -> list[tuple[str, ...]]:

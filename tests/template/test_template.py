@@ -625,11 +625,12 @@ def test_client_auth_parameters(template: dict[str, Any]) -> None:
         assert key.get("ConstraintDescription")
         pattern = key["AllowedPattern"]
         for good in ("", SIGNING_KEY, "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/mrk-0123456789abcdef0123",
-                     "arn:aws-cn:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"):
+                     "arn:aws-cn:kms:cn-north-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                     "arn:aws:kms:eu-west-1:123456789012:alias/token-signing"):  # rotation by moving the alias
             assert java_like_fullmatch(pattern, good), (prefix, good)
         for bad in (
-            "arn:aws:kms:eu-west-1:123456789012:alias/token-signing",  # IAM would not match the key's ARN
-            "alias/token-signing",
+            "alias/token-signing",  # a bare alias: the region and account are not named
+            "arn:aws:kms:eu-west-1:123456789012:alias/*",
             "1234abcd-12ab-34cd-56ef-1234567890ab",
             "arn:aws:kms:eu-west-1:123456789012:key/*",
             "arn:aws:kms:*:123456789012:key/1234abcd",
