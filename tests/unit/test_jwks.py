@@ -58,7 +58,7 @@ def test_private_key_jwt_kms_jwks_verifies_the_assertion() -> None:
     assert jwt.decode(token, KeySet.import_key_set(document), algorithms=["RS256"]).header["kid"] == key_id
 
 
-def test_pem_jwks_of_a_public_key_matches_the_private_one() -> None:
+def test_private_key_jwt_pem_jwks_of_a_public_key_matches_the_private_one() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -101,7 +101,7 @@ def test_private_key_jwt_pem_signer_repr_hides_the_key() -> None:
     assert "PRIVATE" not in repr(PemSigner(material, "ES256"))
 
 
-def test_der_to_jose_keeps_leading_zeros_and_strips_der_padding() -> None:
+def test_private_key_jwt_der_to_jose_keeps_leading_zeros_and_strips_der_padding() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     for _ in range(20):
         der = key.sign(b"message", ec.ECDSA(hashes.SHA256()))
@@ -172,5 +172,5 @@ def test_private_key_jwt_kms_alias_moved_to_a_new_key_is_picked_up(kms: Any) -> 
     assert check_claims(token, new_public, "ES256", "c")["kid"] == new_id
 
 
-def test_b64url_has_no_padding() -> None:
+def test_private_key_jwt_b64url_has_no_padding() -> None:
     assert b64url(b"\xff\xfe") == "__4"
