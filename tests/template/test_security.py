@@ -234,8 +234,8 @@ def test_a_signing_key_alias_grants_the_keys_that_carry_it(translated: dict[str,
     alias = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:alias/pyng-token-signing"
     evaluate = Evaluator(translated, {"PyngClientAuth": "private_key_jwt", "PyngSigningKeyArn": alias})
     assert not evaluate.rules_hold()
-    [(name, document)] = [(name, document) for name, document in _policy_documents(translated)
-                          if name == f"{PROVIDERS['pyng'][0]}Role"]
+    [document] = [document for name, document in _policy_documents(translated)
+                  if name == f"{PROVIDERS['pyng'][0]}Role"]
     statements = [statement for statement in evaluate(document)["Statement"]
                   if set(as_list(statement["Action"])) & KMS_SIGNING_ACTIONS]
     assert statements == _signing_statements(alias)
