@@ -262,6 +262,27 @@ def test_the_checks_read_metrics_insights_queries() -> None:
 
 
 # --- the token API's time budget ------------------------------------------------------------------
+def _attempts(config: Config) -> int:
+    """Total attempts botocore makes. Its client-config ``max_attempts`` counts *retries* (botocore rewrites it, in
+    place, to ``total_max_attempts = max_attempts + 1`` when a client is made), so the layer names
+    ``total_max_attempts``; both spellings are read here as botocore reads them."""
+    retries = config.retries or {}
+    if "total_max_attempts" in retries:
+        return int(retries["total_max_attempts"])
+    assert "max_attempts" in retries, "no attempt count: botocore's default would apply"
+    return int(retries["max_attempts"]) + 1
+
+
+def test_the_layers_configs_name_total_attempts() -> None:
+    """``max_attempts`` would mean one more attempt than it says (and is rewritten by botocore in place)."""
+    from token_vending import clients
+
+    for name in ("DYNAMODB_CONFIG", "API_DYNAMODB_CONFIG", "SECRETS_CONFIG", "LAMBDA_CONFIG", "KMS_CONFIG"):
+        retries = getattr(clients, name).retries or {}
+        assert "total_max_attempts" in retries, name
+        assert "max_attempts" not in retries, name
+
+
 def _retry_wait_bound(config: Config, service: str) -> float:
     """The longest botocore's standard retry mode can sleep between the attempts ``config`` allows.
 
@@ -281,7 +302,7 @@ def _retry_wait_bound(config: Config, service: str) -> float:
     huge = SimpleNamespace(headers={"x-amz-retry-after": str(10**9)})
     return sum(
         backoff.delay_amount(SimpleNamespace(attempt_number=attempt, http_response=huge))
-        for attempt in range(1, int(retries["max_attempts"]))
+        for attempt in range(1, _attempts(config))
     )
 
 
@@ -290,7 +311,7 @@ def _worst_case(config: Config, service: str) -> float:
 
     (A read timeout bounds each socket read, not a whole answer: for these small answers, one or two reads.)
     """
-    attempts = int((config.retries or {})["max_attempts"])
+    attempts = _attempts(config)
     return attempts * (float(config.connect_timeout) + float(config.read_timeout)) + _retry_wait_bound(config, service)
 
 
@@ -323,7 +344,7 @@ def test_token_api_worst_case_fits_its_timeout_and_api_gateways_limit() -> None:
             f"LAMBDA_CONFIG read_timeout {clients.LAMBDA_CONFIG.read_timeout} s < {logical_id}'s working time "
             f"{working:g} s (Timeout {timeout:g} s less {RESPONSE_RESERVE_SECONDS:g} s)"
         )
-    assert int((clients.LAMBDA_CONFIG.retries or {})["max_attempts"]) == 1, "a timed-out invoke must not re-invoke"
+    assert _attempts(clients.LAMBDA_CONFIG) == 1, "a timed-out invoke must not re-invoke"
 
 
 def test_worst_case_model_counts_botocores_back_off() -> None:
@@ -331,8 +352,8 @@ def test_worst_case_model_counts_botocores_back_off() -> None:
     the 5 s botocore adds at most for ``x-amz-retry-after``; no retry, no wait."""
     from botocore.config import Config
 
-    assert _retry_wait_bound(Config(retries={"mode": "standard", "max_attempts": 1}), "dynamodb") == 0
-    one_retry = _retry_wait_bound(Config(retries={"mode": "standard", "max_attempts": 2}), "dynamodb")
+    assert _retry_wait_bound(Config(retries={"mode": "standard", "total_max_attempts": 1}), "dynamodb") == 0
+    one_retry = _retry_wait_bound(Config(retries={"mode": "standard", "total_max_attempts": 2}), "dynamodb")
     assert one_retry > 1  # more than the jittered base alone
-    assert _worst_case(Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 1}),
+    assert _worst_case(Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 1}),
                        "lambda") == 3
