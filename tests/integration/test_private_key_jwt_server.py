@@ -15,9 +15,7 @@ joserfc, ``kid`` = joserfc's RFC 7638 thumbprint or the secret's ``kid``) or the
 from __future__ import annotations
 
 import base64
-import io
 import json
-import logging
 import socket
 import time
 import types
@@ -25,7 +23,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -33,16 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk
 
 from tests.support.authlib_server import AuthlibTokenServer, Incoming, RegisteredClient
+from tests.support.harness import Environment, Outputs, aws_clients, create_table
 from tests.support.pki import key_leak_forms, key_pem, leaks, token_leak_forms
-from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
-from token_vending.exceptions import TokenVendingError
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from tests.support.dynamodb_local import DynamoDBLocal
-    from token_vending.provider_function import ProviderFunction
 
 pytestmark = pytest.mark.integration
 
@@ -94,66 +89,10 @@ def jws_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
 # --- AWS on loopback -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> dict[str, Any]:
-    credentials: dict[str, Any] = {"region_name": "us-east-1", "aws_access_key_id": "testing",
-                                   "aws_secret_access_key": "testing"}
-    return {
-        "dynamodb": boto3.client("dynamodb", endpoint_url=dynamodb_local.endpoint, config=DYNAMODB_CONFIG,
-                                 **credentials),
-        "secretsmanager": boto3.client("secretsmanager", endpoint_url=moto_server, config=SECRETS_CONFIG,
-                                       **credentials),
-        "kms": boto3.client("kms", endpoint_url=moto_server, **credentials),
-        "moto": moto_server,
-    }
-
-
-def create_table(dynamodb: Any, name: str) -> None:
-    """The template's key schema and TTL attribute (as ``local/stack.py`` creates it)."""
-    dynamodb.create_table(
-        TableName=name, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
-    dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
-    dynamodb.update_time_to_live(TableName=name,
-                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
+    return aws_clients(dynamodb_local.endpoint, moto_server)
 
 
 # --- one deployment and its execution environments -----------------------------------------------------------
-@dataclass
-class Outputs:
-    """What a caller or an operator sees: log lines (DEBUG), EMF documents, direct-invocation answers."""
-
-    logs: io.StringIO = field(default_factory=io.StringIO)
-    emf: list[dict[str, Any]] = field(default_factory=list)
-    answers: list[str] = field(default_factory=list)
-
-    def text(self) -> str:
-        return "\n".join([self.logs.getvalue(), *(json.dumps(doc) for doc in self.emf), *self.answers])
-
-
-class Environment:
-    """One execution environment of the real ``ProviderFunction``; metrics flushed after every invocation as
-    ``@metrics.log_metrics`` would."""
-
-    def __init__(self, function: ProviderFunction, metrics: Any, outputs: Outputs) -> None:
-        self.function = function
-        self.metrics = metrics
-        self.outputs = outputs
-
-    def call(self, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The token body, or the error document (``str(exc)``, Lambda's errorMessage) with its errorType."""
-        try:
-            answer: dict[str, Any] = self.function.handle(event or {}, None)
-        except TokenVendingError as exc:
-            answer = {**json.loads(str(exc)), "errorType": type(exc).__name__, "status": exc.status}
-        finally:
-            if self.metrics.metric_set:
-                self.outputs.emf.append(self.metrics.serialize_metric_set())
-            self.metrics.clear_metrics()
-        self.outputs.answers.append(json.dumps(answer))
-        return answer
-
-
 @dataclass
 class Deployment:
     aws: dict[str, Any]
@@ -163,19 +102,8 @@ class Deployment:
     outputs: Outputs = field(default_factory=Outputs)
 
     def environment(self, auth: ClientAuth = ClientAuth.PRIVATE_KEY_JWT) -> Environment:
-        from aws_lambda_powertools import Logger
-        from aws_lambda_powertools.metrics import EphemeralMetrics
-
-        from token_vending.provider_function import ProviderFunction
-
-        service = f"pkjwt-{uuid.uuid4().hex[:8]}"  # Powertools shares a logger's handlers per service name
-        logger = Logger(service=service, level="DEBUG", logger_handler=logging.StreamHandler(self.outputs.logs))
-        logging.getLogger(service).propagate = False
-        metrics = EphemeralMetrics(namespace="TokenVending", service="token-vending")
         profile = ClientCredentialsProfile(name=PROVIDER, auth=auth, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL)
-        function = ProviderFunction(profile, logger=logger, metrics=metrics,  # type: ignore[arg-type]
-                                    dynamodb=self.aws["dynamodb"], secretsmanager=self.aws["secretsmanager"])
-        return Environment(function, metrics, self.outputs)
+        return Environment.start(profile, self.aws, self.outputs)
 
     def put_secret(self, **fields: str) -> None:
         value = json.dumps(fields)

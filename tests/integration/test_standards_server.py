@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import threading
 import time
 import uuid
@@ -25,12 +24,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
-import boto3
 import pytest
 import requests
 
 from tests.support.authlib_server import AuthlibTokenServer, RegisteredClient
-from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
+from tests.support.harness import aws_clients, create_table, powertools
 from token_vending.exceptions import TokenVendingError, UpstreamRejected
 from token_vending.profile import (
     BasicEncoding,
@@ -76,26 +74,7 @@ def profile(auth: ClientAuth, encoding: BasicEncoding = BasicEncoding.RFC6749) -
 # --- AWS on loopback ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> dict[str, Any]:
-    return {
-        "dynamodb": boto3.client("dynamodb", endpoint_url=dynamodb_local.endpoint, config=DYNAMODB_CONFIG,
-                                 region_name="us-east-1", aws_access_key_id="testing",
-                                 aws_secret_access_key="testing"),
-        "secretsmanager": boto3.client("secretsmanager", endpoint_url=moto_server, config=SECRETS_CONFIG,
-                                       region_name="us-east-1", aws_access_key_id="testing",
-                                       aws_secret_access_key="testing"),
-    }
-
-
-def create_table(dynamodb: Any, name: str) -> None:
-    """The template's key schema and TTL attribute (as ``local/stack.py`` creates it)."""
-    dynamodb.create_table(
-        TableName=name, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
-    dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
-    dynamodb.update_time_to_live(TableName=name,
-                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
+    return aws_clients(dynamodb_local.endpoint, moto_server)
 
 
 @dataclass
@@ -112,16 +91,10 @@ class Deployment:
     def environment(self, auth: ClientAuth, encoding: BasicEncoding = BasicEncoding.RFC6749) -> ProviderFunction:
         """A fresh execution environment (its own memory cache and lease owner), as Lambda would start one; the
         Logger/Metrics/boto3 wiring of ``functions/<provider>/app.py``."""
-        from aws_lambda_powertools import Logger
-        from aws_lambda_powertools.metrics import EphemeralMetrics
-
         from token_vending.provider_function import ProviderFunction
 
-        service = f"standard-{uuid.uuid4().hex[:8]}"  # Powertools shares a logger's handlers per service name
-        logger = Logger(service=service, level="DEBUG", logger_handler=logging.StreamHandler(self.logs))
-        logging.getLogger(service).propagate = False  # its sink is its CloudWatch Logs
-        metrics = EphemeralMetrics(namespace="TokenVending", service="token-vending")
-        return ProviderFunction(profile(auth, encoding), logger=logger, metrics=metrics,  # type: ignore[arg-type]
+        logger, metrics = powertools("standard", self.logs)
+        return ProviderFunction(profile(auth, encoding), logger=logger, metrics=metrics,
                                 dynamodb=self.aws["dynamodb"], secretsmanager=self.aws["secretsmanager"])
 
     def put_secret(self, client_id: str, client_secret: str) -> None:
