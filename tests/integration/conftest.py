@@ -3,8 +3,6 @@ and the local Lambda/API stack -- the same stack ``make local`` runs."""
 
 from __future__ import annotations
 
-import io
-import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +13,7 @@ import requests
 from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
 from local.stack import LocalStack, StackConfig
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
+from tests.support.harness import LogCapture
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,22 +43,6 @@ def moto_server() -> Iterator[str]:
 def emulators() -> Iterator[EmulatorFleet]:
     with EmulatorFleet() as fleet:
         yield fleet
-
-
-class LogCapture(io.StringIO):
-    """Collects what the functions' execution environments write (their CloudWatch Logs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            return super().write(text)
-
-    def text(self) -> str:
-        with self._lock:
-            return self.getvalue()
 
 
 @pytest.fixture

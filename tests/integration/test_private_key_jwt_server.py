@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk
 
 from tests.support.authlib_server import AuthlibTokenServer, Incoming, RegisteredClient
-from tests.support.harness import Environment, Outputs, aws_clients, create_table
+from tests.support.harness import Environment, Outputs, aws_clients, create_table, put_secret
 from tests.support.pki import key_leak_forms, key_pem, leaks, token_leak_forms
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
 
@@ -106,11 +106,7 @@ class Deployment:
         return Environment.start(profile, self.aws, self.outputs)
 
     def put_secret(self, **fields: str) -> None:
-        value = json.dumps(fields)
-        try:
-            self.aws["secretsmanager"].create_secret(Name=self.secret_id, SecretString=value)
-        except self.aws["secretsmanager"].exceptions.ResourceExistsException:
-            self.aws["secretsmanager"].put_secret_value(SecretId=self.secret_id, SecretString=value)
+        put_secret(self.aws["secretsmanager"], self.secret_id, **fields)
 
     def assertions(self) -> list[str]:
         """Every client assertion the server received."""

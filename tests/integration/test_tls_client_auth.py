@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.harness import Environment, Outputs, aws_clients, create_table
+from tests.support.harness import Environment, Outputs, aws_clients, create_table, put_secret
 from tests.support.mtls_server import MtlsTokenServer
 from tests.support.pki import CertificateAuthority, Issued, key_leak_forms, leaks, pem_body
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
@@ -86,11 +86,7 @@ class Deployment:
         return Environment.start(profile, self.aws, self.outputs)
 
     def put_secret(self, **fields: str) -> None:
-        value = json.dumps(fields)
-        try:
-            self.aws["secretsmanager"].create_secret(Name=self.secret_id, SecretString=value)
-        except self.aws["secretsmanager"].exceptions.ResourceExistsException:
-            self.aws["secretsmanager"].put_secret_value(SecretId=self.secret_id, SecretString=value)
+        put_secret(self.aws["secretsmanager"], self.secret_id, **fields)
 
     def put_certificate(self, issued: Issued, client_id: str = CLIENT_ID) -> None:
         self.put_secret(client_id=client_id, certificate=issued.certificate_pem, private_key=issued.key_pem)

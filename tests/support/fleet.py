@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from tests.support.harness import LogCapture
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -60,20 +62,8 @@ class FleetClock:
 
 
 # --- output capture ---------------------------------------------------------------------------------------------
-class Sink(io.StringIO):
-    """Thread-safe text sink: what an environment would send to CloudWatch Logs (logs and EMF lines)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:
-            return super().write(text)
-
-    def text(self) -> str:
-        with self._lock:
-            return self.getvalue()
+Sink = LogCapture
+"""What an environment would send to CloudWatch Logs (logs and EMF lines)."""
 
 
 # --- the scripted provider --------------------------------------------------------------------------------------

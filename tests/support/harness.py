@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,31 @@ def create_table(dynamodb: Any, name: str) -> None:
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
     dynamodb.update_time_to_live(TableName=name,
                                  TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
+
+
+def put_secret(secretsmanager: Any, secret_id: str, **fields: str) -> None:
+    """Create or update the provider's secret (a JSON object of ``fields``)."""
+    value = json.dumps(fields)
+    try:
+        secretsmanager.create_secret(Name=secret_id, SecretString=value)
+    except secretsmanager.exceptions.ResourceExistsException:
+        secretsmanager.put_secret_value(SecretId=secret_id, SecretString=value)
+
+
+class LogCapture(io.StringIO):
+    """Thread-safe text sink: what execution environments send to CloudWatch Logs (log and EMF lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            return super().write(text)
+
+    def text(self) -> str:
+        with self._lock:
+            return self.getvalue()
 
 
 @dataclass
