@@ -53,10 +53,6 @@ class ClientCredentials:
         """Tells two versions apart (rotation) without keeping a second copy of the secret around."""
         return self.client_id, hash((self.client_secret, self.private_key, self.certificate, self.ca_chain))
 
-    def secret_material(self) -> list[str]:
-        """Every secret value, for recognising an echo of it (the certificate and chain are public)."""
-        return [value for value in (self.client_secret, self.private_key) if value]
-
 
 class CredentialStore:
     def __init__(self, provider: str, secret_id: str, max_age: int,
@@ -101,7 +97,7 @@ class CredentialStore:
         for name in OPTIONAL_FIELDS:
             if not isinstance(document.get(name, ""), str):
                 raise Misconfigured(f"secret field {name} is not a string", provider=self.provider)
-        return ClientCredentials(**{name: document.get(name, "") for name in (*ALL_FIELDS,)})
+        return ClientCredentials(**{name: document.get(name, "") for name in ALL_FIELDS})
 
 
 def _client_error_code(exc: BaseException) -> str | None:

@@ -13,6 +13,8 @@ from enum import Enum
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from token_vending.assertion import ASSERTION_TYPE
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -38,7 +40,6 @@ AUTH_METHODS = {
     "private_key_jwt": ClientAuth.PRIVATE_KEY_JWT,
     "tls_client_auth": ClientAuth.TLS_CLIENT_AUTH,
 }
-ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class BasicEncoding(Enum):

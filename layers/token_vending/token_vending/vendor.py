@@ -97,13 +97,10 @@ class TokenVendor:
             cached = self.cache.get(self.profile.name, key)
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
-        if cached is not None:
-            now = time.time()
-            if self._acceptable(cached, request, now):
-                self._count("CacheHitDynamoDB")
-                self.memory.put(key, cached)
-                return cached
-            self._refuse_if_too_short(cached, request, now)
+        if cached is not None and self._acceptable_or_refuse(cached, request):
+            self._count("CacheHitDynamoDB")
+            self.memory.put(key, cached)
+            return cached
         self._count("CacheMiss")
         try:
             return self._refresh(request, deadline, stale=cached)
@@ -175,15 +172,20 @@ class TokenVendor:
             return False
         return self.policy.is_fresh(token, request.min_ttl, now)
 
-    def _refuse_if_too_short(self, token: CachedToken, request: TokenRequest, now: float) -> None:
-        """``token`` is current (or was just fetched) and still cannot keep ``min_ttl``: the provider grants
-        shorter tokens than its documented lifetime. Another fetch would bring the same, once per request,
-        so the answer is an error without one -- the same answer a cold cache gets after its one fetch."""
+    def _acceptable_or_refuse(self, token: CachedToken, request: TokenRequest) -> bool:
+        """Whether ``token`` may be served for ``request``; raises when it is current yet still cannot keep
+        ``min_ttl``: the provider grants shorter tokens than its documented lifetime, and another fetch would
+        bring the same, once per request. So the answer is an error without one -- the same answer a cold
+        cache gets after its one fetch."""
+        now = time.time()
+        if self._acceptable(token, request, now):
+            return True
         if request.force_refresh and now - token.fetched_at >= self.settings.cache.force_refresh_interval:
-            return  # the caller wants a new token anyway
+            return False  # the caller wants a new token anyway
         if token.remaining(now) > self.policy.margin(token.lifetime) and self.policy.cannot_satisfy(
                 token, request.min_ttl):
             raise self._too_short(token, request)
+        return False
 
     def _too_short(self, token: CachedToken, request: TokenRequest) -> UpstreamInvalidResponse:
         return UpstreamInvalidResponse(
@@ -220,12 +222,9 @@ class TokenVendor:
                 time.sleep(poll * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
                 poll = min(poll * 2, POLL_MAX)
                 latest = self.cache.get(self.profile.name, key, consistent=True)
-                if latest is not None and self._newer(latest, stale):
-                    now = time.time()
-                    if self._acceptable(latest, request, now):
-                        self.memory.put(key, latest)
-                        return latest
-                    self._refuse_if_too_short(latest, request, now)
+                if latest is not None and self._newer(latest, stale) and self._acceptable_or_refuse(latest, request):
+                    self.memory.put(key, latest)
+                    return latest
                 holder = self.cache.get_lease(self.profile.name, key)
                 if holder is not None and holder.failure is not None:
                     return self._serve_stale_or_raise(request, stale,
@@ -252,12 +251,9 @@ class TokenVendor:
         release = True
         try:
             latest = self.cache.get(self.profile.name, key, consistent=True)
-            if latest is not None and self._newer(latest, stale):
-                now = time.time()
-                if self._acceptable(latest, request, now):
-                    self.memory.put(key, latest)  # another environment refreshed between our read and lease
-                    return latest
-                self._refuse_if_too_short(latest, request, now)
+            if latest is not None and self._newer(latest, stale) and self._acceptable_or_refuse(latest, request):
+                self.memory.put(key, latest)  # another environment refreshed between our read and lease
+                return latest
             stale = latest or stale
             try:
                 token = self._fetch(request, deadline)
@@ -343,11 +339,8 @@ class TokenVendor:
         key = request.scope_key
         with self._local_lock:
             remembered = self.degraded.get(key)
-            now = time.time()
-            if remembered is not None:
-                if self._acceptable(remembered, request, now):
-                    return remembered
-                self._refuse_if_too_short(remembered, request, now)
+            if remembered is not None and self._acceptable_or_refuse(remembered, request):
+                return remembered
             failure = self.degraded_failures.get(key)
             if failure is not None:
                 return self._serve_stale_or_raise(request, remembered, self._stored_error(failure[1], failure[0]))
