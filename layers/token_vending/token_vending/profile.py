@@ -1,7 +1,7 @@
 """How one provider's token endpoint wants to be called: the per-provider facts, as data.
 
-Each provider function folder declares one :class:`ClientCredentialsProfile` built from its own
-documentation; the mechanics (HTTP, retries, parsing, caching) live once in this layer.
+:mod:`token_vending.catalogue` holds one :class:`ClientCredentialsProfile` per provider, built from its
+own documentation; the mechanics (HTTP, retries, parsing, caching) live once in this layer.
 """
 
 from __future__ import annotations
@@ -71,10 +71,65 @@ class ScopeMode(Enum):
 
 
 @dataclass(frozen=True)
+class EmulatorRules:
+    """How the local emulator of this provider behaves (``make local``), from the provider's document.
+
+    Stated apart from the client-side fields on purpose: the emulator checks what the document asks for,
+    not what the client was told to send, so a wrong client profile fails against it. The defaults are
+    a plain RFC 6749 server (client_secret_basic or client_secret_post, errors as section 5.2 shows).
+    """
+
+    path: str = "/oauth/token"
+    credentials: str = "basic_or_form"
+    """Where the server looks for client credentials: ``basic``, ``form``, ``json`` or ``basic_or_form``."""
+    auth_first: bool = True
+    """Client authentication is checked before the grant type (Keycloak checks the grant type first)."""
+    credential_error: tuple[int, str, str] = (401, "invalid_client", "Client authentication failed")
+    """Status, ``error`` and description for bad credentials."""
+    www_authenticate: bool = False
+    """Send ``WWW-Authenticate: Basic`` with the credential error (RFC 6749 5.2 for Basic clients)."""
+    error_shape: str = "rfc6749"
+    """``rfc6749`` (error, error_description), ``description_first`` (same members, OWIN's order) or
+    ``message`` (``{"message": ...}`` only)."""
+    scopes: tuple[str, ...] = ()
+    """Scopes the server grants; with ``scope_required`` a request without one is refused."""
+    scope_required: bool = False
+    fixed_scope: str = ""
+    """The ``scope`` every token carries whatever was asked (Aria's ``api``); empty: echo the request."""
+    token: str = "opaque"
+    """``opaque`` (prefix + random), ``hex`` (56 lowercase hex digits) or ``jwt``."""
+    token_prefix: str = ""
+    token_type: str = "Bearer"
+    expires_in: int = 3600
+    claims: tuple[tuple[str, str], ...] = ()
+    """Extra JWT claims; ``{client_id}`` is replaced by the client's id."""
+    response_fields: tuple[str, ...] = ("access_token", "token_type", "expires_in", "scope")
+    """Members of a success body, in the document's order (``scope`` only when there is one)."""
+    extra_fields: tuple[tuple[str, int], ...] = ()
+    """Constant numeric members appended to the success body (Keycloak's ``refresh_expires_in``)."""
+    json_audience: bool = False
+    """The JSON body must carry ``audience`` equal to ``""`` (Autopay)."""
+    only_grant_type: bool = False
+    """Any form parameter besides ``grant_type`` is refused (Alternative Payments)."""
+    one_auth_method: bool = False
+    """Credentials both in the header and the body are refused (RFC 6749 2.3)."""
+
+
+@dataclass(frozen=True)
 class ClientCredentialsProfile:
     name: str
-    """Route name (``/token/{name}``) and DynamoDB partition key."""
+    """Route name (``/token/{name}``), DynamoDB partition key and, CamelCased, the template's key
+    (``invoice-cloud`` -> ``InvoiceCloud``: ``InvoiceCloudFunction``, ``InvoiceCloudTokenUrl``)."""
     auth: ClientAuth
+    title: str = ""
+    """The provider's name for people (descriptions, the dashboard)."""
+    lifetime: int = 3600
+    """The token lifetime the provider's document promises (the shortest it says it grants): ``min_ttl`` is
+    bounded by it, from configuration alone."""
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    """Documented token URLs by ``<region>/<stage>`` (Aria), chosen with the REGION and STAGE settings when
+    no TOKEN_URL is given."""
+    emulator: EmulatorRules = EmulatorRules()
     body: BodyEncoding = BodyEncoding.FORM
     scope: ScopeMode = ScopeMode.OMIT
     send_audience: bool = False
@@ -90,6 +145,11 @@ class ClientCredentialsProfile:
     credential_error_statuses: frozenset[int] = frozenset()
     """HTTP statuses that mean "bad credentials" even when the body has no such code."""
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The template's name for this provider: ``alternative-payments`` -> ``AlternativePayments``."""
+        return "".join(part[:1].upper() + part[1:] for part in self.name.split("-"))
 
     def build_request(self, *, client_id: str, client_secret: str, scope: str, audience: str,
                       client_assertion: str = "") -> tuple[dict[str, str], bytes]:

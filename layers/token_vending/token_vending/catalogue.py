@@ -1,0 +1,127 @@
+"""The provider catalogue: one entry per provider, every fact about it in one place.
+
+An entry says how the provider's token endpoint wants to be called (credential placement and encoding,
+body encoding, scopes), what its document promises (lifetime, lifetime field names, the errors that mean
+bad credentials) and how its local emulator behaves. Everything else derives from it: the one provider
+function (it reads its entry by ``PROVIDER_NAME``), the token API's provider table, the local stack,
+``env.json`` and ``events/``; ``template.yaml`` loops over the same keys (a test keeps the two equal).
+
+Adding a standard RFC 6749 provider is one entry here plus its parameters in ``template.yaml``
+(README, "Adding a provider"). Each entry cites the provider's document in ``../shared/seeds``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from token_vending.profile import (
+    BasicEncoding,
+    BodyEncoding,
+    ClientAuth,
+    ClientCredentialsProfile,
+    EmulatorRules,
+    ScopeMode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_ARIA_REALM = "realms/aria/protocol/openid-connect/token"
+
+CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
+    # Invoice Cloud Biller OAuth 2.0 guide: client_id/client_secret in the form body, no scope, every error
+    # a 400 with error_description before error (OWIN); the host is ".com" (the guide also says ".co" once).
+    ClientCredentialsProfile(
+        name="invoice-cloud", title="Invoice Cloud (Biller API)",
+        auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM, scope=ScopeMode.OMIT, lifetime=3600,
+        emulator=EmulatorRules(
+            path="/biller/v1/authentication/oauth2/token", credentials="form",
+            credential_error=(400, "invalid_client", "Invalid client authentication"),
+            error_shape="description_first", token_prefix="ic_",
+            response_fields=("access_token", "token_type", "expires_in")),
+    ),
+    # Pyng (B2B Receivables) authentication guide: "Basic base64(Username:Password)" as it is (RFC 7617, not
+    # RFC 6749 2.3.1's form-urlencoded parts), a required space-separated scope (%20), 900 s tokens,
+    # 401 invalid_client. The host differs per partner.
+    ClientCredentialsProfile(
+        name="pyng", title="Pyng (B2B Receivables)",
+        auth=ClientAuth.BASIC_HEADER, basic_encoding=BasicEncoding.RFC7617, body=BodyEncoding.FORM,
+        scope=ScopeMode.REQUIRED, lifetime=900,
+        emulator=EmulatorRules(
+            path="/billing/oauth2/token", credentials="basic", www_authenticate=True, one_auth_method=True,
+            scopes=("billing:customers:invite", "billing:customers:read", "billing:batches:submit",
+                    "billing:batches:read"),
+            scope_required=True, token_prefix="pyng_", expires_in=900),
+    ),
+    # Aria "Obtaining a Bearer Token": one of 12 Keycloak realm endpoints (region x stage), form-body
+    # credentials, a JWT access token whose exp the cache honours. Keycloak answers a wrong secret with
+    # 401 invalid_client or, in several versions, unauthorized_client.
+    ClientCredentialsProfile(
+        name="aria", title="Aria (Billie Connect)",
+        auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL, lifetime=3600,
+        credential_error_codes=frozenset({"invalid_client", "unauthorized_client"}),
+        endpoints={
+            "US/Prod": f"https://kauth.ariasystems.net/{_ARIA_REALM}",
+            "US/Future": f"https://kauth.future.stage.ariasystems.net/{_ARIA_REALM}",
+            "US/Current": f"https://kauth.current.stage.ariasystems.net/{_ARIA_REALM}",
+            "AUS/Prod": f"https://kauth.prod.aus.ariasystems.net/{_ARIA_REALM}",
+            "AUS/Future": f"https://kauth.future.stage.aus.ariasystems.net/{_ARIA_REALM}",
+            "AUS/Current": f"https://kauth.current.stage.aus.ariasystems.net/{_ARIA_REALM}",
+            "SGP/Prod": f"https://kauth.prod.sgp.ariasystems.net/{_ARIA_REALM}",
+            "SGP/Future": f"https://kauth.future.stage.sgp.ariasystems.net/{_ARIA_REALM}",
+            "SGP/Current": f"https://kauth.current.stage.sgp.ariasystems.net/{_ARIA_REALM}",
+            "CPH/Prod": f"https://kauth.cph.ariasystems.net/{_ARIA_REALM}",
+            "CPH/Future": f"https://kauth.future.stage.cph.ariasystems.net/{_ARIA_REALM}",
+            "CPH/Current": f"https://kauth.current.stage.cph.ariasystems.net/{_ARIA_REALM}",
+        },
+        emulator=EmulatorRules(
+            path=f"/{_ARIA_REALM}", credentials="form", auth_first=False,
+            credential_error=(401, "invalid_client", "Invalid client or Invalid client credentials"),
+            fixed_scope="api", token="jwt",
+            claims=(("iss", "authorization-server"), ("aud", "billie-connect-api"),
+                    ("sub", "service-account-{client_id}"), ("typ", "Bearer"), ("azp", "{client_id}"),
+                    ("client_no", "7000213"), ("account_no", "12345")),
+            response_fields=("access_token", "expires_in", "refresh_expires_in", "token_type",
+                             "not-before-policy", "scope"),
+            extra_fields=(("refresh_expires_in", 0), ("not-before-policy", 0))),
+    ),
+    # Autopay API documentation: a JSON body with client_id, client_secret, audience (which "must always be
+    # \"\"") and grant_type; tokens live 10-24 h (the shorter is promised); the lifetime is once spelled
+    # "expries_in"; a 401 may carry only error_description, so any 401 means rejected credentials.
+    # Requesting a token per request "may lead to termination of API access". No documented URL.
+    ClientCredentialsProfile(
+        name="autopay", title="Autopay",
+        auth=ClientAuth.JSON_BODY, body=BodyEncoding.JSON, scope=ScopeMode.OMIT, lifetime=36000,
+        send_audience=True, lifetime_fields=("expires_in", "expries_in"),
+        credential_error_statuses=frozenset({401}),
+        emulator=EmulatorRules(
+            credentials="json", json_audience=True, auth_first=False,
+            credential_error=(401, "access_denied", "Unauthorized"),
+            fixed_scope="payments:read payments:write", token="jwt", expires_in=86400,
+            claims=(("iss", "https://autopay.local/"), ("sub", "{client_id}@clients"),
+                    ("gty", "client-credentials"), ("azp", "{client_id}")),
+            response_fields=("access_token", "scope", "expires_in", "token_type")),
+    ),
+    # Alternative Payments OpenAPI document: "Authorization: Basic Base64Encode(client_id:client_secret)"
+    # (RFC 7617 as it is), a form body with grant_type only, a lowercase "bearer", 403 with an object of
+    # strings (no OAuth error member) for bad credentials. The document's server is http://.
+    ClientCredentialsProfile(
+        name="alternative-payments", title="Alternative Payments",
+        auth=ClientAuth.BASIC_HEADER, basic_encoding=BasicEncoding.RFC7617, body=BodyEncoding.FORM,
+        scope=ScopeMode.OMIT, lifetime=3600, credential_error_statuses=frozenset({403}),
+        emulator=EmulatorRules(
+            credentials="basic", credential_error=(403, "invalid_client", "Invalid credentials"),
+            error_shape="message", only_grant_type=True, token="hex", token_type="bearer",
+            response_fields=("access_token", "expires_in", "token_type")),
+    ),
+)
+
+
+def by_name() -> Mapping[str, ClientCredentialsProfile]:
+    """Entries by route name."""
+    return {entry.name: entry for entry in CATALOGUE}
+
+
+def entry(name: str) -> ClientCredentialsProfile | None:
+    """The catalogue entry of a route name, or ``None``."""
+    return next((candidate for candidate in CATALOGUE if candidate.name == name), None)
