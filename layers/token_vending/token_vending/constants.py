@@ -16,6 +16,10 @@ LOCAL_MODE_ENV = "TOKEN_VENDING_LOCAL_MODE"
 # --- provider functions ---------------------------------------------------------------------
 PROVIDER_NAME_ENV = "PROVIDER_NAME"
 TOKEN_URL_ENV = "TOKEN_URL"  # noqa: S105 - a variable name, not a secret
+"""The token endpoint; absent for a provider whose catalogue entry lists documented ``endpoints``, which
+REGION and STAGE choose from (Aria)."""
+REGION_ENV = "REGION"
+STAGE_ENV = "STAGE"
 SECRET_ID_ENV = "SECRET_ID"  # noqa: S105 - a variable name, not a secret
 ALLOWED_SCOPES_ENV = "ALLOWED_SCOPES"
 """Space-separated scopes this deployment may request; empty when the provider takes no scope."""
@@ -25,9 +29,9 @@ AUDIENCE_ENV = "AUDIENCE"
 DEFAULT_LIFETIME_ENV = "DEFAULT_TOKEN_LIFETIME"
 """Lifetime assumed when the provider sends neither ``expires_in`` nor a JWT ``exp``."""
 TOKEN_LIFETIME_ENV = "TOKEN_LIFETIME"  # noqa: S105 - a variable name, not a secret
-"""The lifetime the provider's documents promise (the shortest they say it grants). ``min_ttl`` is bounded
-by it minus its refresh margin, from configuration alone, so a request gets the same answer whatever the
-cache holds."""
+"""Overrides the lifetime the provider's catalogue entry promises (the template does not set it; tests do).
+``min_ttl`` is bounded by it minus its refresh margin, from configuration alone, so a request gets the same
+answer whatever the cache holds."""
 REFRESH_MARGIN_SECONDS_ENV = "REFRESH_MARGIN_SECONDS"
 REFRESH_MARGIN_RATIO_ENV = "REFRESH_MARGIN_RATIO"
 CONNECT_TIMEOUT_ENV = "UPSTREAM_CONNECT_TIMEOUT"
@@ -50,9 +54,16 @@ CA_BUNDLE_ENV = "UPSTREAM_CA_BUNDLE"
 """PEM file of CAs trusted for the token endpoint instead of the default bundle (a private CA; tests)."""
 
 # --- token API function ---------------------------------------------------------------------
+PROVIDER_FUNCTION_ENV = "FUNCTION_{key}"
+"""Per catalogue entry (``key`` = its template key, ``FUNCTION_InvoiceCloud``): the name of the deployed
+provider function. Written by the template's loop; a provider without one is not deployed (404)."""
+PROVIDER_SCOPES_ENV = "SCOPES_{key}"
+"""Per catalogue entry: its ALLOWED_SCOPES, when the provider has scope parameters (Pyng)."""
+PROVIDER_DEFAULT_SCOPES_ENV = "DEFAULT_SCOPES_{key}"
+"""Per catalogue entry: its DEFAULT_SCOPES (empty: all allowed scopes)."""
 PROVIDERS_ENV = "PROVIDERS"
-"""JSON object: route name -> {"function": name or ARN, "scopes": "...", "default_scopes": "...",
-"lifetime": seconds}. Written by the template; the only providers the API knows."""
+"""Optional JSON object: route name -> {"function": name or ARN, "scopes": "...", "default_scopes": "...",
+"lifetime": seconds}, for providers outside the catalogue (tests); merged over the catalogue's."""
 
 # --- defaults -------------------------------------------------------------------------------
 DEFAULT_MIN_TTL = 60

@@ -1,7 +1,8 @@
 """Glue for a provider function: direct-invocation payload in, token body out, errors by class name.
 
-Each ``functions/<provider>/app.py`` declares its profile and Powertools objects at module level and
-delegates to one :class:`ProviderFunction`, so that what differs between providers is only data.
+``functions/provider/app.py`` is every provider's function: it declares the Powertools objects at module
+level and delegates to one :class:`ProviderFunction` built from the catalogue entry its ``PROVIDER_NAME``
+names, so that what differs between providers is only data.
 """
 
 from __future__ import annotations
@@ -42,14 +43,28 @@ def _kms_client() -> KMSClient:
 
 class ProviderFunction:
     def __init__(self, profile: ClientCredentialsProfile, *, logger: Logger, metrics: Metrics,
-                 dynamodb: DynamoDBClient, secretsmanager: SecretsManagerClient) -> None:
+                 dynamodb: DynamoDBClient, secretsmanager: SecretsManagerClient, known: bool = True) -> None:
         self.profile = profile
+        self.known = known
         self.logger = logger
         self.metrics = metrics
         self.dynamodb = dynamodb
         self.secretsmanager = secretsmanager
         self._vendor: TokenVendor | None = None
         metrics.set_default_dimensions(provider=profile.name)
+
+    @classmethod
+    def from_catalogue(cls, name: str, *, logger: Logger, metrics: Metrics, dynamodb: DynamoDBClient,
+                       secretsmanager: SecretsManagerClient) -> ProviderFunction:
+        """The function of the catalogue entry ``name`` (``PROVIDER_NAME``). An unknown name still makes a
+        function, whose every invocation is the contract's ``misconfigured`` error (not an init failure)."""
+        from token_vending.catalogue import entry
+        from token_vending.profile import ClientAuth, ClientCredentialsProfile
+
+        profile = entry(name)
+        return cls(profile or ClientCredentialsProfile(name=name or "unknown", auth=ClientAuth.FORM_BODY),
+                   logger=logger, metrics=metrics, dynamodb=dynamodb, secretsmanager=secretsmanager,
+                   known=profile is not None)
 
     def vendor(self) -> TokenVendor:
         """Built on first use and kept for the life of the execution environment."""
@@ -62,7 +77,12 @@ class ProviderFunction:
             from token_vending.upstream import UpstreamClient
             from token_vending.vendor import TokenVendor
 
-            settings = ProviderSettings.from_env(self.profile.name)
+            if not self.known:
+                from token_vending.constants import PROVIDER_NAME_ENV
+
+                raise Misconfigured(f"setting {PROVIDER_NAME_ENV} names no provider of the catalogue",
+                                    provider=self.profile.name)
+            settings = ProviderSettings.from_env(self.profile.name, profile=self.profile)
             profile = self.profile
             if settings.client_auth:  # the <Provider>ClientAuth parameter overrides the catalogue's method
                 profile = replace(profile, auth=ClientAuth.from_method(settings.client_auth))

@@ -20,6 +20,8 @@ from token_vending.scopes import parse_scope_set
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from token_vending.profile import ClientCredentialsProfile
+
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "host.docker.internal"})
 """Hosts that may be reached over plain http, and only in local/test mode."""
 
@@ -116,11 +118,14 @@ class ProviderSettings:
     ca_bundle: str = ""
 
     @classmethod
-    def from_env(cls, provider: str, env: Mapping[str, str] = os.environ) -> ProviderSettings:
+    def from_env(cls, provider: str, env: Mapping[str, str] = os.environ, *,
+                 profile: ClientCredentialsProfile | None = None) -> ProviderSettings:
+        """``profile``: the provider's catalogue entry, for its documented lifetime and endpoints."""
         configured = env.get(constants.PROVIDER_NAME_ENV, provider).strip()
         if configured != provider:
             raise Misconfigured(f"setting {constants.PROVIDER_NAME_ENV} does not match this function",
                                 provider=provider)
+        documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
         allowed = _scopes(env, constants.ALLOWED_SCOPES_ENV, provider)
         default = _scopes(env, constants.DEFAULT_SCOPES_ENV, provider) or allowed
         if not default <= allowed:
@@ -128,8 +133,8 @@ class ProviderSettings:
                                 f"{constants.ALLOWED_SCOPES_ENV}", provider=provider)
         return cls(
             provider=provider,
-            token_url=check_token_url(_require(env, constants.TOKEN_URL_ENV, provider),
-                                      local_mode=is_local_mode(env), provider=provider),
+            token_url=check_token_url(_token_url(env, provider, profile), local_mode=is_local_mode(env),
+                                      provider=provider),
             secret_id=_require(env, constants.SECRET_ID_ENV, provider),
             allowed_scopes=allowed,
             default_scopes=default,
@@ -137,8 +142,7 @@ class ProviderSettings:
             default_lifetime=int(_number(env, constants.DEFAULT_LIFETIME_ENV,
                                          constants.DEFAULT_TOKEN_LIFETIME, provider,
                                          minimum=constants.MIN_DEFAULT_TOKEN_LIFETIME)),
-            lifetime=int(_number(env, constants.TOKEN_LIFETIME_ENV, constants.DEFAULT_DOCUMENTED_LIFETIME,
-                                     provider, minimum=1)),
+            lifetime=int(_number(env, constants.TOKEN_LIFETIME_ENV, documented, provider, minimum=1)),
             connect_timeout=_number(env, constants.CONNECT_TIMEOUT_ENV, constants.DEFAULT_CONNECT_TIMEOUT,
                                     provider, minimum=0.1),
             read_timeout=_number(env, constants.READ_TIMEOUT_ENV, constants.DEFAULT_READ_TIMEOUT, provider,
@@ -153,6 +157,18 @@ class ProviderSettings:
             assertion_audience=env.get(constants.ASSERTION_AUDIENCE_ENV, "").strip(),
             ca_bundle=env.get(constants.CA_BUNDLE_ENV, "").strip(),
         )
+
+
+def _token_url(env: Mapping[str, str], provider: str, profile: ClientCredentialsProfile | None) -> str:
+    """TOKEN_URL, or the documented endpoint REGION and STAGE choose (Aria's 12 Keycloak realms)."""
+    url = env.get(constants.TOKEN_URL_ENV, "").strip()
+    if url or profile is None or not profile.endpoints:
+        return url or _require(env, constants.TOKEN_URL_ENV, provider)
+    choice = f"{env.get(constants.REGION_ENV, '').strip()}/{env.get(constants.STAGE_ENV, '').strip()}"
+    if choice not in profile.endpoints:
+        raise Misconfigured(f"settings {constants.REGION_ENV} and {constants.STAGE_ENV} name no documented "
+                            f"endpoint (one of {', '.join(profile.endpoints)})", provider=provider)
+    return profile.endpoints[choice]
 
 
 def _client_auth(env: Mapping[str, str], provider: str) -> str:
@@ -193,10 +209,13 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
-        raw = _require(env, constants.PROVIDERS_ENV, None)
+        providers = _catalogue_providers(env)
+        raw = env.get(constants.PROVIDERS_ENV, "").strip()
+        if not raw and not providers:
+            raise Misconfigured("no provider function is configured")
         try:
-            document = json.loads(raw)
-            providers = {
+            document = json.loads(raw) if raw else {}
+            providers |= {
                 str(name): ProviderEntry(
                     name=str(name),
                     function=str(entry["function"]),
@@ -214,3 +233,19 @@ class ApiSettings:
                    memory_cache_seconds=cache.memory_cache_seconds,
                    refresh_margin_seconds=cache.refresh_margin_seconds,
                    refresh_margin_ratio=cache.refresh_margin_ratio)
+
+
+def _catalogue_providers(env: Mapping[str, str]) -> dict[str, ProviderEntry]:
+    """The catalogue's providers that have a deployed function (``FUNCTION_<Key>``), with their scopes."""
+    from token_vending.catalogue import CATALOGUE
+
+    providers: dict[str, ProviderEntry] = {}
+    for profile in CATALOGUE:
+        function = env.get(constants.PROVIDER_FUNCTION_ENV.format(key=profile.key), "").strip()
+        if not function:
+            continue
+        allowed = _scopes(env, constants.PROVIDER_SCOPES_ENV.format(key=profile.key), profile.name)
+        default = _scopes(env, constants.PROVIDER_DEFAULT_SCOPES_ENV.format(key=profile.key), profile.name)
+        providers[profile.name] = ProviderEntry(name=profile.name, function=function, allowed_scopes=allowed,
+                                                default_scopes=default or allowed, lifetime=profile.lifetime)
+    return providers

@@ -1,0 +1,37 @@
+"""Every provider's token function: the deployed copies differ only by ``PROVIDER_NAME``.
+
+The function of a provider owns its secret, its DynamoDB partition and its log group (each deployed copy
+has its own role); what the provider's endpoint wants is its entry in ``token_vending.catalogue``.
+Invoked directly (``{"scope": ..., "min_ttl": ..., "force_refresh": ...}``) by the token API, Step
+Functions or any allowed caller, and by its refresh-ahead schedule.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+
+from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
+from token_vending.constants import PROVIDER_NAME_ENV
+from token_vending.provider_function import ProviderFunction
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger()
+tracer = Tracer(patch_modules=("botocore",))  # the token request itself uses urllib3, only on a miss
+metrics = Metrics()
+function = ProviderFunction.from_catalogue(os.environ.get(PROVIDER_NAME_ENV, "").strip(),
+                                           logger=logger, metrics=metrics,
+                                           dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG),
+                                           secretsmanager=boto3.client("secretsmanager", config=SECRETS_CONFIG))
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)  # the response holds the token
+@metrics.log_metrics
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    return function.handle(event, context)
