@@ -25,7 +25,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # `sam build` looks for python3.13 on PATH.
 export PATH := $(dir $(PYTHON313)):$(PATH)
 
-.PHONY: help local test lint typecheck unit integration template scan bench build clean deps
+.PHONY: help local test lint typecheck unit integration template scan bench build clean deps generate
 
 help:
 	@echo "make local   run the API on http://127.0.0.1:3000 with an embedded AWS and provider emulators"
@@ -33,6 +33,7 @@ help:
 	@echo "make scan    checkov (template.yaml) and bandit (code); make test runs them too, on SAM's output as well"
 	@echo "make bench   benchmarks (figures printed as name: value)"
 	@echo "make build   sam build"
+	@echo "make generate  rewrite env.json and events/ from template.yaml and the catalogue"
 
 $(VENV)/.installed: requirements-dev.txt layers/token_vending/requirements.txt
 	@test -n "$(PYTHON313)" || { echo "python3.13 not found (pyenv install 3.13.0, or put it on PATH)"; exit 1; }
@@ -91,6 +92,9 @@ bench: $(VENV)/.installed node_modules/.installed
 
 build: $(SAM_VENV)/.installed
 	$(SAM) build
+
+generate: $(VENV)/.installed
+	$(PY) -m local.generate
 
 clean:
 	rm -rf $(VENV) .tools node_modules .aws-sam .mypy_cache .ruff_cache .hypothesis

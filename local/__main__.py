@@ -3,7 +3,7 @@
 * API (``GET /token/{provider}``)                 http://127.0.0.1:3000
 * Lambda Invoke API (like ``sam local start-lambda``)  http://127.0.0.1:3001
 * embedded AWS: DynamoDB + Secrets Manager (moto)  http://127.0.0.1:4566
-* provider token endpoint emulators                http://127.0.0.1:9001-9005
+* provider token endpoint emulators                http://127.0.0.1:9001, 9002, ... (one per provider)
 
 Real provider endpoints can be used instead of an emulator: ``--config local.json`` with
 ``{"pyng": {"token_url": "https://...", "client_id": "...", "client_secret": "..."}}``.
@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from local.providers import DEFAULT_PORTS, LOCAL_CREDENTIALS, ProviderEmulator
+from local.providers import LOCAL_CREDENTIALS, ProviderEmulator
 from local.stack import PROVIDERS, LocalStack, StackConfig
 
 
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-port", type=int, default=3000)
     parser.add_argument("--lambda-port", type=int, default=3001)
     parser.add_argument("--aws-port", type=int, default=4566)
-    parser.add_argument("--provider-port-base", type=int, default=DEFAULT_PORTS["invoice-cloud"],
-                        help="first of the five provider emulator ports")
+    parser.add_argument("--provider-port-base", type=int, default=9001,
+                        help="port of the first provider's emulator (the next ones follow, in template order)")
     parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")
     parser.add_argument("--client-auth", action="append", default=[], metavar="PROVIDER=private_key_jwt",
                         help="sign that provider's client assertions with a KMS key in the embedded AWS "
@@ -43,17 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
     overrides = json.loads(args.config.read_text()) if args.config else {}
+    unknown = sorted(set(overrides) - {provider.route for provider in PROVIDERS})
+    if unknown:
+        parser.error(f"--config names providers the template does not deploy: {', '.join(unknown)}")
     client_auth = dict(item.split("=", 1) for item in args.client_auth)
     urls: dict[str, str] = {}
     credentials: dict[str, tuple[str, str]] = {}
     emulators: list[ProviderEmulator] = []
-    for provider in PROVIDERS:
+    for index, provider in enumerate(PROVIDERS):
         real = overrides.get(provider.route)
         if real:
             urls[provider.route] = real["token_url"]
             credentials[provider.route] = (real["client_id"], real["client_secret"])
             continue
-        port = DEFAULT_PORTS[provider.route] - DEFAULT_PORTS["invoice-cloud"] + args.provider_port_base
+        port = args.provider_port_base + index
         emulator = ProviderEmulator(provider.route, host=args.host, port=port).start()
         emulators.append(emulator)
         urls[provider.route] = emulator.url

@@ -16,33 +16,43 @@ from typing import IO, Any
 
 from local.api_gateway import ApiGateway
 from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService
+from local.template import Evaluator, expanded_template, function_env, provider_functions
 
 LOG = logging.getLogger("local")
 TABLE_NAME = "token-vending-local"
 API_FUNCTION = "TokenApiFunction"
-PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
 
 
 @dataclass(frozen=True)
-class ProviderDefinition:
-    """The local counterpart of one provider's template parameters."""
+class DeployedProvider:
+    """One provider function as template.yaml deploys it (the loop over the catalogue's keys)."""
 
     route: str
     function: str
-    folder: str
-    allowed_scopes: str = ""
-    default_scopes: str = ""
-    lifetime: int = 3600
-    audience: str | None = None
+    """The function's logical ID: its name in the local Lambda service."""
+    environment: dict[str, str]
+    """Its environment with the parameters' defaults (or the values given), before local overrides."""
 
 
-PROVIDERS: tuple[ProviderDefinition, ...] = (
-    ProviderDefinition("invoice-cloud", "InvoiceCloudFunction", "invoice_cloud"),
-    ProviderDefinition("pyng", "PyngFunction", "pyng", allowed_scopes=PYNG_SCOPES, lifetime=900),
-    ProviderDefinition("aria", "AriaFunction", "aria"),
-    ProviderDefinition("autopay", "AutopayFunction", "autopay", lifetime=36000, audience=""),
-    ProviderDefinition("alternative-payments", "AlternativePaymentsFunction", "alternative_payments"),
-)
+def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, DeployedProvider], dict[str, str]]:
+    """Every provider function of template.yaml and the token API function's environment, evaluated with the
+    parameters' defaults (``""`` for a parameter without one, such as PyngTokenUrl) or ``parameters``."""
+    template = expanded_template()
+    given = {name: "" for name, spec in template["Parameters"].items() if "Default" not in spec}
+    evaluate = Evaluator(template, {**given, **(parameters or {})}, resource_ref=lambda name: name)
+
+    def environment(logical_id: str) -> dict[str, str]:
+        return {name: str(value) for name, value in evaluate(function_env(template, logical_id)).items()}
+
+    providers = {route: DeployedProvider(route, logical_id, environment(logical_id))
+                 for route, logical_id in provider_functions(template).items()}
+    return providers, environment(API_FUNCTION)
+
+
+PROVIDERS: tuple[DeployedProvider, ...] = tuple(deployed()[0].values())
+"""The providers template.yaml deploys, in its order."""
+PYNG_SCOPES = next(p.environment["ALLOWED_SCOPES"] for p in PROVIDERS if p.route == "pyng")
+"""PyngScopes' default: the four scopes Pyng's document lists."""
 
 DUMMY_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -82,6 +92,8 @@ class StackConfig:
     """Route -> ``private_key_jwt``: that provider signs client assertions with a KMS key the stack creates in
     the embedded AWS (ECC P-256, as a deployment would with ``<Provider>SigningKeyArn``); its secret then
     holds only ``client_id``. :meth:`LocalStack.signing_public_key` gives the key to register."""
+    parameters: dict[str, str] = field(default_factory=dict)
+    """Template parameter values other than the defaults (``PyngDefaultScopes``, ...)."""
     refresh_ahead_every: float | None = None
     """Seconds between local refresh-ahead runs (the template's EventBridge schedule); ``None``: off."""
 
@@ -232,27 +244,16 @@ class LocalStack:
         }
 
     def function_specs(self) -> list[FunctionSpec]:
+        """The template's functions with its environment, pointed at this stack (tables, secrets, emulators)."""
         common = self.common_env()
+        providers, api_env = deployed(self.config.parameters)
         specs = []
-        providers_env = {}
-        for provider in PROVIDERS:
-            env = {
-                **common,
-                "PROVIDER_NAME": provider.route,
-                "TOKEN_URL": self.config.provider_urls.get(provider.route, ""),
-                "SECRET_ID": self.secret_name(provider.route),
-                "ALLOWED_SCOPES": provider.allowed_scopes,
-                "DEFAULT_SCOPES": provider.default_scopes,
-                "TOKEN_LIFETIME": str(provider.lifetime),
-                **({"AUDIENCE": provider.audience} if provider.audience is not None else {}),
-                **self.config.provider_env.get(provider.route, {}),
-            }
-            specs.append(FunctionSpec(provider.function, REPO_ROOT / "functions" / provider.folder / "app.py", env,
+        for provider in providers.values():
+            url = self.config.provider_urls.get(provider.route)
+            env = {**provider.environment, **common, "SECRET_ID": self.secret_name(provider.route),
+                   **({"TOKEN_URL": url} if url else {}), **self.config.provider_env.get(provider.route, {})}
+            specs.append(FunctionSpec(provider.function, REPO_ROOT / "functions" / "provider" / "app.py", env,
                                       timeout=25, max_concurrency=self.config.max_concurrency))
-            providers_env[provider.route] = {"function": provider.function, "scopes": provider.allowed_scopes,
-                                             "default_scopes": provider.default_scopes,
-                                             "lifetime": provider.lifetime}
         specs.append(FunctionSpec(API_FUNCTION, REPO_ROOT / "functions" / "token_api" / "app.py",
-                                  {**common, "PROVIDERS": json.dumps(providers_env)}, timeout=29,
-                                  max_concurrency=self.config.max_concurrency))
+                                  {**api_env, **common}, timeout=29, max_concurrency=self.config.max_concurrency))
         return specs

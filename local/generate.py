@@ -1,0 +1,150 @@
+"""``env.json`` and ``events/`` for ``sam local``, generated from template.yaml and the catalogue.
+
+``python -m local.generate`` rewrites them; ``python -m local.generate --check`` (run by ``make test``)
+fails when the committed files differ from what the template and catalogue give, so they cannot drift.
+
+``env.json`` points every function at the embedded AWS of ``make local`` and at the provider emulators
+through ``host.docker.internal`` (where ``sam local`` containers reach the host), with the parameters'
+defaults for everything else. ``events/`` holds, per provider, an API Gateway proxy event for the token
+API function (``api-<route>.json``) and a direct-invocation payload (``invoke-<route>.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import uuid
+from typing import Any
+
+from local.stack import API_FUNCTION, PROVIDERS, TABLE_NAME, deployed, secret_name
+from local.template import ROOT
+from token_vending.catalogue import by_name
+
+DOCKER_HOST = "host.docker.internal"
+LOCAL_AWS = f"http://{DOCKER_HOST}:4566"
+LAMBDA_SERVICE = f"http://{DOCKER_HOST}:3001"
+EMULATOR_PORT_BASE = 9001
+ENV_JSON = ROOT / "env.json"
+EVENTS = ROOT / "events"
+COMMON = {"TOKEN_VENDING_LOCAL_MODE": "true", "CACHE_TABLE_NAME": TABLE_NAME, "AWS_ENDPOINT_URL_DYNAMODB": LOCAL_AWS}
+
+
+def env_json() -> dict[str, dict[str, str]]:
+    """What ``sam local invoke --env-vars env.json`` sets, per function logical ID."""
+    providers, _ = deployed()
+    catalogue = by_name()
+    functions: dict[str, dict[str, str]] = {}
+    table: dict[str, dict[str, Any]] = {}
+    for index, provider in enumerate(providers.values()):
+        path = catalogue[provider.route].emulator.path if provider.route in catalogue else "/oauth/token"
+        settings = {k: v for k, v in provider.environment.items()
+                    if k in {"PROVIDER_NAME", "ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH",
+                             "SIGNING_KEY_ID", "REGION", "STAGE"}}
+        functions[provider.function] = {
+            **COMMON, "AWS_ENDPOINT_URL_SECRETS_MANAGER": LOCAL_AWS, **settings,
+            "TOKEN_URL": f"http://{DOCKER_HOST}:{EMULATOR_PORT_BASE + index}{path}",
+            "SECRET_ID": secret_name(provider.route),
+        }
+        table[provider.route] = {"function": provider.function,
+                                 "scopes": provider.environment.get("ALLOWED_SCOPES", ""),
+                                 "default_scopes": provider.environment.get("DEFAULT_SCOPES", "")}
+    # The API's provider table as one declared variable: sam local does not expand the loop in its
+    # environment (README, "Running it locally").
+    api = {**COMMON, "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_SERVICE,
+           "PROVIDERS": json.dumps(table, separators=(",", ":"))}
+    return {API_FUNCTION: api, **functions}
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def api_event(route: str, index: int, query: dict[str, str] | None) -> dict[str, Any]:
+    """A SigV4-signed ``GET /token/{route}`` as API Gateway (REST, proxy integration) passes it."""
+    second = f"{index + 1:02d}"
+    signature = _digest("signature", route)
+    authorization = ("AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE7QX3ZTOKN/20261127/us-east-1/execute-api/"
+                     f"aws4_request, SignedHeaders=host;x-amz-date;x-amz-security-token, Signature={signature}")
+    agent = "Boto3/1.35.90 md/Botocore#1.35.90 ua/2.0 os/linux lang/python#3.13.0"
+    headers = {
+        "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "Authorization": authorization,
+        "Host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", "User-Agent": agent,
+        "X-Amz-Date": f"20261127T1015{second}Z",
+        "X-Amz-Security-Token": "IQoJb3JpZ2luX2VjEXAMPLE-session-token-not-real",
+        "X-Amzn-Trace-Id": f"Root=1-6b0958{index + 25:02x}-{_digest('trace', route)[:24]}",
+        "X-Forwarded-For": "203.0.113.25", "X-Forwarded-Port": "443", "X-Forwarded-Proto": "https",
+    }
+    caller = "AROAEXAMPLEROLEID1234:billing-worker"
+    return {
+        "body": None, "resource": "/token/{provider}", "path": f"/token/{route}", "httpMethod": "GET",
+        "isBase64Encoded": False, "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
+        "pathParameters": {"provider": route}, "stageVariables": None,
+        "headers": headers, "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", "domainPrefix": "a1b2c3d4e5",
+            "extendedRequestId": f"Bx3kPHd5IAMEXAMPLE{index + 1}=", "httpMethod": "GET",
+            "identity": {
+                "accessKey": "ASIAEXAMPLE7QX3ZTOKN", "accountId": "123456789012", "caller": caller,
+                "cognitoAuthenticationProvider": None, "cognitoAuthenticationType": None,
+                "cognitoIdentityId": None, "cognitoIdentityPoolId": None, "principalOrgId": None,
+                "sourceIp": "203.0.113.25", "user": caller, "userAgent": agent,
+                "userArn": "arn:aws:sts::123456789012:assumed-role/billing-worker-role/billing-worker",
+            },
+            "path": f"/v1/token/{route}", "protocol": "HTTP/1.1",
+            "requestId": str(uuid.UUID(_digest("request", route)[:32])),
+            "requestTime": f"27/Nov/2026:10:15:{second} +0000", "requestTimeEpoch": 1795774500000 + 1000 * (index + 1),
+            "resourceId": "k2x9pq", "resourcePath": "/token/{provider}", "stage": "v1",
+        },
+    }
+
+
+def events() -> dict[str, dict[str, Any]]:
+    """File name -> content: a request for one allowed scope where the provider has scopes, else one
+    asking for a token that lasts at least five minutes."""
+    files: dict[str, dict[str, Any]] = {}
+    for index, provider in enumerate(PROVIDERS):
+        scopes = provider.environment.get("ALLOWED_SCOPES", "").split()
+        query = {"scope": scopes[-1]} if scopes else {"min_ttl": "300"}
+        files[f"api-{provider.route}.json"] = api_event(provider.route, index, query)
+        files[f"invoke-{provider.route}.json"] = {**({"scope": scopes[-1]} if scopes else {}),
+                                                  "min_ttl": 60, "force_refresh": False}
+    return files
+
+
+def rendered() -> dict[str, str]:
+    """Relative path -> file text of everything this module generates."""
+    files = {"env.json": json.dumps(env_json(), indent=2) + "\n"}
+    files |= {f"events/{name}": json.dumps(content, indent=2) + "\n" for name, content in events().items()}
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local.generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="fail if the committed files differ")
+    args = parser.parse_args(argv)
+    wanted = rendered()
+    present = {f"events/{path.name}" for path in EVENTS.glob("*.json")}
+    stale = sorted(name for name, text in wanted.items()
+                   if not (ROOT / name).exists() or (ROOT / name).read_text() != text)
+    extra = sorted(present - set(wanted))
+    if args.check:
+        if stale or extra:
+            print(f"out of date (run `make generate`): {', '.join(stale + extra)}", file=sys.stderr)
+            return 1
+        return 0
+    EVENTS.mkdir(exist_ok=True)
+    for name in stale:
+        (ROOT / name).write_text(wanted[name])
+    for name in extra:
+        (ROOT / name).unlink()
+    print(f"wrote {len(stale)} file(s), removed {len(extra)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
