@@ -12,7 +12,7 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.conftest import load_app
+from token_vending.catalogue import entry
 from token_vending.profile import (
     BasicEncoding,
     ClientAuth,
@@ -24,8 +24,15 @@ from token_vending.profile import (
 CREDENTIALS = {"client_id": "id:with colon", "client_secret": "s3cr3t&=+/"}
 
 
+def profile_of(folder: str) -> ClientCredentialsProfile:
+    """The catalogue entry of a provider (the expectations below are the documents' bytes, written out)."""
+    found = entry(folder.replace("_", "-"))
+    assert found is not None, folder
+    return found
+
+
 def build(folder: str, scope: str = "", audience: str = "") -> tuple[dict[str, str], bytes]:
-    return load_app(folder).PROFILE.build_request(scope=scope, audience=audience, **CREDENTIALS)
+    return profile_of(folder).build_request(scope=scope, audience=audience, **CREDENTIALS)
 
 
 def test_invoice_cloud_credentials_in_the_form_body() -> None:
@@ -68,7 +75,7 @@ def test_alternative_payments_basic_header_and_grant_type_only() -> None:
     ("invoice_cloud", 400, "invalid_grant", False),
 ])
 def test_what_counts_as_rejected_credentials(folder: str, status: int, error: str | None, expected: bool) -> None:
-    assert load_app(folder).PROFILE.is_credential_error(status, error) is expected
+    assert profile_of(folder).is_credential_error(status, error) is expected
 
 
 # --- HTTP Basic: RFC 6749 2.3.1 (form-urlencoded parts) or plain RFC 7617, per profile -------------------
@@ -124,7 +131,7 @@ def test_appendix_b_example_with_space_as_percent_20() -> None:
 @pytest.mark.parametrize(("folder", "encoding"), [
     ("pyng", BasicEncoding.RFC7617), ("alternative_payments", BasicEncoding.RFC7617)])
 def test_seed_basic_providers_keep_what_their_documents_show(folder: str, encoding: BasicEncoding) -> None:
-    profile = load_app(folder).PROFILE
+    profile = profile_of(folder)
     assert profile.auth is ClientAuth.BASIC_HEADER
     assert profile.basic_encoding is encoding
     headers, _ = build(folder)
@@ -171,10 +178,10 @@ def test_rfc6749_credentials_survive_a_standards_servers_decoding(client_id: str
 # --- what counts as rejected credentials ----------------------------------------------------------------
 
 def test_keycloak_unauthorized_client_counts_for_aria_only() -> None:
-    assert load_app("aria").PROFILE.is_credential_error(401, "unauthorized_client") is True
-    assert load_app("aria").PROFILE.is_credential_error(400, "invalid_client") is True
-    assert load_app("aria").PROFILE.is_credential_error(400, "invalid_scope") is False
-    assert load_app("invoice_cloud").PROFILE.is_credential_error(400, "unauthorized_client") is False
+    assert profile_of("aria").is_credential_error(401, "unauthorized_client") is True
+    assert profile_of("aria").is_credential_error(400, "invalid_client") is True
+    assert profile_of("aria").is_credential_error(400, "invalid_scope") is False
+    assert profile_of("invoice_cloud").is_credential_error(400, "unauthorized_client") is False
 
 
 def test_credential_error_codes_default_to_invalid_client() -> None:
