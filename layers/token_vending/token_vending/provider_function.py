@@ -86,6 +86,12 @@ class ProviderFunction:
             profile = self.profile
             if settings.client_auth:  # the <Provider>ClientAuth parameter overrides the catalogue's method
                 profile = replace(profile, auth=ClientAuth.from_method(settings.client_auth))
+            if settings.signing_key_id and profile.auth is not ClientAuth.PRIVATE_KEY_JWT:
+                # The template grants kms:Sign only with private_key_jwt: a key alone is a mistake to name.
+                from token_vending.constants import CLIENT_AUTH_ENV, SIGNING_KEY_ID_ENV
+
+                raise Misconfigured(f"setting {SIGNING_KEY_ID_ENV} needs {CLIENT_AUTH_ENV} private_key_jwt",
+                                    provider=profile.name)
             required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
             self._vendor = TokenVendor(
                 profile=profile, settings=settings,
