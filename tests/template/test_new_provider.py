@@ -1,0 +1,218 @@
+"""A seventh provider, added by following README's "Adding a provider" literally, in a copy of the repository.
+
+The steps are the README's own code blocks (a drifting guide fails here). The provider is a standards-based
+one: with ``--config``, ``make local`` sends its token requests to Authlib's authorization server
+(``tests.support.authlib_server``); without, to the emulator its catalogue entry gives it by default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import requests
+
+from tests.support.authlib_server import AuthlibTokenServer, RegisteredClient
+from tests.support.dynamodb_local import free_port
+from tests.template.cfn import CFN_LINT, ROOT, SAM, python313_dir, require_tool, run, tool_env
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ROUTE, KEY = "acme", "Acme"
+GENERATED = {"env.json", f"events/api-{ROUTE}.json", f"events/invoke-{ROUTE}.json"}
+BUDGET_LINES, BUDGET_FILES = 50, 5
+
+
+def readme_steps() -> tuple[str, str, str]:
+    """The catalogue entry, the parameters and the mapping row, as the README's guide shows them."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Adding a provider"):]
+    section = section[:section.index("\n## ", 3)]
+    # The blocks sit in a numbered list: their lines carry its three spaces of indentation.
+    blocks = [re.sub(r"^ {3}", "", block, flags=re.M)
+              for block in re.findall(r"```(?:python|yaml)\n(.*?)```", section, re.S)]
+    assert len(blocks) == 3, "the guide's three code blocks (entry, parameters, mapping row)"
+    return blocks[0], blocks[1], blocks[2]
+
+
+def _copy_repository(target: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], cwd=target, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=target, check=True)
+    subprocess.run([*git, "commit", "-qm", "before"], cwd=target, check=True)
+
+
+def _follow_the_guide(copy: Path) -> None:
+    entry, parameters, row = readme_steps()
+    catalogue = copy / "layers" / "token_vending" / "token_vending" / "catalogue.py"
+    text = catalogue.read_text()
+    end = text.index("\n)\n", text.index("CATALOGUE:"))
+    catalogue.write_text(text[:end + 1] + entry + text[end + 1:])
+
+    template = copy / "template.yaml"
+    text = template.read_text()
+    at = text.index("  # --- token cache")
+    text = text[:at] + parameters + "\n" + text[at:]
+    rows = re.search(r"^  Providers:\n(?:    .*\n)+", text, re.M)
+    assert rows is not None
+    text = text[:rows.end()] + row + text[rows.end():]
+    text, loops = re.subn(r"AlternativePayments\]", f"AlternativePayments, {KEY}]", text)
+    assert loops == 5, f"the guide names five loop lists, the template has {loops}"
+    template.write_text(text)
+    generated = subprocess.run([sys.executable, "-m", "local.generate"], cwd=copy, env=_env(copy),
+                               capture_output=True, text=True, check=False)
+    assert generated.returncode == 0, generated.stderr
+
+
+def _env(copy: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy), str(copy / "layers" / "token_vending")])}
+
+
+@pytest.fixture(scope="module")
+def copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("seventh-provider")
+    _copy_repository(target)
+    _follow_the_guide(target)
+    return target
+
+
+def test_the_change_is_one_entry_and_its_parameters(copy: Path) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
+    numstat = subprocess.run(["git", "diff", "--cached", "--numstat"], cwd=copy, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    changed = {line.split("\t")[2]: (int(line.split("\t")[0]), int(line.split("\t")[1])) for line in numstat}
+    written = {name: counts for name, counts in changed.items() if name not in GENERATED}
+    assert set(changed) - set(written) <= GENERATED
+    assert set(written) == {"layers/token_vending/token_vending/catalogue.py", "template.yaml"}, changed
+    assert written["template.yaml"][1] == 5, "only the five loop lists change; the rest is added"
+    assert written["layers/token_vending/token_vending/catalogue.py"][1] == 0
+    added = sum(added for added, _ in written.values())
+    assert added <= BUDGET_LINES, f"{added} written lines: {written}"
+    assert len(changed) <= BUDGET_FILES, f"{len(changed)} files: {sorted(changed)}"
+
+
+def test_sam_validate_and_cfn_lint_pass(copy: Path) -> None:
+    env = tool_env(python313_dir())
+    linted = run([require_tool(CFN_LINT), "template.yaml"], cwd=copy, env=env)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    validated = run([require_tool(SAM), "validate", "--lint"], cwd=copy, env=env)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
+def _expanded(copy: Path) -> dict[str, Any]:
+    script = "import json; from local.template import expanded_template; print(json.dumps(expanded_template()))"
+    result = subprocess.run([sys.executable, "-c", script], cwd=copy, env=_env(copy), capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    expanded: dict[str, Any] = json.loads(result.stdout)
+    return expanded
+
+
+def test_the_expanded_template_has_everything_the_provider_needs(copy: Path) -> None:
+    template = _expanded(copy)
+    resources = template["Resources"]
+    function = resources[f"{KEY}Function"]
+    assert function["Properties"]["CodeUri"] == "functions/provider/"
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["PROVIDER_NAME"] == ROUTE
+    assert env["TOKEN_URL"] == {"Ref": f"{KEY}TokenUrl"}
+    assert env["SECRET_ID"] == {"Fn::If": [f"Create{KEY}Secret", {"Ref": f"{KEY}Secret"}, {"Ref": f"{KEY}SecretArn"}]}
+    assert function["Properties"]["Events"]["RefreshAhead"]["Type"] == "ScheduleV2"
+    assert function["Properties"]["Role"] == {"Fn::GetAtt": [f"{KEY}FunctionRole", "Arn"]}
+    statements = resources[f"{KEY}FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in statements if isinstance(s, dict) and "Sid" in s}
+    assert by_sid["ReadOwnSecret"]["Resource"] == env["SECRET_ID"]
+    assert by_sid["OwnCachePartition"]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [ROUTE]}}
+    log_group = resources[f"{KEY}FunctionLogGroup"]["Properties"]
+    assert log_group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{KEY}Function}}"}
+    assert resources[f"{KEY}FunctionLogsPolicy"]["Properties"]["RoleName"] == {"Ref": f"{KEY}FunctionRole"}
+    secret = resources[f"{KEY}Secret"]
+    assert secret["Condition"] == f"Create{KEY}Secret"
+    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+    invoke = resources[f"{KEY}FunctionInvokePolicy"]["Properties"]
+    assert invoke["RoleName"] == {"Ref": "TokenApiFunctionRole"}
+    assert invoke["PolicyDocument"]["Statement"][0]["Resource"] == {"Fn::GetAtt": [f"{KEY}Function", "Arn"]}
+    for metric in ("Errors", "Throttles"):
+        alarm = resources[f"{KEY}Function{metric}Alarm"]["Properties"]
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": f"{KEY}Function"}}]
+    for name in ("UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm"):
+        (query,) = resources[name]["Properties"]["Metrics"]
+        assert "WHERE" not in query["Expression"].upper(), "the service's alarms cover every provider"
+    api_env = resources["TokenApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api_env[f"FUNCTION_{KEY}"] == {"Fn::Sub": f"${{{KEY}Function}}"}
+    assert {f"{KEY}FunctionArn", f"{KEY}SecretArn"} <= set(template["Outputs"])
+    assert {f"Create{KEY}Secret", f"Has{KEY}SigningKey"} <= set(template["Conditions"])
+
+
+# --- make local, with and without --config ------------------------------------------------------------------
+@contextmanager
+def _local(copy: Path, *extra: str) -> Iterator[str]:
+    api, lam, aws, base = free_port(), free_port(), free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
+         "--provider-port-base", str(base), "--refresh-ahead", "0", *extra],
+        cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{api}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"make local stopped:\n{process.communicate(timeout=10)[0]}")
+            try:
+                requests.get(f"{url}/token/unknown", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=10)
+
+
+@pytest.mark.integration
+def test_make_local_serves_it_from_its_default_emulator(copy: Path) -> None:
+    with _local(copy) as url:
+        first = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+        assert first.status_code == 200, first.text
+        assert first.headers["Cache-Control"] == "no-store"
+        again = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+        assert again.json()["access_token"] == first.json()["access_token"]
+
+
+@pytest.mark.integration
+def test_make_local_config_sends_it_to_a_standards_server(copy: Path, tmp_path: Path) -> None:
+    client = RegisteredClient("urn:acme:svc-1", "p@ss:w+rd/=&", frozenset({"billing:read"}))
+    with AuthlibTokenServer([client], expires_in=3600) as server:
+        config = tmp_path / "local.json"
+        config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_id": client.client_id,
+                                              "client_secret": client.client_secret}}))
+        with _local(copy, "--config", str(config)) as url:
+            first = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+            assert first.status_code == 200, first.text
+            again = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+            assert again.json()["access_token"] == first.json()["access_token"]
+            assert server.token_requests == 1, "the second answer came from the cache"
+            (request,) = server.received()
+            assert request.headers["Authorization"].startswith("Basic ")  # client_secret_basic, RFC 6749 2.3.1
