@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from local.lambda_service import REPO_ROOT
+from local.stack import PROVIDERS
 from tests.support.dynamodb_local import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,7 +41,7 @@ def _bindable(port: int) -> bool:
 
 def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
     api, lam, aws = free_port(), free_port(), free_port()
-    base = free_run_of_ports(5, avoid={api, lam, aws})
+    base = free_run_of_ports(len(PROVIDERS), avoid={api, lam, aws})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "token_vending")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
