@@ -1,15 +1,11 @@
-"""Loopback emulations of the five OAuth 2.0 token endpoints this service vends tokens for.
+"""Loopback emulations of the OAuth 2.0 token endpoints this service vends tokens for.
 
-Why this exists: the real providers cannot be reached (or must not be hammered: Autopay warns that
-requesting too many tokens "may lead to termination of API access") from a developer laptop or CI.
-Each emulator is a real HTTP server on 127.0.0.1 that answers the way the provider's own document
-in ``/work/shared/seeds/`` says it does, quirks included (Invoice Cloud's 400 ``invalid_client``,
-Pyng's 900 s lifetime and mandatory scope, Aria's Keycloak JWT, Autopay's JSON body with an empty
-``audience``, Alternative Payments' lowercase ``bearer`` and 403). Integration tests use the same
-servers to assert what the provider *received* (``ProviderEmulator.requests``) and to script faults
-(``ProviderEmulator.enqueue``); ``make local`` runs all five with ``python -m local.providers``.
-
-Only the standard library is used so the emulators run in any environment the tests run in.
+The real providers cannot be reached (or must not be hammered: Autopay warns that too many token requests
+"may lead to termination of API access") from a laptop or CI. Each emulator is an HTTP server on 127.0.0.1
+running one RFC 6749 token endpoint (:class:`_Endpoint`) that departs from the RFC only where the provider's
+catalogue entry says so (its ``emulator=EmulatorRules(...)``, from the provider's document); an entry without
+one gets a plain standards server. Tests assert what the provider *received* (``ProviderEmulator.requests``)
+and script faults (``enqueue``); ``python -m local.providers`` runs one emulator per catalogue entry.
 """
 
 from __future__ import annotations
@@ -19,6 +15,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import enum
 import hashlib
 import hmac
 import json
@@ -31,92 +28,62 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self, cast
-from urllib.parse import parse_qs, urlsplit
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Self, cast
+from urllib.parse import parse_qs, unquote_plus, urlsplit
+
+if str(_LAYER := Path(__file__).resolve().parents[1] / "layers" / "token_vending") not in sys.path:
+    sys.path.append(str(_LAYER))  # as the Lambda runtime's /opt/python: `python -m local.providers` runs alone
+
+from token_vending import catalogue
+from token_vending.assertion import ASSERTION_TYPE
+from token_vending.profile import ClientCredentialsProfile, EmulatorRules
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-    from types import FrameType, TracebackType
+    from types import TracebackType
 
 __all__ = [
-    "DEFAULT_PORTS",
-    "LOCAL_CREDENTIALS",
-    "OMIT",
-    "PYNG_SCOPES",
-    "ROUTES",
-    "EmulatorFleet",
-    "Fault",
-    "ProviderEmulator",
-    "RecordedRequest",
-    "decode_jwt",
-    "encode_jwt",
-    "main",
+    "ASSERTION_TYPE", "DEFAULT_PORTS", "JSON_CONTENT_TYPE", "LOCAL_CREDENTIALS", "OMIT", "PYNG_SCOPES", "ROUTES",
+    "EmulatorFleet", "Fault", "ProviderEmulator", "RecordedRequest", "decode_jwt", "encode_jwt",
+    "local_credentials", "main",
 ]
 
 _LOG = logging.getLogger(__name__)
 
-ROUTES: tuple[str, ...] = ("invoice-cloud", "pyng", "aria", "autopay", "alternative-payments")
+
+def local_credentials(route: str) -> tuple[str, str]:
+    """The ``(client_id, client_secret)`` an emulator accepts unless told otherwise: fixed (derived from the
+    route) so ``make local`` seeds the local secret store with them. They protect nothing (loopback only)."""
+    return f"local-{route}-client", f"local-{route}-secret-{hashlib.sha256(route.encode()).hexdigest()[:8]}"
+
+
+ROUTES: tuple[str, ...] = tuple(entry.name for entry in catalogue.CATALOGUE)
 """Route names, in the order the fleet assigns ports (``--port-base`` + index)."""
-
-LOCAL_CREDENTIALS: dict[str, tuple[str, str]] = {
-    "invoice-cloud": ("local-invoice-cloud-client", "local-invoice-cloud-secret-7f3a91c2"),
-    "pyng": ("local-pyng-client", "local-pyng-secret-4b8e0d51"),
-    "aria": ("local-aria-client", "local-aria-secret-c09d62fe"),
-    "autopay": ("local-autopay-client", "local-autopay-secret-5e17ab38"),
-    "alternative-payments": (
-        "local-alternative-payments-client",
-        "local-alternative-payments-secret-91d0c4e7",
-    ),
-}
-"""Fixed, well-known credentials the emulators accept unless told otherwise.
-
-They are constants (not random) so ``make local`` can seed the local secret store with the same
-values the emulators expect. They protect nothing: the emulators only ever listen on loopback.
-"""
-
-DEFAULT_PORTS: dict[str, int] = {
-    "invoice-cloud": 9001,
-    "pyng": 9002,
-    "aria": 9003,
-    "autopay": 9004,
-    "alternative-payments": 9005,
-}
-
-PYNG_SCOPES: tuple[str, ...] = (
-    "billing:customers:invite",
-    "billing:customers:read",
-    "billing:batches:submit",
-    "billing:batches:read",
-)
+LOCAL_CREDENTIALS: dict[str, tuple[str, str]] = {route: local_credentials(route) for route in ROUTES}
+DEFAULT_PORTS: dict[str, int] = {route: 9001 + index for index, route in enumerate(ROUTES)}
+PYNG_SCOPES: tuple[str, ...] = catalogue.by_name()["pyng"].emulator.scopes
 """The four scopes the Pyng (B2B Receivables) document lists; each is granted independently."""
 
 
-class _Omit:
-    """Type of :data:`OMIT`; a distinct class so mypy can tell the sentinel from real values."""
+class _Omit(enum.Enum):
+    """Type of :data:`OMIT`, so mypy can tell the sentinel from real values."""
 
-    _instance: ClassVar[_Omit | None] = None
-
-    def __new__(cls) -> Self:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cast("Self", cls._instance)
+    OMIT = "OMIT"
 
     def __repr__(self) -> str:
         return "OMIT"
 
 
-OMIT: Final = _Omit()
+OMIT: Final = _Omit.OMIT
 """Sentinel for ``expires_in=OMIT``: leave the field out of success responses entirely."""
 
 JSON_CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 _FORM_TYPE: Final = "application/x-www-form-urlencoded"
 _MAX_BODY: Final = 1024 * 1024
+_MAX_ASSERTION_SECONDS: Final = 300
 _LOOPBACK_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
-
-
-# --------------------------------------------------------------------------------------------
-# Public data types
-# --------------------------------------------------------------------------------------------
+_BODY_MEMBERS: Final = frozenset({"access_token", "token_type", "expires_in", "scope"})
 
 
 @dataclass(frozen=True)
@@ -126,21 +93,15 @@ class RecordedRequest:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
-    """Header names lower-cased; repeated headers are joined with ``", "``."""
+    headers: dict[str, str]  # names lower-cased; repeated headers joined with ", "
     body: bytes
-    form: dict[str, list[str]] | None
-    """Parsed only when the Content-Type is form-urlencoded (``None`` otherwise or if undecodable)."""
-    json: Any | None
-    """Parsed only when the Content-Type is JSON (``None`` otherwise or if unparsable)."""
-    basic_auth: tuple[str, str] | None
-    """Decoded ``Authorization: Basic`` credentials when present and well-formed."""
+    form: dict[str, list[str]] | None  # when the Content-Type is form-urlencoded and the body decodes
+    json: Any | None  # when the Content-Type is JSON and the body parses
+    basic_auth: tuple[str, str] | None  # decoded ``Authorization: Basic`` credentials, when well-formed
 
     def form_value(self, name: str) -> str | None:
         """First value of form field ``name``; a convenience for assertions."""
-        if self.form is None:
-            return None
-        values = self.form.get(name)
+        values = (self.form or {}).get(name)
         return values[0] if values else None
 
 
@@ -149,20 +110,15 @@ class Fault:
     """One scripted response that replaces normal handling for the next request."""
 
     status: int = 500
-    body: bytes | str | dict[str, Any] | None = None
-    """``dict`` is sent as JSON, ``str`` as UTF-8 text, ``bytes`` verbatim, ``None`` as an empty body."""
+    body: bytes | str | dict[str, Any] | None = None  # dict as JSON, str as UTF-8 text, bytes verbatim, None: empty
     headers: dict[str, str] = field(default_factory=dict)
-    """Sent after (and replacing, case-insensitively) the defaults; a ``Content-Length`` here is
-    sent verbatim, which lets a test simulate a truncated response."""
-    delay: float = 0.0
-    """Seconds to wait before answering (a hang, when longer than the client's read timeout)."""
-    drop: bool = False
-    """Close the connection without sending any response (after ``delay``)."""
+    """Sent after (and replacing, case-insensitively) the defaults; a ``Content-Length`` here is sent verbatim,
+    which lets a test simulate a truncated response."""
+    delay: float = 0.0  # seconds before answering (a hang, when longer than the client's read timeout)
+    drop: bool = False  # close the connection without any response (after ``delay``)
 
 
-# --------------------------------------------------------------------------------------------
-# Shared helpers: JSON, JWT, request parsing
-# --------------------------------------------------------------------------------------------
+# -- JSON, JWT and request parsing ---------------------------------------------------------------------
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -171,12 +127,10 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def _b64url(data: bytes) -> str:
-    """base64url without padding, as JWS compact serialisation requires (RFC 7515 section 2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")  # JWS: no padding (RFC 7515 2)
 
 
 def _b64url_decode(text: str) -> bytes:
-    """Inverse of :func:`_b64url`; raises ``ValueError`` on anything that is not base64url."""
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
@@ -185,28 +139,21 @@ def _b64url_decode(text: str) -> bytes:
 
 def encode_jwt(claims: Mapping[str, Any], key: bytes) -> str:
     """An HS256 JWT over ``claims``; the emulators issue real JWTs so clients can read ``exp``."""
-    header = {"alg": "HS256", "typ": "JWT"}
-    signing_input = f"{_b64url(_json_bytes(header))}.{_b64url(_json_bytes(dict(claims)))}"
-    signature = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url(signature)}"
+    signing_input = f"{_b64url(_json_bytes({'alg': 'HS256', 'typ': 'JWT'}))}.{_b64url(_json_bytes(dict(claims)))}"
+    return f"{signing_input}.{_b64url(hmac.new(key, signing_input.encode('ascii'), hashlib.sha256).digest())}"
 
 
 def decode_jwt(token: str, key: bytes | None = None) -> dict[str, Any]:
-    """Claims of a JWT issued by an emulator; verifies the HS256 signature when ``key`` is given.
-
-    Raises ``ValueError`` for anything that is not a well-formed (and, with ``key``, validly
-    signed) JWT, so tests can assert on the shape of the token as well as its claims.
-    """
+    """Claims of a JWT issued by an emulator, its HS256 signature verified when ``key`` is given; ``ValueError``
+    for anything else, so tests can assert on the shape of the token as well as its claims."""
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("a JWT has three dot-separated parts")
     try:
-        header = json.loads(_b64url_decode(parts[0]))
-        claims = json.loads(_b64url_decode(parts[1]))
+        header, claims = json.loads(_b64url_decode(parts[0])), json.loads(_b64url_decode(parts[1]))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError("JWT header or payload is not JSON") from exc
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        # ValueError (not TypeError): callers treat every malformed token the same way.
+    if not isinstance(header, dict) or not isinstance(claims, dict):  # ValueError: all malformed tokens alike
         raise ValueError("JWT header and payload must be JSON objects")
     if key is not None:
         if header.get("alg") != "HS256":
@@ -223,21 +170,15 @@ def _media_type(content_type: str | None) -> str:
 
 
 def _parse_basic(header: str | None) -> tuple[str, str] | None:
-    """Decode ``Basic base64(id:secret)``; ``None`` for anything missing or malformed.
-
-    The split is on the first colon (RFC 7617: the user-id cannot contain one). The values are not
-    form-decoded: the provider documents say plain ``base64(username:password)``.
-    """
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
+    """Decode ``Basic base64(id:secret)``, split on the first colon (RFC 7617) and not form-decoded (the
+    documents say plain ``base64(username:password)``); ``None`` for anything missing or malformed."""
+    scheme, _, encoded = (header or "").strip().partition(" ")
     if scheme.lower() != "basic" or not encoded.strip():
         return None
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, ValueError):
         return None
-    user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
 
 
@@ -246,8 +187,7 @@ def _parse_form(content_type: str | None, body: bytes) -> dict[str, list[str]] |
     if _media_type(content_type) != _FORM_TYPE:
         return None
     try:
-        text = body.decode("utf-8")
-        return parse_qs(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+        return parse_qs(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict")
     except (UnicodeDecodeError, ValueError):
         return None
 
@@ -263,14 +203,7 @@ def _parse_json(content_type: str | None, body: bytes) -> Any | None:
         return None
 
 
-def _same_secret(given: str, expected: str) -> bool:
-    """Constant-time comparison, as a real authorisation server would do."""
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
-
-
-# --------------------------------------------------------------------------------------------
-# Per-provider rules
-# --------------------------------------------------------------------------------------------
+# -- The token endpoint --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -281,28 +214,27 @@ class _Settings:
     client_secret: str
     options: Mapping[str, Any]
     jwt_key: bytes
-    assertion_key: Any = None
-    """Public key (``cryptography``) that verifies ``private_key_jwt`` assertions; ``None``: not accepted."""
-    audience: str = ""
-    """The ``aud`` an assertion must name: this endpoint's URL (RFC 7523 section 3)."""
-    seen_jti: set[str] = field(default_factory=set)
+    assertion_key: Any  # public key verifying private_key_jwt assertions; None: not accepted
+    audience: str  # the aud an assertion must name: this endpoint's URL (RFC 7523 section 3)
+    seen_jti: set[str]
 
     def lifetime(self, default: int) -> int:
-        """Seconds between ``iat`` and ``exp`` for JWTs: follows ``expires_in`` when it is numeric."""
-        explicit = self.options.get("token_lifetime")
-        if isinstance(explicit, int):
-            return explicit
-        value = self.options.get("expires_in", default)
+        """Seconds between ``iat`` and ``exp`` for JWTs: ``token_lifetime``, else a numeric ``expires_in``."""
+        value = self.options.get("token_lifetime", self.options.get("expires_in", default))
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value.strip())
-        return default
+        return int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else default
+
+    def known(self, client_id: Any, client_secret: Any) -> bool:
+        """Whether the pair is the registered one (compared in constant time, as a real server does)."""
+        return (isinstance(client_id, str) and isinstance(client_secret, str)
+                and hmac.compare_digest(client_id.encode(), self.client_id.encode())
+                and hmac.compare_digest(client_secret.encode(), self.client_secret.encode()))
 
 
-@dataclass(frozen=True)
-class _Reply:
-    """What a provider rule decided to answer; ``issued`` marks a successful token response."""
+@dataclass(eq=False)
+class _Reply(Exception):
+    """What the emulator answers; ``issued`` marks a token. Raised to answer early with an error."""
 
     status: int
     body: dict[str, Any]
@@ -310,102 +242,131 @@ class _Reply:
     issued: bool = False
 
 
-class _Reject(Exception):
-    """Raised inside a rule to short-circuit with a provider-shaped error reply."""
+class _Endpoint:
+    """An RFC 6749 client-credentials token endpoint that departs from the RFC where its rules say so."""
 
-    def __init__(self, reply: _Reply) -> None:
-        super().__init__(reply.status)
-        self.reply = reply
+    def __init__(self, rules: EmulatorRules) -> None:
+        self.rules = rules
 
-
-class _Rules:
-    """Base class of the per-provider rules: defaults plus shared validation helpers.
-
-    Subclasses implement :meth:`evaluate`, raising :class:`_Reject` for errors, and choose the
-    error body shape in :meth:`error`. Keeping each provider in its own small class means a quirk
-    of one provider cannot leak into another.
-    """
-
-    route: ClassVar[str]
-    default_path: ClassVar[str]
-    default_expires_in: ClassVar[int]
-    default_type: ClassVar[str] = "Bearer"
-    extra_options: ClassVar[Mapping[str, Any]] = {}
-
-    def handle(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        try:
-            return self.evaluate(req, settings)
-        except _Reject as rejected:
-            return rejected.reply
+    def error(self, status: int, error: str, description: str, *headers: tuple[str, str]) -> _Reply:
+        body = {"error": error, "error_description": description}
+        if self.rules.error_shape == "description_first":
+            body = {"error_description": description, "error": error}
+        elif self.rules.error_shape == "message":
+            body = {"message": description}
+        return _Reply(status, body, headers)
 
     def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        raise NotImplementedError
+        """The checks in the order :class:`EmulatorRules` states, then the token."""
+        rules = self.rules
+        header_first = rules.auth_first and rules.credentials == "basic"
+        if header_first:  # the Authorization header is checked before the body is looked at
+            self.authenticate(req, {}, settings)
+        params = self.parameters(req)
+        if rules.auth_first and not header_first:
+            self.authenticate(req, params, settings)
+        if rules.one_auth_method and "authorization" in req.headers and "client_secret" in params:
+            raise self.error(400, "invalid_request", "Multiple client authentication methods used")
+        grant_type = params.get("grant_type")
+        # An empty form value is a missing one; Auth0 takes a JSON "" for a grant type it does not support.
+        missing = grant_type is None or (grant_type == "" and rules.credentials != "json")
+        if missing and not rules.missing_grant_is_unsupported:
+            raise self.error(400, "invalid_request", rules.missing_parameter.format("grant_type"))
+        if grant_type != "client_credentials":
+            raise self.error(400, *rules.grant_error)
+        if rules.json_audience and "audience" not in params:
+            raise self.error(400, "invalid_request", rules.missing_parameter.format("audience"))
+        if rules.json_audience and params["audience"] != "":
+            raise self.error(400, "invalid_request", 'audience must be ""')
+        if not rules.auth_first:
+            self.authenticate(req, params, settings)
+        unexpected = sorted(name for name in params if name != "grant_type")
+        if rules.only_grant_type and unexpected:
+            raise self.error(400, "invalid_request", f"Unexpected parameter(s): {', '.join(unexpected)}")
+        scope = self.scope(params, settings)
+        return self.success(settings, self.token(settings, scope), scope)
 
-    # -- error shapes ------------------------------------------------------------------------
-    def error(self, status: int, error: str, description: str, *headers: tuple[str, str]) -> _Reject:
-        """RFC 6749 section 5.2 error body; providers with another shape override this."""
-        return _Reject(_Reply(status, {"error": error, "error_description": description}, headers))
-
-    # -- success -----------------------------------------------------------------------------
-    def success(self, settings: _Settings, *fields: tuple[str, Any]) -> _Reply:
-        """Success body in the provider's field order, applying the ``expires_in``/``token_type``
-        overrides (``OMIT`` drops the field)."""
-        body: dict[str, Any] = {}
-        overrides = {
-            "expires_in": settings.options.get("expires_in", self.default_expires_in),
-            "token_type": settings.options.get("token_type", self.default_type),
-        }
-        for name, value in fields:
-            chosen = overrides.get(name, value)
-            if chosen is not OMIT:
-                body[name] = chosen
-        return _Reply(200, body, issued=True)
-
-    # -- form helpers ------------------------------------------------------------------------
-    def form_fields(self, req: RecordedRequest) -> dict[str, list[str]]:
-        """The form parameters; a non-form body means the server sees no parameters at all
-        (what the real servers do), and an undecodable form body is a malformed request."""
-        if _media_type(req.headers.get("content-type")) != _FORM_TYPE:
+    def parameters(self, req: RecordedRequest) -> dict[str, Any]:
+        """The request parameters. A body that is not a form carries none (what the real servers do) unless
+        the server takes JSON; an undecodable form or a repeated parameter (RFC 6749 3.2) is malformed."""
+        media = _media_type(req.headers.get("content-type"))
+        if self.rules.credentials == "json":
+            if media != "application/json":
+                raise self.error(400, "invalid_request", "Content-Type must be application/json")
+            if not isinstance(req.json, dict):
+                raise self.error(400, "invalid_request", "Request body must be a JSON object")
+            return req.json
+        if media != _FORM_TYPE:
             return {}
         if req.form is None:
             raise self.error(400, "invalid_request", "Malformed form-urlencoded body")
         duplicated = sorted(name for name, values in req.form.items() if len(values) > 1)
         if duplicated:
-            # RFC 6749 section 3.2: request parameters MUST NOT be included more than once.
             raise self.error(400, "invalid_request", f"Duplicated parameter(s): {', '.join(duplicated)}")
-        return req.form
+        return {name: values[0] for name, values in req.form.items()}
 
-    @staticmethod
-    def param(form: Mapping[str, list[str]], name: str) -> str | None:
-        values = form.get(name)
-        return values[0] if values else None
+    def authenticate(self, req: RecordedRequest, params: Mapping[str, Any], settings: _Settings) -> None:
+        """Raise the credential error unless the client authenticated where the rules look."""
+        rules = self.rules
+        if rules.credentials == "basic" or (rules.credentials == "basic_or_form" and "authorization" in req.headers):
+            given = req.basic_auth
+            if given is not None and rules.basic_decoding == "rfc6749":  # RFC 6749 2.3.1: form-urlencoded parts
+                given = (unquote_plus(given[0]), unquote_plus(given[1]))
+            ok = given is not None and settings.known(*given)
+        elif rules.credentials != "json" and "client_assertion" in params and settings.assertion_key is not None:
+            ok = _assertion_ok(params, settings)  # private_key_jwt, as Keycloak accepts it
+        else:
+            ok = settings.known(params.get("client_id"), params.get("client_secret"))
+        if not ok:
+            challenge = rules.www_authenticate == "always" or (
+                rules.www_authenticate == "when_basic" and "authorization" in req.headers)
+            raise self.error(*rules.credential_error, *([("WWW-Authenticate", "Basic")] if challenge else []))
 
-    def body_credentials_ok(self, form: Mapping[str, list[str]], settings: _Settings) -> bool:
-        """``client_id``/``client_secret`` in the form body (Invoice Cloud, Aria), or -- where the emulator
-        was given a public key -- a ``private_key_jwt`` client assertion, as Keycloak accepts one."""
-        if self.param(form, "client_assertion") is not None and settings.assertion_key is not None:
-            return _assertion_ok(form, settings)
-        client_id = self.param(form, "client_id")
-        client_secret = self.param(form, "client_secret")
-        if client_id is None or client_secret is None:
-            return False
-        return _same_secret(client_id, settings.client_id) and _same_secret(
-            client_secret, settings.client_secret
-        )
+    def scope(self, params: Mapping[str, Any], settings: _Settings) -> str | None:
+        """The granted scope: the fixed one, else the requested scopes once checked (``None``: no scope)."""
+        if "scope" in settings.options:
+            return str(settings.options["scope"])
+        value = params.get("scope")
+        requested = [scope for scope in (value if isinstance(value, str) else "").split(" ") if scope]
+        if not requested and self.rules.scope_required:
+            raise self.error(400, "invalid_request", self.rules.missing_parameter.format("scope"))
+        granted = settings.options.get("granted_scopes")
+        if granted is not None and any(scope not in granted for scope in requested):
+            raise self.error(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed")
+        return " ".join(dict.fromkeys(requested)) or None
 
-    @staticmethod
-    def basic_credentials_ok(req: RecordedRequest, settings: _Settings) -> bool:
-        """``Authorization: Basic`` credentials (Pyng, Alternative Payments)."""
-        if req.basic_auth is None:
-            return False
-        user, password = req.basic_auth
-        return _same_secret(user, settings.client_id) and _same_secret(password, settings.client_secret)
+    def token(self, settings: _Settings, scope: str | None) -> str:
+        rules = self.rules
+        if rules.token == "hex":  # noqa: S105 - a token kind, not a secret
+            return secrets.token_hex(28)
+        if rules.token == "opaque":  # noqa: S105
+            return f"{rules.token_prefix}{secrets.token_urlsafe(32)}"
+        now = int(time.time())
+        values: dict[str, Any] = {
+            "iat": now, "exp": now + settings.lifetime(rules.expires_in), "jti": secrets.token_hex(16),
+            "client_id": settings.client_id, "scope": scope or "",
+            **{name: settings.options[name] for name, _ in rules.options},
+        }
+        return encode_jwt({name: _claim(template, values) for name, template in rules.claims}, settings.jwt_key)
+
+    def success(self, settings: _Settings, token: str, scope: str | None) -> _Reply:
+        """The success body in the provider's member order; ``OMIT`` (or no scope) leaves a member out."""
+        values: dict[str, Any] = {
+            "access_token": token, "scope": scope, **dict(self.rules.extra_fields),
+            "token_type": settings.options.get("token_type", self.rules.token_type),
+            "expires_in": settings.options.get("expires_in", self.rules.expires_in),
+        }
+        body = {name: values[name] for name in self.rules.response_fields if values[name] not in (None, OMIT)}
+        return _Reply(200, body, issued=True)
 
 
-ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+def _claim(template: str, values: Mapping[str, Any]) -> Any:
+    """A JWT claim: ``{name}`` alone is that value itself (numbers stay numbers), else the filled-in text."""
+    name = template[1:-1]
+    return values[name] if template == f"{{{name}}}" and name in values else template.format_map(values)
 
 
-def _assertion_ok(form: Mapping[str, list[str]], settings: _Settings) -> bool:
+def _assertion_ok(params: Mapping[str, Any], settings: _Settings) -> bool:
     """RFC 7523 section 3 checks, as an authorization server makes them: type, signature (ES256, RS256 or
     PS256 with the registered key), ``iss`` = ``sub`` = the client, ``aud`` = this endpoint, not expired, a
     short lifetime and a ``jti`` never seen before (replays refused)."""
@@ -414,16 +375,12 @@ def _assertion_ok(form: Mapping[str, list[str]], settings: _Settings) -> bool:
     from cryptography.hazmat.primitives.asymmetric import ec, padding
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    values = {name: (form.get(name) or [""])[0] for name in ("client_assertion_type", "client_assertion",
-                                                               "client_id")}
-    if values["client_assertion_type"] != ASSERTION_TYPE:
+    if params.get("client_assertion_type", "") != ASSERTION_TYPE:
         return False
     try:
-        header_b64, claims_b64, signature_b64 = values["client_assertion"].split(".")
-        header = json.loads(_b64url_decode(header_b64))
-        claims = json.loads(_b64url_decode(claims_b64))
-        signature = _b64url_decode(signature_b64)
-        signing_input = f"{header_b64}.{claims_b64}".encode("ascii")
+        header_b64, claims_b64, signature_b64 = params["client_assertion"].split(".")
+        header, claims = json.loads(_b64url_decode(header_b64)), json.loads(_b64url_decode(claims_b64))
+        signature, signing_input = _b64url_decode(signature_b64), f"{header_b64}.{claims_b64}".encode("ascii")
         key = settings.assertion_key
         if header.get("alg") == "ES256":
             der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
@@ -437,277 +394,43 @@ def _assertion_ok(form: Mapping[str, list[str]], settings: _Settings) -> bool:
             return False
     except (ValueError, TypeError, AttributeError, InvalidSignature):
         return False
-    now = time.time()
-    client = settings.client_id
-    if not (claims.get("iss") == claims.get("sub") == client and values["client_id"] in ("", client)):
+    client, jti = settings.client_id, claims.get("jti")
+    if not (claims.get("iss") == claims.get("sub") == client and params.get("client_id", "") in ("", client)):
         return False
-    if claims.get("aud") != settings.audience or not isinstance(claims.get("exp"), int) or claims["exp"] <= now:
+    if claims.get("aud") != settings.audience or not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
         return False
-    if claims["exp"] - int(claims.get("iat", 0)) > 300:
+    if claims["exp"] - int(claims.get("iat", 0)) > _MAX_ASSERTION_SECONDS:
         return False
-    jti = claims.get("jti")
     if not isinstance(jti, str) or jti in settings.seen_jti:
         return False
     settings.seen_jti.add(jti)
     return True
 
 
-class _InvoiceCloud(_Rules):
-    """Invoice Cloud Biller API: credentials in the form body; every error is a 400.
-
-    The documented error body lists ``error_description`` before ``error`` (the OWIN OAuth
-    server's order), so this emulator keeps that order. As in OWIN, client authentication is
-    checked before the grant type.
-    """
-
-    route = "invoice-cloud"
-    default_path = "/biller/v1/authentication/oauth2/token"
-    default_expires_in = 3600
-
-    def error(self, status: int, error: str, description: str, *headers: tuple[str, str]) -> _Reject:
-        return _Reject(_Reply(status, {"error_description": description, "error": error}, headers))
-
-    def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        form = self.form_fields(req)
-        if not self.body_credentials_ok(form, settings):
-            raise self.error(400, "invalid_client", "Invalid client authentication")
-        if self.param(form, "grant_type") != "client_credentials":
-            raise self.error(400, "unsupported_grant_type", "The grant type is not supported")
-        token = f"ic_{secrets.token_urlsafe(32)}"
-        return self.success(settings, ("access_token", token), ("token_type", None), ("expires_in", None))
-
-
-class _Pyng(_Rules):
-    """Pyng B2B Receivables: HTTP Basic client authentication, mandatory ``scope``, 900 s tokens.
-
-    Order follows an RFC 6749 server: client authentication (401 + ``WWW-Authenticate``), then
-    grant type, then scope. Credentials in the body are not a substitute for the header, and
-    sending both is rejected (RFC 6749 section 2.3: one authentication method per request).
-    """
-
-    route = "pyng"
-    default_path = "/billing/oauth2/token"
-    default_expires_in = 900
-    extra_options: ClassVar[Mapping[str, Any]] = {"granted_scopes": PYNG_SCOPES}
-
-    def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        if not self.basic_credentials_ok(req, settings):
-            raise self.error(
-                401, "invalid_client", "Client authentication failed", ("WWW-Authenticate", "Basic")
-            )
-        form = self.form_fields(req)
-        if "client_secret" in form:
-            raise self.error(400, "invalid_request", "Multiple client authentication methods used")
-        grant_type = self.param(form, "grant_type")
-        if not grant_type:
-            raise self.error(400, "invalid_request", "Missing grant_type parameter")
-        if grant_type != "client_credentials":
-            raise self.error(400, "unsupported_grant_type", "Unsupported grant type")
-        requested = [s for s in (self.param(form, "scope") or "").split(" ") if s]
-        if not requested:
-            raise self.error(400, "invalid_request", "Missing scope parameter")
-        granted = set(settings.options["granted_scopes"])
-        if any(scope not in granted for scope in requested):
-            raise self.error(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed")
-        scope = " ".join(dict.fromkeys(requested))
-        token = f"pyng_{secrets.token_urlsafe(32)}"
-        return self.success(
-            settings, ("access_token", token), ("token_type", None), ("expires_in", None), ("scope", scope)
-        )
-
-
-class _Aria(_Rules):
-    """Aria Billie Connect: a Keycloak realm token endpoint issuing JWT access tokens.
-
-    Keycloak checks the grant type before authenticating the client and answers 401
-    ``invalid_client`` for any unknown client or wrong secret. The JWT carries the claims the
-    Aria document lists (``iss`` defaults to the document's literal value) plus ``jti`` so two
-    tokens issued in the same second still differ.
-    """
-
-    route = "aria"
-    default_path = "/realms/aria/protocol/openid-connect/token"
-    default_expires_in = 3600
-    extra_options: ClassVar[Mapping[str, Any]] = {
-        "scope": "api",
-        "issuer": "authorization-server",
-        "client_no": "7000213",
-        "account_no": "12345",
-    }
-
-    def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        form = self.form_fields(req)
-        grant_type = self.param(form, "grant_type")
-        if not grant_type:
-            raise self.error(400, "invalid_request", "Missing form parameter: grant_type")
-        if grant_type != "client_credentials":
-            raise self.error(400, "unsupported_grant_type", "Unsupported grant_type")
-        if not self.body_credentials_ok(form, settings):
-            raise self.error(401, "invalid_client", "Invalid client or Invalid client credentials")
-        opts = settings.options
-        now = int(time.time())
-        claims = {
-            "exp": now + settings.lifetime(self.default_expires_in),
-            "iat": now,
-            "jti": secrets.token_hex(16),
-            "iss": opts["issuer"],
-            "aud": "billie-connect-api",
-            "sub": f"service-account-{settings.client_id}",
-            "typ": "Bearer",
-            "azp": settings.client_id,
-            "scope": opts["scope"],
-            "client_no": opts["client_no"],
-            "account_no": opts["account_no"],
-        }
-        return self.success(
-            settings,
-            ("access_token", encode_jwt(claims, settings.jwt_key)),
-            ("expires_in", None),
-            ("refresh_expires_in", 0),
-            ("token_type", None),
-            ("not-before-policy", 0),
-            ("scope", opts["scope"]),
-        )
-
-
-class _Autopay(_Rules):
-    """Autopay: an Auth0-style endpoint taking a JSON body with ``audience`` exactly ``""``.
-
-    Structural problems (not JSON, missing/odd fields, wrong ``audience``) are 400s checked before
-    the credentials; wrong or missing credentials are 401 ``access_denied``/``Unauthorized``.
-    The document gives no path, so ``/oauth/token`` (Auth0's) is used by default.
-    """
-
-    route = "autopay"
-    default_path = "/oauth/token"
-    default_expires_in = 86400
-    extra_options: ClassVar[Mapping[str, Any]] = {
-        "scope": "payments:read payments:write",
-        "issuer": "https://autopay.local/",
-    }
-
-    def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        if _media_type(req.headers.get("content-type")) != "application/json":
-            raise self.error(400, "invalid_request", "Content-Type must be application/json")
-        body = req.json
-        if not isinstance(body, dict):
-            raise self.error(400, "invalid_request", "Request body must be a JSON object")
-        grant_type = body.get("grant_type")
-        if grant_type is None:
-            raise self.error(400, "invalid_request", "Missing required parameter: grant_type")
-        if grant_type != "client_credentials":
-            raise self.error(400, "unsupported_grant_type", "Unsupported grant type")
-        if "audience" not in body:
-            raise self.error(400, "invalid_request", "Missing required parameter: audience")
-        if body["audience"] != "":
-            raise self.error(400, "invalid_request", 'audience must be ""')
-        client_id, client_secret = body.get("client_id"), body.get("client_secret")
-        if not (
-            isinstance(client_id, str)
-            and isinstance(client_secret, str)
-            and _same_secret(client_id, settings.client_id)
-            and _same_secret(client_secret, settings.client_secret)
-        ):
-            raise self.error(401, "access_denied", "Unauthorized")
-        opts = settings.options
-        now = int(time.time())
-        claims = {
-            "iss": opts["issuer"],
-            "sub": f"{settings.client_id}@clients",
-            "iat": now,
-            "exp": now + settings.lifetime(self.default_expires_in),
-            "jti": secrets.token_hex(16),
-            "scope": opts["scope"],
-            "gty": "client-credentials",
-            "azp": settings.client_id,
-        }
-        return self.success(
-            settings,
-            ("access_token", encode_jwt(claims, settings.jwt_key)),
-            ("scope", opts["scope"]),
-            ("expires_in", None),
-            ("token_type", None),
-        )
-
-
-class _AlternativePayments(_Rules):
-    """Alternative Payments: HTTP Basic, a form body with ``grant_type`` only, 403 on bad credentials.
-
-    The OpenAPI document declares the 403 body as an object of strings, so errors here are
-    ``{"message": ...}`` with no ``error`` field. Its example token is 56 lowercase hex characters
-    and ``token_type`` is the lowercase ``bearer``. Any form parameter other than ``grant_type``
-    is refused (400) so a client that leaks credentials or a scope into the body is caught.
-    """
-
-    route = "alternative-payments"
-    default_path = "/oauth/token"
-    default_expires_in = 3600
-    default_type = "bearer"
-
-    def error(self, status: int, error: str, description: str, *headers: tuple[str, str]) -> _Reject:
-        return _Reject(_Reply(status, {"message": description}, headers))
-
-    def evaluate(self, req: RecordedRequest, settings: _Settings) -> _Reply:
-        if not self.basic_credentials_ok(req, settings):
-            raise self.error(403, "invalid_client", "Invalid credentials")
-        form = self.form_fields(req)
-        if self.param(form, "grant_type") != "client_credentials":
-            raise self.error(400, "invalid_request", "grant_type must be client_credentials")
-        unexpected = sorted(name for name in form if name != "grant_type")
-        if unexpected:
-            raise self.error(400, "invalid_request", f"Unexpected parameter(s): {', '.join(unexpected)}")
-        return self.success(
-            settings, ("access_token", secrets.token_hex(28)), ("expires_in", None), ("token_type", None)
-        )
-
-
-_RULES: dict[str, type[_Rules]] = {
-    rules.route: rules for rules in (_InvoiceCloud, _Pyng, _Aria, _Autopay, _AlternativePayments)
-}
-_COMMON_OPTIONS: Final = frozenset({"expires_in", "token_type", "token_path", "token_lifetime"})
-
-
 def _normalise_option(name: str, value: Any) -> Any:
     """Validate one option early so a typo fails at construction, not as a confusing response."""
-    if name == "expires_in":
-        if (
-            value is OMIT
-            or isinstance(value, str)
-            or (isinstance(value, int) and not isinstance(value, bool))
-        ):
-            return value
+    if name == "expires_in" and not (value is OMIT or (isinstance(value, str | int) and not isinstance(value, bool))):
         raise TypeError("expires_in must be an int, a str or OMIT")
-    if name in {"token_type", "scope", "issuer", "client_no", "account_no"}:
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a str")
-        return value
-    if name == "token_path":
-        if not isinstance(value, str) or not value.startswith("/"):
-            raise ValueError("token_path must be a str starting with '/'")
-        return value
-    if name == "token_lifetime":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError("token_lifetime must be an int")
-        return value
+    if name == "token_path" and not (isinstance(value, str) and value.startswith("/")):
+        raise ValueError("token_path must be a str starting with '/'")
+    if name == "token_lifetime" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise TypeError("token_lifetime must be an int")
     if name == "granted_scopes":
         scopes = value.split() if isinstance(value, str) else list(cast("Iterable[str]", value))
         if not all(isinstance(s, str) for s in scopes):
             raise TypeError("granted_scopes must be strings")
         return tuple(scopes)
-    raise AssertionError(name)  # pragma: no cover - guarded by the caller
+    if name not in {"expires_in", "token_path", "token_lifetime"} and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str")  # token_type, scope and the rules' own options
+    return value
 
 
-# --------------------------------------------------------------------------------------------
-# HTTP plumbing
-# --------------------------------------------------------------------------------------------
+# -- HTTP plumbing -------------------------------------------------------------------------------------
 
 
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that remembers its emulator and its open connections.
-
-    Open connections are tracked so :meth:`ProviderEmulator.stop` can cut keep-alive
-    connections, making "the provider went away" deterministic for tests.
-    """
+    """Remembers its emulator and its open connections, so :meth:`ProviderEmulator.stop` can cut keep-alive
+    connections ("the provider went away", deterministically)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -738,17 +461,12 @@ class _Server(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class _BadFraming(Exception):
-    """The request body cannot be read (bad Content-Length or chunking, too large)."""
-
-    def __init__(self, status: int, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.description = description
+def _framing(status: int, description: str) -> _Reply:
+    return _Reply(status, {"error": "invalid_request", "error_description": description})
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Reads and records every request, plays a queued fault or hands it to the provider rules."""
+    """Reads and records every request, plays a queued fault or hands it to the token endpoint."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
@@ -761,41 +479,35 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: the default writes every request line (with query strings) to stderr."""
 
-    # Every method goes through one dispatcher so 405/404 and recording are uniform.
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # every method goes through one dispatcher: 405/404 and recording are uniform
         self._dispatch()
 
     do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_POST
 
-    # -- reading -----------------------------------------------------------------------------
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return self._read_chunked()
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            return b""
         try:
-            length = int(raw_length)
+            length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            raise _BadFraming(400, "Invalid Content-Length") from None
+            length = -1
         if length < 0:
-            raise _BadFraming(400, "Invalid Content-Length")
+            raise _framing(400, "Invalid Content-Length")
         if length > _MAX_BODY:
-            raise _BadFraming(413, "Request body too large")
+            raise _framing(413, "Request body too large")
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes:
         chunks: list[bytes] = []
         total = 0
         while True:
-            line = self.rfile.readline(1024)
             try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
+                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
             except ValueError:
-                raise _BadFraming(400, "Invalid chunked encoding") from None
+                raise _framing(400, "Invalid chunked encoding") from None
             total += size
             if total > _MAX_BODY:
-                raise _BadFraming(413, "Request body too large")
+                raise _framing(413, "Request body too large")
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -808,37 +520,23 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        split = urlsplit(self.path)
-        content_type = headers.get("content-type")
+        split, content_type = urlsplit(self.path), headers.get("content-type")
         return RecordedRequest(
-            method=self.command,
-            path=split.path,
-            query=split.query,
-            headers=headers,
-            body=body,
-            form=_parse_form(content_type, body),
-            json=_parse_json(content_type, body),
-            basic_auth=_parse_basic(headers.get("authorization")),
-        )
+            method=self.command, path=split.path, query=split.query, headers=headers, body=body,
+            form=_parse_form(content_type, body), json=_parse_json(content_type, body),
+            basic_auth=_parse_basic(headers.get("authorization")))
 
-    # -- dispatch ----------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        emulator = self.server.emulator
-        path = urlsplit(self.path).path
+        emulator, path = self.server.emulator, urlsplit(self.path).path
         try:
             body = self._read_body()
-        except _BadFraming as bad:
-            self._send(
-                bad.status,
-                _json_bytes({"error": "invalid_request", "error_description": bad.description}),
-                (),
-                close=True,
-                path=path,
-            )
+        except _Reply as bad:  # the body cannot be read (bad Content-Length or chunking, too large)
+            self._send(bad.status, _json_bytes(bad.body), (), close=True, path=path)
             return
         recorded = self._record(body)
-        emulator._record(recorded)
-        fault = emulator._next_fault()
+        with emulator._lock:
+            emulator.requests.append(recorded)
+            fault = emulator._faults.popleft() if emulator._faults else None
         if fault is not None:
             self._play(fault, path)
             return
@@ -848,52 +546,34 @@ class _Handler(BaseHTTPRequestHandler):
             _LOG.error("%s: handler raised %s", emulator.route, type(exc).__name__)
             reply = _Reply(500, {"error": "server_error", "error_description": "Emulator handler failed"})
         if reply.issued:
-            emulator._issue(reply.body)
+            with emulator._lock:
+                emulator.issued.append(reply.body)
         self._send(reply.status, _json_bytes(reply.body), reply.headers, close=False, path=path)
 
     def _play(self, fault: Fault, path: str) -> None:
-        emulator = self.server.emulator
         if fault.delay > 0:
-            emulator._stopping.wait(fault.delay)
+            self.server.emulator._stopping.wait(fault.delay)
         if fault.drop:
             _LOG.info("%s %s %s -> dropped", self.server.emulator.route, self.command, path)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        body = fault.body
-        if isinstance(body, dict):
-            payload, content_type = _json_bytes(body), JSON_CONTENT_TYPE
-        elif isinstance(body, str):
-            payload, content_type = body.encode("utf-8"), "text/plain;charset=UTF-8"
-        elif isinstance(body, bytes):
-            payload, content_type = body, "application/octet-stream"
-        else:
-            payload, content_type = b"", ""
-        headers: list[tuple[str, str]] = [("Content-Type", content_type)] if content_type else []
+        payload, content_type = b"", ""
+        if isinstance(fault.body, dict):
+            payload, content_type = _json_bytes(fault.body), JSON_CONTENT_TYPE
+        elif isinstance(fault.body, str):
+            payload, content_type = fault.body.encode("utf-8"), "text/plain;charset=UTF-8"
+        elif isinstance(fault.body, bytes):
+            payload, content_type = fault.body, "application/octet-stream"
         overridden = {name.lower() for name in fault.headers}
-        headers = [(k, v) for k, v in headers if k.lower() not in overridden]
+        headers = [("Content-Type", content_type)] if content_type and "content-type" not in overridden else []
         headers.extend(fault.headers.items())
-        self._send(
-            fault.status,
-            payload,
-            tuple(headers),
-            close="content-length" in overridden,
-            path=path,
-            defaults=False,
-        )
+        self._send(fault.status, payload, tuple(headers), close="content-length" in overridden, path=path,
+                   defaults=False)
 
-    # -- writing -----------------------------------------------------------------------------
-    def _send(
-        self,
-        status: int,
-        payload: bytes,
-        headers: tuple[tuple[str, str], ...],
-        *,
-        close: bool,
-        path: str,
-        defaults: bool = True,
-    ) -> None:
+    def _send(self, status: int, payload: bytes, headers: tuple[tuple[str, str], ...], *, close: bool, path: str,
+              defaults: bool = True) -> None:
         _LOG.info("%s %s %s -> %d", self.server.emulator.route, self.command, path, status)
         try:
             self.send_response(status)
@@ -912,46 +592,49 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command != "HEAD" and status >= 200 and status not in (204, 304):
                 self.wfile.write(payload)
             self.wfile.flush()
-        except OSError:
-            # The client gave up (e.g. its read timeout fired during a scripted delay).
+        except OSError:  # the client gave up (e.g. its read timeout fired during a scripted delay)
             self.close_connection = True
 
 
-# --------------------------------------------------------------------------------------------
-# Emulators
-# --------------------------------------------------------------------------------------------
+# -- Emulators -----------------------------------------------------------------------------------------
 
 
 class ProviderEmulator:
-    """One provider's token endpoint on loopback, with request recording and fault injection."""
+    """One provider's token endpoint on loopback, with request recording and fault injection.
 
-    def __init__(
-        self,
-        route: str,
-        *,
-        port: int = 0,
-        host: str = "127.0.0.1",
-        client_id: str | None = None,
-        client_secret: str | None = None,
-        **options: Any,
-    ) -> None:
-        if route not in _RULES:
-            raise ValueError(f"unknown route {route!r}; expected one of {', '.join(ROUTES)}")
-        self.route = route
-        self.host = host
-        self._rules_type = _RULES[route]
-        self._rules = self._rules_type()
-        default_id, default_secret = LOCAL_CREDENTIALS[route]
+    ``route`` names a catalogue entry or is an entry itself (a provider not in the catalogue); a route the
+    catalogue does not know may instead be given its ``rules``.
+    """
+
+    def __init__(self, route: str | ClientCredentialsProfile, *, port: int = 0, host: str = "127.0.0.1",
+                 client_id: str | None = None, client_secret: str | None = None, rules: EmulatorRules | None = None,
+                 **options: Any) -> None:
+        if isinstance(route, ClientCredentialsProfile):
+            rules = rules or route.emulator
+            route = route.name
+        elif rules is None:
+            found = catalogue.entry(route)
+            if found is None:
+                known = ", ".join(entry.name for entry in catalogue.CATALOGUE)
+                raise ValueError(f"unknown route {route!r}; expected one of {known} (or its rules)")
+            rules = found.emulator
+        valueless = set(rules.response_fields) - _BODY_MEMBERS - {name for name, _ in rules.extra_fields}
+        if valueless:
+            raise ValueError(f"{route}: response_fields without a value: {', '.join(sorted(valueless))}")
+        self.route, self.host, self.rules, self._rules = route, host, rules, _Endpoint(rules)
+        self._defaults: dict[str, Any] = {"token_path": rules.path, **dict(rules.options)}
+        if rules.scopes:
+            self._defaults["granted_scopes"] = rules.scopes
+        if rules.fixed_scope:
+            self._defaults["scope"] = rules.fixed_scope
+        self._options = dict(self._defaults)
+        default_id, default_secret = local_credentials(route)
         self._client_id = default_id if client_id is None else client_id
         self._client_secret = default_secret if client_secret is None else client_secret
-        self._options: dict[str, Any] = {"token_path": self._rules_type.default_path}
-        self._options.update(self._rules_type.extra_options)
-        self._port = port
-        self._lock = threading.Lock()
+        self._port, self._lock, self._stopping = port, threading.Lock(), threading.Event()
         self._faults: collections.deque[Fault] = collections.deque()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
         self._assertion_key: Any = None
         self._seen_jti: set[str] = set()
         self.jwt_key: bytes = secrets.token_bytes(32)
@@ -960,32 +643,22 @@ class ProviderEmulator:
         self.issued: list[dict[str, Any]] = []
         self.configure(**options)
 
-    # -- configuration -----------------------------------------------------------------------
     def configure(self, **options: Any) -> None:
-        """Change response options at run time.
+        """Change response options at run time (``None`` restores an option's default).
 
-        Common: ``expires_in`` (int, str such as ``"3600"``, ``OMIT`` to leave it out, ``None`` to
-        restore the provider's default), ``token_type``, ``token_path``, ``token_lifetime`` (JWT
-        ``exp - iat``; defaults to a numeric ``expires_in``). Pyng: ``granted_scopes``. Aria:
-        ``scope``, ``issuer``, ``client_no``, ``account_no``. Autopay: ``scope``, ``issuer``.
+        Every route: ``expires_in`` (int, str such as ``"3600"``, ``OMIT`` to leave it out), ``token_type``,
+        ``token_path``, ``token_lifetime`` (JWT ``exp - iat``; defaults to a numeric ``expires_in``). With the
+        rules' ``scopes``: ``granted_scopes`` (Pyng); with a ``fixed_scope``: ``scope``; and the rules' own
+        ``options`` (Aria: ``issuer``, ``client_no``, ``account_no``; Autopay: ``issuer``).
         """
-        allowed = _COMMON_OPTIONS | set(self._rules_type.extra_options)
-        unknown = sorted(set(options) - allowed)
+        unknown = sorted(set(options) - {"expires_in", "token_type", "token_lifetime", *self._defaults})
         if unknown:
             raise TypeError(f"{self.route}: unknown option(s) {', '.join(unknown)}")
-        updates: dict[str, Any] = {}
-        removals: list[str] = []
-        for name, value in options.items():
-            if value is None:
-                removals.append(name)
-            else:
-                updates[name] = _normalise_option(name, value)
+        updates = {name: _normalise_option(name, value) for name, value in options.items() if value is not None}
         with self._lock:
-            for name in removals:
-                if name == "token_path":
-                    self._options[name] = self._rules_type.default_path
-                elif name in self._rules_type.extra_options:
-                    self._options[name] = self._rules_type.extra_options[name]
+            for name in options.keys() - updates.keys():
+                if name in self._defaults:
+                    self._options[name] = self._defaults[name]
                 else:
                     self._options.pop(name, None)
             self._options.update(updates)
@@ -1000,8 +673,7 @@ class ProviderEmulator:
     def set_credentials(self, client_id: str, client_secret: str) -> None:
         """Simulate a credential rotation at the provider: only the new pair is accepted from now on."""
         with self._lock:
-            self._client_id = client_id
-            self._client_secret = client_secret
+            self._client_id, self._client_secret = client_id, client_secret
 
     @property
     def credentials(self) -> tuple[str, str]:
@@ -1009,10 +681,8 @@ class ProviderEmulator:
         with self._lock:
             return self._client_id, self._client_secret
 
-    # -- addresses ---------------------------------------------------------------------------
     @property
-    def port(self) -> int:
-        """The real port once started (ephemeral ports are resolved), else the requested one."""
+    def port(self) -> int:  # the real port once started (ephemeral ports resolved), else the requested one
         return self._port
 
     @property
@@ -1023,9 +693,7 @@ class ProviderEmulator:
     @property
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in _LOOPBACK_WILDCARDS else self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self._port}"
+        return f"http://[{host}]:{self._port}" if ":" in host else f"http://{host}:{self._port}"
 
     @property
     def url(self) -> str:
@@ -1036,22 +704,16 @@ class ProviderEmulator:
     def token_requests(self) -> int:
         return len(self.requests)
 
-    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Self:
-        """Serve in a daemon thread. A restarted emulator re-binds the port it had before, so
-        clients configured with :attr:`url` reach it again (a provider outage and recovery)."""
+        """Serve in a daemon thread. A restarted emulator re-binds the port it had before, so clients
+        configured with :attr:`url` reach it again (a provider outage and recovery)."""
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = _Server((self.host, self._port), self)
+        self._server = server = _Server((self.host, self._port), self)
         self._port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"emulator-{self.route}",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"emulator-{self.route}", daemon=True)
         self._thread.start()
         _LOG.debug("%s emulator listening on %s", self.route, self.url)
         return self
@@ -1072,12 +734,9 @@ class ProviderEmulator:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
 
-    # -- test controls -----------------------------------------------------------------------
     def enqueue(self, *faults: Fault) -> None:
         """Script responses for the next requests, one fault per request, first in first out."""
         with self._lock:
@@ -1090,50 +749,33 @@ class ProviderEmulator:
             self.issued.clear()
             self._faults.clear()
 
-    # -- called by the handler ---------------------------------------------------------------
-    def _record(self, request: RecordedRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
-
-    def _next_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
-
-    def _issue(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            self.issued.append(body)
-
     def _respond(self, request: RecordedRequest) -> _Reply:
         with self._lock:
             settings = _Settings(
-                client_id=self._client_id,
-                client_secret=self._client_secret,
-                options=dict(self._options),
-                jwt_key=self.jwt_key,
-                assertion_key=self._assertion_key,
-                audience=f"{self.base_url}{self._options['token_path']}",
-                seen_jti=self._seen_jti,
-            )
+                client_id=self._client_id, client_secret=self._client_secret, options=dict(self._options),
+                jwt_key=self.jwt_key, assertion_key=self._assertion_key,
+                audience=f"{self.base_url}{self._options['token_path']}", seen_jti=self._seen_jti)
         if request.path != settings.options["token_path"]:
             return _Reply(404, {"error": "not_found", "error_description": "No such endpoint"})
         if request.method != "POST":
-            return _Reply(
-                405, {"error": "method_not_allowed", "error_description": "Use POST"}, (("Allow", "POST"),)
-            )
-        return self._rules.handle(request, settings)
+            return _Reply(405, {"error": "method_not_allowed", "error_description": "Use POST"}, (("Allow", "POST"),))
+        try:
+            return self._rules.evaluate(request, settings)
+        except _Reply as refusal:
+            return refusal
 
     def __repr__(self) -> str:
-        state = "running" if self._server is not None else "stopped"
-        return f"<ProviderEmulator {self.route} {self.url} {state}>"
+        return f"<ProviderEmulator {self.route} {self.url} {'stopped' if self._server is None else 'running'}>"
 
 
 class EmulatorFleet:
-    """All five emulators together: what ``make local`` and end-to-end tests run."""
+    """An emulator per catalogue entry (or per given entry): what ``make local`` and end-to-end tests run."""
 
-    def __init__(self, ports: Mapping[str, int] | None = None, host: str = "127.0.0.1") -> None:
-        ports = ports or {}
+    def __init__(self, ports: Mapping[str, int] | None = None, host: str = "127.0.0.1",
+                 entries: Iterable[ClientCredentialsProfile] | None = None) -> None:
         self.emulators: dict[str, ProviderEmulator] = {
-            route: ProviderEmulator(route, port=ports.get(route, 0), host=host) for route in ROUTES
+            entry.name: ProviderEmulator(entry, port=(ports or {}).get(entry.name, 0), host=host)
+            for entry in (catalogue.CATALOGUE if entries is None else entries)
         }
 
     def __getitem__(self, route: str) -> ProviderEmulator:
@@ -1163,48 +805,28 @@ class EmulatorFleet:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run all five emulators until SIGINT/SIGTERM (``python -m local.providers``)."""
+    """Run an emulator per catalogue entry until SIGINT/SIGTERM (``python -m local.providers``)."""
+    routes = [entry.name for entry in catalogue.CATALOGUE]
     parser = argparse.ArgumentParser(prog="python -m local.providers", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port-base",
-        type=int,
-        default=DEFAULT_PORTS[ROUTES[0]],
-        help="first port; routes get port-base..port-base+4 in the order " + ", ".join(ROUTES),
-    )
+    parser.add_argument("--port-base", type=int, default=9001,
+                        help="first port; routes get consecutive ports in the order " + ", ".join(routes))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-
-    ports = {route: args.port_base + index for index, route in enumerate(ROUTES)}
-    fleet = EmulatorFleet(ports, host=args.host)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the server threads inherit the mask
     try:
-        fleet.start()
-        for route, emulator in fleet.emulators.items():
-            print(f"{route:<22} {emulator.url}  client_id={emulator.credentials[0]}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        with EmulatorFleet({route: args.port_base + i for i, route in enumerate(routes)}, host=args.host) as fleet:
+            for route, emulator in fleet.emulators.items():
+                print(f"{route:<22} {emulator.url}  client_id={emulator.credentials[0]}", flush=True)
+            signal.sigwait(stop_signals)
     finally:
-        fleet.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
 
 

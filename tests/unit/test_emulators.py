@@ -34,7 +34,10 @@ from local.providers import (
     ProviderEmulator,
     RecordedRequest,
     decode_jwt,
+    local_credentials,
 )
+from token_vending import catalogue
+from token_vending.profile import ClientAuth, ClientCredentialsProfile, EmulatorRules, ScopeMode
 
 JSON_TYPE = "application/json;charset=UTF-8"
 TIMEOUT = (2.0, 5.0)
@@ -534,6 +537,80 @@ def test_duplicate_form_parameters_are_rejected(start: Factory) -> None:
     assert assert_json(
         alt_payments(emu, data="grant_type=client_credentials&grant_type=client_credentials"), 400
     )
+
+
+# --- A provider with default EmulatorRules: a plain RFC 6749 server ---------------------------------
+
+
+def test_public_constants_derive_from_the_catalogue() -> None:
+    assert tuple(entry.name for entry in catalogue.CATALOGUE) == ROUTES
+    assert catalogue.by_name()["pyng"].emulator.scopes == PYNG_SCOPES
+    assert {route: local_credentials(route) for route in ROUTES} == LOCAL_CREDENTIALS
+
+
+def standard_request(profile: ClientCredentialsProfile, emu: ProviderEmulator, scope: str = "") -> requests.Response:
+    """The request the service's own client sends for this profile (its build_request), to this emulator."""
+    client_id, secret = emu.credentials
+    headers, body = profile.build_request(client_id=client_id, client_secret=secret, scope=scope, audience="")
+    return requests.post(emu.url, data=body, headers=headers, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("auth", [ClientAuth.BASIC_HEADER, ClientAuth.FORM_BODY])
+def test_a_profile_without_emulator_rules_gets_a_standards_server(start: Factory, auth: ClientAuth) -> None:
+    profile = ClientCredentialsProfile(name="acme", auth=auth, scope=ScopeMode.OPTIONAL)
+    assert profile.emulator == EmulatorRules()
+    # RFC 6749 2.3.1 form-urlencodes id and secret inside Basic: a standards server decodes them.
+    emu = start(profile, client_id="urn:acme:svc-1", client_secret="s:e/c r+t%2F é")
+    assert (emu.route, emu.token_path) == ("acme", "/oauth/token")
+    response = standard_request(profile, emu)
+    body = assert_json(response, 200)
+    assert list(body) == ["access_token", "token_type", "expires_in"]
+    assert (body["token_type"], body["expires_in"]) == ("Bearer", 3600)
+    scoped = assert_json(standard_request(profile, emu, scope="read write read"), 200)
+    assert list(scoped) == ["access_token", "token_type", "expires_in", "scope"]
+    assert scoped["scope"] == "read write"
+    assert emu.issued == [body, scoped]
+
+
+def test_standards_server_errors_are_rfc6749_5_2(start: Factory) -> None:
+    emu = start(ClientCredentialsProfile(name="acme", auth=ClientAuth.BASIC_HEADER))
+    client_id, secret = local_credentials("acme")
+    assert emu.credentials == (client_id, secret)
+    refused = {"error": "invalid_client", "error_description": "Client authentication failed"}
+    response = post_form(emu.url, {"grant_type": "client_credentials"}, auth=(client_id, "wrong"))
+    assert assert_json(response, 401) == refused
+    assert response.headers["WWW-Authenticate"] == "Basic"  # Basic was used (RFC 6749 5.2)
+    data = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": "wrong"}
+    response = post_form(emu.url, data)
+    assert assert_json(response, 401) == refused
+    assert "WWW-Authenticate" not in response.headers
+    assert assert_json(post_form(emu.url, {"grant_type": "password"}, auth=(client_id, secret)), 400) == {
+        "error": "unsupported_grant_type", "error_description": "Unsupported grant type"}
+    assert assert_json(post_form(emu.url, {"scope": "x"}, auth=(client_id, secret)), 400) == {
+        "error": "invalid_request", "error_description": "Missing grant_type parameter"}
+    data["client_secret"] = secret  # client_secret_post works as well
+    assert_json(post_form(emu.url, data), 200)
+
+
+def test_a_new_catalogue_entry_needs_no_other_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    sixth = ClientCredentialsProfile(name="acme", auth=ClientAuth.BASIC_HEADER)
+    monkeypatch.setattr(catalogue, "CATALOGUE", (*catalogue.CATALOGUE, sixth))
+    with EmulatorFleet() as fleet:
+        assert list(fleet.urls()) == [*ROUTES, "acme"]
+        assert_json(standard_request(sixth, fleet["acme"]), 200)
+        assert_json(SUCCESS["pyng"](fleet["pyng"]), 200)
+    with ProviderEmulator("acme") as emu:
+        assert_json(standard_request(sixth, emu), 200)
+
+
+def test_a_route_outside_the_catalogue_may_bring_its_rules(start: Factory) -> None:
+    emu = start("elsewhere", rules=EmulatorRules(path="/token", token_prefix="tok_", expires_in=60))
+    client_id, secret = local_credentials("elsewhere")
+    body = assert_json(post_form(emu.url, {"grant_type": "client_credentials"}, auth=(client_id, secret)), 200)
+    assert body["access_token"].startswith("tok_")
+    assert body["expires_in"] == 60
+    with pytest.raises(ValueError, match="response_fields"):
+        ProviderEmulator("elsewhere", rules=EmulatorRules(response_fields=("access_token", "id_token")))
 
 
 # --- Overrides -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import base64
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlencode
 
 from token_vending.assertion import ASSERTION_TYPE
@@ -72,47 +72,77 @@ class ScopeMode(Enum):
 
 @dataclass(frozen=True)
 class EmulatorRules:
-    """How the local emulator of this provider behaves (``make local``), from the provider's document.
+    """How this provider's local emulator answers (``local/providers.py``), from the provider's document.
 
     Stated apart from the client-side fields on purpose: the emulator checks what the document asks for,
-    not what the client was told to send, so a wrong client profile fails against it. The defaults are
-    a plain RFC 6749 server (client_secret_basic or client_secret_post, errors as section 5.2 shows).
+    not what the client was told to send, so a wrong client profile fails against it. The defaults are a
+    plain RFC 6749 server: client_secret_basic or client_secret_post, section 5.2 errors, 401
+    ``invalid_client`` with ``WWW-Authenticate`` when the client used the Authorization header, opaque
+    Bearer tokens for an hour. Checks run in this order: client authentication when ``auth_first`` (a
+    Basic-only server reads the header before the body), the body (undecodable or repeated parameters are
+    ``invalid_request``), one authentication method, ``grant_type``, ``audience``, client authentication
+    otherwise, stray parameters, scope.
     """
 
     path: str = "/oauth/token"
-    credentials: str = "basic_or_form"
-    """Where the server looks for client credentials: ``basic``, ``form``, ``json`` or ``basic_or_form``."""
+    """Default token path (run-time option ``token_path``)."""
+    credentials: Literal["basic", "form", "json", "basic_or_form"] = "basic_or_form"
+    """Where the server reads the client's credentials: the Basic header (read before the body), the form
+    body, a JSON body (the request must then be a JSON object) or either the header or the form body (the
+    header when one is sent). Form-body servers also take a ``private_key_jwt`` assertion once the
+    emulator is given a public key."""
+    basic_decoding: Literal["rfc6749", "rfc7617"] = "rfc6749"
+    """How Basic credentials are read: RFC 6749 2.3.1 (each part form-urlencoded, so decoded) or RFC 7617's
+    plain ``base64(id:secret)`` (what Pyng's and Alternative Payments' documents show)."""
     auth_first: bool = True
-    """Client authentication is checked before the grant type (Keycloak checks the grant type first)."""
+    """Client authentication is checked before the grant type (Keycloak and Auth0 check the request
+    first)."""
     credential_error: tuple[int, str, str] = (401, "invalid_client", "Client authentication failed")
-    """Status, ``error`` and description for bad credentials."""
-    www_authenticate: bool = False
-    """Send ``WWW-Authenticate: Basic`` with the credential error (RFC 6749 5.2 for Basic clients)."""
-    error_shape: str = "rfc6749"
+    """Status, ``error`` and description for missing or wrong credentials."""
+    www_authenticate: Literal["when_basic", "always", "never"] = "when_basic"
+    """When the credential error carries ``WWW-Authenticate: Basic``: when the request had an Authorization
+    header (RFC 6749 5.2), always, or never."""
+    error_shape: Literal["rfc6749", "description_first", "message"] = "rfc6749"
     """``rfc6749`` (error, error_description), ``description_first`` (same members, OWIN's order) or
     ``message`` (``{"message": ...}`` only)."""
+    missing_parameter: str = "Missing {} parameter"
+    """``invalid_request`` description for a required parameter left out (``{}``: its name)."""
+    missing_grant_is_unsupported: bool = False
+    """A missing ``grant_type`` gets ``grant_error`` rather than ``missing_parameter`` (OWIN does so)."""
+    grant_error: tuple[str, str] = ("unsupported_grant_type", "Unsupported grant type")
+    """``error`` and description (status 400) for a grant type other than ``client_credentials``."""
     scopes: tuple[str, ...] = ()
-    """Scopes the server grants; with ``scope_required`` a request without one is refused."""
+    """Scopes the server grants (run-time option ``granted_scopes``): others are ``invalid_scope``. Empty:
+    whatever is requested is granted."""
     scope_required: bool = False
+    """A request without a scope is refused (``invalid_request``)."""
     fixed_scope: str = ""
-    """The ``scope`` every token carries whatever was asked (Aria's ``api``); empty: echo the request."""
-    token: str = "opaque"
-    """``opaque`` (prefix + random), ``hex`` (56 lowercase hex digits) or ``jwt``."""
+    """The ``scope`` every token carries whatever was asked (Aria's ``api``; run-time option ``scope``);
+    empty: the requested scopes, and no ``scope`` member without any."""
+    token: Literal["opaque", "hex", "jwt"] = "opaque"
+    """``opaque`` (``token_prefix`` + 43 random base64url characters), ``hex`` (56 lowercase hex digits) or
+    ``jwt`` (HS256 over ``claims``)."""
     token_prefix: str = ""
     token_type: str = "Bearer"
     expires_in: int = 3600
-    claims: tuple[tuple[str, str], ...] = ()
-    """Extra JWT claims; ``{client_id}`` is replaced by the client's id."""
+    """Default ``expires_in`` (run-time option), and the JWT lifetime."""
+    claims: tuple[tuple[str, str], ...] = (
+        ("sub", "{client_id}"), ("iat", "{iat}"), ("exp", "{exp}"), ("jti", "{jti}"))
+    """JWT claims in order; ``{client_id}``, ``{scope}``, ``{iat}``, ``{exp}``, ``{jti}`` (a random id) and the
+    names of ``options`` are filled in, and a claim that is one placeholder alone keeps its value's type."""
+    options: tuple[tuple[str, str], ...] = ()
+    """Further run-time options and their defaults, for ``claims`` (Aria's ``issuer``, ``client_no``)."""
     response_fields: tuple[str, ...] = ("access_token", "token_type", "expires_in", "scope")
-    """Members of a success body, in the document's order (``scope`` only when there is one)."""
+    """Members of a success body, in the document's order (``scope`` only when there is one): these four
+    and the names of ``extra_fields``."""
     extra_fields: tuple[tuple[str, int], ...] = ()
-    """Constant numeric members appended to the success body (Keycloak's ``refresh_expires_in``)."""
+    """Constant numeric members of the success body (Keycloak's ``refresh_expires_in``)."""
     json_audience: bool = False
     """The JSON body must carry ``audience`` equal to ``""`` (Autopay)."""
     only_grant_type: bool = False
     """Any form parameter besides ``grant_type`` is refused (Alternative Payments)."""
     one_auth_method: bool = False
-    """Credentials both in the header and the body are refused (RFC 6749 2.3)."""
+    """A ``client_secret`` in the body alongside an Authorization header is refused (RFC 6749 2.3)."""
 
 
 @dataclass(frozen=True)
