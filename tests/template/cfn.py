@@ -1,23 +1,55 @@
 """Shared by the template tests: reading template.yaml, evaluating its intrinsics, running the tools offline.
 
+template.yaml loops over the catalogue's providers (``Fn::ForEach``, AWS::LanguageExtensions): the tests read
+it expanded as CloudFormation expands it (``local.template``), and the providers are the catalogue's entries
+(``token_vending.catalogue``), not a list of their own.
+
 Every tool runs from its own virtualenv under ``.tools/`` (or the project's ``.venv``), never Docker,
 never AWS, never any non-loopback address. A missing tool is a failure with instructions, not a skip.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import yaml
+
+from local.template import (
+    NO_VALUE,
+    CfnLoader,
+    expand,
+    expanded_template,
+    function_env,
+    parse_template,
+    provider_functions,
+    resources,
+)
+from local.template import Evaluator as TemplateEvaluator
+from local.template import load_template as load_raw_template
+from token_vending.catalogue import CATALOGUE
+
+if TYPE_CHECKING:
+    from token_vending.profile import ClientCredentialsProfile
+
+__all__ = [
+    "ACCOUNT_ID", "ALL_FUNCTIONS", "CATALOGUE", "CFN_LINT", "EXPANDED_LINT_IGNORES", "NO_VALUE", "PROVIDERS", "REGION",
+    "REQUIRED_PARAMETER_SAMPLES", "ROOT", "SAM", "TEMPLATE", "TOKEN_API", "TOOLS_PYTHON", "CfnLoader", "Evaluator",
+    "Provider", "as_list", "emitted_metric_names", "environment", "expand", "function_env", "is_metrics_insights",
+    "is_search", "java_like_fullmatch", "load_template", "metrics_insights", "parse_template", "provider_functions",
+    "python313_dir", "raw_template", "require_tool", "resources", "run", "search_expression", "tool_env",
+    "translate", "translate_document", "without_cfn_lint_ignores",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -27,23 +59,7 @@ CFN_LINT = TOOLS_BIN / "cfn-lint"
 TOOLS_PYTHON = TOOLS_BIN / "python"
 TOOLS_HINT = "run `make deps` (or: python3 -m venv .tools/sam && .tools/sam/bin/pip install -r requirements-tools.txt)"
 
-# route name -> (function logical ID, function folder, documented token lifetime: TOKEN_LIFETIME)
-PROVIDERS = {
-    "invoice-cloud": ("InvoiceCloudFunction", "invoice_cloud", 3600),
-    "pyng": ("PyngFunction", "pyng", 900),
-    "aria": ("AriaFunction", "aria", 3600),
-    "autopay": ("AutopayFunction", "autopay", 36000),
-    "alternative-payments": ("AlternativePaymentsFunction", "alternative_payments", 3600),
-}
-SECRET_PREFIX = {
-    "invoice-cloud": "InvoiceCloud",
-    "pyng": "Pyng",
-    "aria": "Aria",
-    "autopay": "Autopay",
-    "alternative-payments": "AlternativePayments",
-}
 TOKEN_API = "TokenApiFunction"
-ALL_FUNCTIONS = [TOKEN_API, *(fn for fn, _, _ in PROVIDERS.values())]
 # values for the parameters without a default (as samconfig.toml gives them)
 REQUIRED_PARAMETER_SAMPLES = {
     "PyngTokenUrl": "https://sample.pyng.com.au/billing/oauth2/token",
@@ -53,47 +69,50 @@ ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 
 
+# --- the providers: the catalogue's entries, as the template's loops name them ------------------
+@dataclass(frozen=True)
+class Provider:
+    """One catalogue entry and the names the template's ``Fn::ForEach`` loops give its resources."""
+
+    route: str
+    """The catalogue name: ``/token/{route}``, PROVIDER_NAME, the cache partition, the metrics' dimension."""
+    key: str
+    """The template's key (``InvoiceCloud``): ``<key>Function``, ``<key>SecretArn``, ``FUNCTION_<key>``, ..."""
+    entry: ClientCredentialsProfile
+
+    @property
+    def function(self) -> str:
+        return f"{self.key}Function"
+
+    @property
+    def lifetime(self) -> int:
+        return self.entry.lifetime
+
+
+PROVIDERS: dict[str, Provider] = {entry.name: Provider(entry.name, entry.key, entry) for entry in CATALOGUE}
+"""Route name -> provider, in catalogue order (the loops' order: test_template.py checks that they agree)."""
+ALL_FUNCTIONS = [TOKEN_API, *(provider.function for provider in PROVIDERS.values())]
+
+
 # --- reading the template ---------------------------------------------------------------------
-class CfnLoader(yaml.SafeLoader):
-    """A YAML loader that turns CloudFormation short tags (!Ref, !Sub, ...) into their long form."""
-
-
-def _construct_cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value: Any
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    key = suffix if suffix in {"Ref", "Condition"} else f"Fn::{suffix}"
-    return {key: value}
-
-
-CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
-
-
-def parse_template(text: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(text, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
-    return loaded
+@cache
+def _expanded() -> dict[str, Any]:
+    return expanded_template(TEMPLATE)
 
 
 @cache
+def _raw() -> dict[str, Any]:
+    return load_raw_template(TEMPLATE)
+
+
 def load_template() -> dict[str, Any]:
-    return parse_template(TEMPLATE.read_text())
+    """template.yaml as CloudFormation hands it to SAM: every ``Fn::ForEach`` expanded (shared: do not modify)."""
+    return _expanded()
 
 
-def resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == type_}
-
-
-def function_env(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
-    """A function's environment as deployed: Globals merged with its own variables."""
-    globals_env = template["Globals"]["Function"].get("Environment", {}).get("Variables", {})
-    own = template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {})
-    return {**globals_env, **own}
+def raw_template() -> dict[str, Any]:
+    """template.yaml as written, loops and all (shared: do not modify)."""
+    return _raw()
 
 
 def as_list(value: Any) -> list[Any]:
@@ -105,101 +124,39 @@ def java_like_fullmatch(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
 
 
-class _NoValue:
-    def __repr__(self) -> str:
-        return "AWS::NoValue"
+class Evaluator(TemplateEvaluator):
+    """:class:`local.template.Evaluator` with samconfig.toml's values for the parameters without a default.
 
-
-NO_VALUE = _NoValue()
-
-
-class Evaluator:
-    """Evaluates the intrinsic functions this template uses, with parameter defaults (or overrides).
-
-    Values are given as CloudFormation receives them (strings; a CommaDelimitedList as "a,b"), and a
-    CommaDelimitedList evaluates to a list, as with CloudFormation. ``!Ref AWS::NoValue`` removes the
-    list item or mapping key it stands for.
+    Values are given as CloudFormation receives them (strings; a CommaDelimitedList as "a,b"); a
+    ``!Ref`` to a resource gives ``<LogicalId>-physical-id``, a ``!GetAtt`` ``arn:aws:<LogicalId>:<Attribute>``.
     """
 
     def __init__(self, template: dict[str, Any], overrides: dict[str, str] | None = None) -> None:
-        self.template = template
-        raw = dict(REQUIRED_PARAMETER_SAMPLES)
-        raw |= {name: str(spec["Default"]) for name, spec in template["Parameters"].items() if "Default" in spec}
-        raw.update(overrides or {})
-        lists = {name for name, spec in template["Parameters"].items() if spec["Type"] == "CommaDelimitedList"}
-        self.params: dict[str, Any] = {k: v.split(",") if k in lists else v for k, v in raw.items()}
-        self.params.update({"AWS::Region": REGION, "AWS::StackName": "token-vending", "AWS::Partition": "aws"})
-        self.params.update({"AWS::URLSuffix": "amazonaws.com", "AWS::AccountId": ACCOUNT_ID})
+        known = {name: value for name, value in REQUIRED_PARAMETER_SAMPLES.items() if name in template["Parameters"]}
+        super().__init__(template, {**known, **(overrides or {})})
 
-    def condition(self, name: str) -> bool:
-        return bool(self(self.template["Conditions"][name]))
 
-    def ref(self, name: str) -> Any:
-        if name == "AWS::NoValue":
-            return NO_VALUE
-        if name in self.params:
-            return self.params[name]
-        assert name in self.template["Resources"], f"!Ref to unknown name {name}"
-        return f"{name}-physical-id"
+def environment(template: dict[str, Any], logical_id: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """A function's environment as deployed with these parameter values (``AWS::NoValue`` names left out)."""
+    evaluated = Evaluator(template, overrides)(function_env(template, logical_id))
+    return {name: str(value) for name, value in evaluated.items()}
 
-    def __call__(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [item for item in (self(v) for v in value) if item is not NO_VALUE]
-        if not isinstance(value, dict):
-            return value
-        ((key, arg),) = value.items() if len(value) == 1 else (("", None),)
-        if not (key == "Ref" or key.startswith("Fn::") or (key == "Condition" and isinstance(arg, str))):
-            return {k: item for k, item in ((k, self(v)) for k, v in value.items()) if item is not NO_VALUE}
-        if key == "Ref":
-            return self.ref(arg)
-        if key == "Condition":
-            return self.condition(arg)
-        if key == "Fn::GetAtt":
-            return f"arn:aws:{arg[0]}:{arg[1]}"
-        if key == "Fn::Equals":
-            return self(arg[0]) == self(arg[1])
-        if key == "Fn::Not":
-            return not self(arg[0])
-        if key == "Fn::And":
-            return all(self(a) for a in arg)
-        if key == "Fn::Or":
-            return any(self(a) for a in arg)
-        if key == "Fn::If":
-            return self(arg[1]) if self.condition(arg[0]) else self(arg[2])
-        if key == "Fn::Join":
-            return arg[0].join(str(v) for v in self(arg[1]))
-        if key == "Fn::Split":
-            return self(arg[1]).split(arg[0])
-        if key == "Fn::Select":
-            return self(arg[1])[int(self(arg[0]))]
-        if key == "Fn::EachMemberEquals":  # Rules only
-            return all(member == self(arg[1]) for member in self(arg[0]))
-        if key == "Fn::Contains":  # Rules only
-            return self(arg[1]) in self(arg[0])
-        if key == "Fn::FindInMap":
-            return self.template["Mappings"][arg[0]][self(arg[1])][self(arg[2])]
-        if key == "Fn::Sub":
-            text, local = (arg, {}) if isinstance(arg, str) else (arg[0], self(arg[1]))
 
-            def substitute(match: re.Match[str]) -> str:
-                name = match.group(1)
-                if name in local:
-                    return str(local[name])
-                if "." in name:
-                    return str(self({"Fn::GetAtt": name.split(".", 1)}))
-                return str(self.ref(name))
+EXPANDED_LINT_IGNORES = ["W7001"]
+"""cfn-lint checks not run on the expanded template: W7001 (mapping unused), as the expansion resolves every
+Fn::FindInMap with the loop's key, leaving the Providers and FunctionAlarms mappings unread."""
 
-            return re.sub(r"\$\{([^}!]+)\}", substitute, text)
-        return {key: self(arg)}
 
-    def rules_hold(self) -> list[str]:
-        """The AssertDescriptions of the template's Rules that these parameter values break."""
-        broken = []
-        for rule in self.template.get("Rules", {}).values():
-            if "RuleCondition" in rule and not self(rule["RuleCondition"]):
-                continue
-            broken += [a["AssertDescription"] for a in rule["Assertions"] if not self(a["Assert"])]
-        return broken
+def without_cfn_lint_ignores(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy without the template's cfn-lint Metadata (template-wide and per resource): checks that are off where
+    cfn-lint cannot follow the loops run on the expanded template."""
+    result = copy.deepcopy(document)
+    for holder in [result, *result["Resources"].values()]:
+        metadata = holder.get("Metadata", {})
+        metadata.pop("cfn-lint", None)
+        if "Metadata" in holder and not metadata:
+            del holder["Metadata"]
+    return result
 
 
 # --- running the tools ------------------------------------------------------------------------
@@ -252,6 +209,8 @@ def python313_dir() -> Path:
 
 
 # --- SAM's own reading of the template (translator, offline) ------------------------------------
+# argv: the template to translate (loops expanded: samtranslator does not expand Fn::ForEach), and the
+# folder its relative paths (DefinitionUri) are read from.
 TRANSLATE_SCRIPT = r"""
 import json, os, sys
 from samtranslator.translator.transform import transform
@@ -263,19 +222,28 @@ for res in tpl["Resources"].values():
         if isinstance(props.get(key), str):
             props[key] = "s3://bucket/" + props[key].strip("/")
     if isinstance(props.get("DefinitionUri"), str):  # what `sam deploy` uploads: inline it instead
-        with open(os.path.join(os.path.dirname(sys.argv[1]), props.pop("DefinitionUri"))) as f:
+        with open(os.path.join(sys.argv[2], props.pop("DefinitionUri"))) as f:
             props["Definition"] = json.load(f)
 print(json.dumps(transform(tpl, {}, lambda: {})))
 """
 
 
-@cache
-def translate(path: Path = TEMPLATE) -> dict[str, Any]:
-    """The CloudFormation SAM would deploy (samtranslator, with placeholder S3 code locations)."""
-    result = run([require_tool(TOOLS_PYTHON), "-c", TRANSLATE_SCRIPT, path])
+def translate_document(document: dict[str, Any], base: Path = ROOT) -> dict[str, Any]:
+    """The CloudFormation SAM makes of a template without loops (samtranslator, placeholder S3 code locations)."""
+    with tempfile.TemporaryDirectory(prefix="sam-translate-") as folder:
+        path = Path(folder) / "template.json"
+        path.write_text(json.dumps(document))
+        result = run([require_tool(TOOLS_PYTHON), "-c", TRANSLATE_SCRIPT, path, base])
     assert result.returncode == 0, f"SAM translation failed:\n{result.stderr}"
     translated: dict[str, Any] = json.loads(result.stdout)
     return translated
+
+
+@cache
+def translate() -> dict[str, Any]:
+    """The CloudFormation SAM would deploy: template.yaml after AWS::LanguageExtensions (its loops expanded,
+    as CloudFormation does first), through samtranslator (shared: do not modify)."""
+    return translate_document(load_template())
 
 
 # --- CloudWatch Metrics Insights queries (alarms and dashboard widgets) -------------------------------
@@ -315,6 +283,48 @@ def metrics_insights(expression: str) -> dict[str, Any]:
         "schema": [d.strip() for d in found["dimensions"].split(",") if d.strip()],
         "where": where,
         "group_by": [d.strip() for d in (found["group_by"] or "").split(",") if d.strip()],
+    }
+
+
+def is_search(expression: str) -> bool:
+    return expression.lstrip().upper().startswith("SEARCH(")
+
+
+_SEARCH = re.compile(
+    r"\s*SEARCH\(\s*'\{(?P<schema>[^}]*)\}(?P<terms>[^']*)'\s*,\s*'(?P<stat>[^']+)'\s*(?:,\s*(?P<period>\d+)\s*)?\)\s*",
+    re.IGNORECASE,
+)
+_TERM = re.compile(r'(?P<name>[\w.:/-]+)="(?P<value>[^"]*)"|"(?P<text>[^"]*)"|(?P<word>\S+)')
+
+
+def search_expression(expression: str) -> dict[str, Any]:
+    """The parts of a CloudWatch ``SEARCH('{Namespace,dim,...} Name="value" "text"', 'Stat', Period)``.
+
+    ``where``: the ``Name="value"`` terms but MetricName (a dimension fixed to one value); ``text``: the quoted
+    or bare words, which match any part of any dimension value. Boolean operators and parentheses are refused:
+    a form these checks cannot read must not pass unread."""
+    found = _SEARCH.fullmatch(expression)
+    assert found, f"a SEARCH expression these tests cannot read: {expression!r}"
+    namespace, *schema = [part.strip() for part in found["schema"].split(",")]
+    where: dict[str, str] = {}
+    text: list[str] = []
+    for term in _TERM.finditer(found["terms"]):
+        if term["name"]:
+            where[term["name"]] = term["value"]
+        elif term["text"] is not None:
+            text.append(term["text"])
+        else:
+            unreadable = term["word"].upper() in {"AND", "OR", "NOT"} or bool(set(term["word"]) & set("()"))
+            assert not unreadable, f"a SEARCH term these tests cannot read: {term['word']!r} in {expression!r}"
+            text.append(term["word"])
+    return {
+        "namespace": namespace.strip('"'),
+        "schema": [d.strip('"') for d in schema],
+        "metric": where.pop("MetricName", None),
+        "where": where,
+        "text": text,
+        "stat": found["stat"],
+        "period": int(found["period"]) if found["period"] else None,
     }
 
 

@@ -2,11 +2,14 @@
 
 - Alarms and the dashboard are plain strings to CloudWatch: a dimension naming an API, function, stage,
   provider or service that does not exist is accepted at deploy time and then watches nothing, for ever
-  (an alarm that can never fire). Every dimension is resolved here, on SAM's translation evaluated with
-  the parameter defaults, to a resource the stack really creates or a value the code really emits. A Metrics
-  Insights query (``SELECT MIN(Metric) FROM SCHEMA("TokenVending", provider, service)``) names dimension keys
-  rather than values: its schema must be a dimension set the namespace publishes, its WHERE values must
-  resolve like any other, and the metrics it reads in the service's namespace must be ones the code emits.
+  (an alarm that can never fire). Every dimension is resolved here, on SAM's translation (of the template
+  with its loops expanded) evaluated with the parameter defaults, to a resource the stack really creates or a
+  value the code really emits. A Metrics Insights query (``SELECT MIN(Metric) FROM SCHEMA("TokenVending",
+  provider, service)``) and a SEARCH expression (``SEARCH('{TokenVending,provider,service}
+  MetricName="UpstreamLatency"', 'p99', 300)``) name dimension keys rather than values: the schema must be a
+  dimension set the namespace publishes, fixed values must resolve like any other, the metrics they read must
+  be ones the code (or the AWS service) emits, and over the service's namespace they must read every provider
+  (no WHERE, term or text that would leave one out: a provider added to the catalogue is watched unasked).
 - The token API's worst case (its DynamoDB read and its provider invocation, from the botocore Configs in
   ``token_vending.clients``, retries and botocore's back-off included) must end inside its own timeout,
   which must stay within API Gateway's 29 s integration limit.
@@ -15,33 +18,30 @@
 from __future__ import annotations
 
 import json
-import re
-import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
 from tests.template.cfn import (
-    ROOT,
+    CATALOGUE,
     TOKEN_API,
     Evaluator,
     emitted_metric_names,
     is_metrics_insights,
+    is_search,
     load_template,
     metrics_insights,
     resources,
+    search_expression,
     translate,
 )
+from token_vending import clients
+from token_vending.provider_function import RESPONSE_RESERVE_SECONDS
+from token_vending.settings import ApiSettings
 
 if TYPE_CHECKING:
     from botocore.config import Config
-
-if str(ROOT / "layers" / "token_vending") not in sys.path:
-    sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
-
-from token_vending import clients
-from token_vending.provider_function import RESPONSE_RESERVE_SECONDS
 
 API_GATEWAY_INTEGRATION_LIMIT = 29
 """API Gateway's maximum integration timeout for a REST API (seconds)."""
@@ -52,6 +52,11 @@ DIMENSION_SETS = {
     "AWS/Lambda": [{"FunctionName"}],
     "AWS/ApiGateway": [{"ApiName"}, {"ApiName", "Stage"}],
     "TokenVending": [{"provider", "service"}],  # Powertools EMF: the service dimension plus ours
+}
+# Metrics the AWS services publish that the alarms and the dashboard may read (the service's own come from the code).
+AWS_METRICS = {
+    "AWS/Lambda": {"Errors", "Throttles", "Invocations", "Duration", "ConcurrentExecutions"},
+    "AWS/ApiGateway": {"Count", "4XXError", "5XXError", "Latency", "IntegrationLatency"},
 }
 
 
@@ -69,13 +74,9 @@ class Stack(Evaluator):
 
 
 def _profile_names() -> set[str]:
-    """The provider names the code puts in the ``provider`` dimension (each function's PROFILE name)."""
-    names = set()
-    for app in (ROOT / "functions").glob("*/app.py"):
-        found = re.search(r'PROFILE = \w+\(\s*name="([^"]+)"', app.read_text())
-        if found:
-            names.add(found.group(1))
-    return names
+    """The provider names the code puts in the ``provider`` dimension: each provider function's catalogue entry
+    name (``metrics.set_default_dimensions(provider=profile.name)``), the token API's the route requested."""
+    return {entry.name for entry in CATALOGUE}
 
 
 def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
@@ -94,14 +95,18 @@ def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
     stages = {
         ev(stage["Properties"]["StageName"]) for stage in resources(translated, "AWS::ApiGateway::Stage").values()
     }
-    routes = set(json.loads(envs[TOKEN_API]["PROVIDERS"]))
+    routes = set(ApiSettings.from_env({k: str(v) for k, v in envs[TOKEN_API].items()}).providers)
     provider_names = {env["PROVIDER_NAME"] for env in envs.values() if "PROVIDER_NAME" in env}
     assert provider_names == routes == _profile_names(), (
-        "PROVIDER_NAME of the provider functions, the token API's PROVIDERS routes and the functions' "
-        "PROFILE names must agree: they are the provider dimension's values"
+        "PROVIDER_NAME of the provider functions, the token API's routes (FUNCTION_<Key>) and the catalogue's "
+        "names must agree: they are the provider dimension's values"
     )
+    # CloudFormation names a function without FunctionName "<stack>-<LogicalId>-<suffix>": a SEARCH may find
+    # the stack's functions by that prefix
+    named = sorted(logical_id for logical_id, fn in functions.items() if "FunctionName" in fn["Properties"])
     return {
         "FunctionName": {ev({"Ref": logical_id}) for logical_id in functions},
+        "FunctionNamePrefix": set() if named else {f"{STACK_NAME}-"},
         "ApiName": api_names,
         "Stage": stages,
         "provider": provider_names,
@@ -111,18 +116,37 @@ def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
     }
 
 
-Metric = tuple[str, str, str, dict[str, "str | None"]]
-"""(label, namespace, metric name, dimensions): a dimension's value is None where a Metrics Insights query
-reads every value of it (a SCHEMA dimension its WHERE does not fix)."""
+class Metric(NamedTuple):
+    """What an alarm or a dashboard line reads."""
+
+    label: str
+    namespace: str
+    name: str
+    dimensions: dict[str, str | None]
+    """A value is None where a Metrics Insights query or a SEARCH reads every value of the dimension (one of its
+    schema's that it does not fix)."""
+    text: tuple[str, ...] = ()
+    """A SEARCH's free-text terms: they match any part of any dimension value."""
+    query: bool = False
+    """A Metrics Insights query or a SEARCH: over the service's namespace, it must read every provider."""
+
+
+def _check(where: str, read: Metric, known: dict[str, set[str]]) -> list[str]:
+    problems = _check_metric(where, read.namespace, read.dimensions, known, read.name, read.text)
+    if read.query and read.namespace in known["namespace"] and read.dimensions.get("provider") is not None:
+        problems.append(f"{where}: reads provider={read.dimensions['provider']!r} only; a query over the "
+                        "service's metrics must read every provider (those the catalogue gains too)")
+    return problems
 
 
 def _check_metric(where: str, namespace: str, dimensions: dict[str, str | None], known: dict[str, set[str]],
-                  metric: str | None = None) -> list[str]:
+                  metric: str | None = None, text: tuple[str, ...] = ()) -> list[str]:
     problems = []
     allowed = {"AWS/Lambda", "AWS/ApiGateway", *known["namespace"]}
     if namespace not in allowed:
         return [f"{where}: namespace {namespace!r} is none of {sorted(allowed)}"]
-    sets = DIMENSION_SETS["TokenVending" if namespace in known["namespace"] else namespace]
+    ours = namespace in known["namespace"]
+    sets = DIMENSION_SETS["TokenVending" if ours else namespace]
     if set(dimensions) not in sets:
         problems.append(f"{where}: dimensions {sorted(dimensions)} are not a set {namespace} publishes ({sets})")
     for name, value in dimensions.items():
@@ -130,8 +154,16 @@ def _check_metric(where: str, namespace: str, dimensions: dict[str, str | None],
             problems.append(f"{where}: unknown dimension {name}")
         elif value is not None and value not in known[name]:
             problems.append(f"{where}: {name}={value!r} names nothing this stack creates ({sorted(known[name])})")
-    if metric is not None and namespace in known["namespace"] and metric not in known["metric"]:
+    if metric is not None and ours and metric not in known["metric"]:
         problems.append(f"{where}: {namespace} metric {metric!r} is never emitted by the code")
+    if metric is not None and not ours and metric not in AWS_METRICS[namespace]:
+        problems.append(f"{where}: {namespace} publishes no metric {metric!r} ({sorted(AWS_METRICS[namespace])})")
+    for term in text:
+        # Free text matches any part of any dimension value: over the service's namespace it would leave providers
+        # out; over Lambda's only the prefix every function of this stack carries (and only its) is allowed.
+        if namespace == "AWS/Lambda" and dimensions == {"FunctionName": None} and term in known["FunctionNamePrefix"]:
+            continue
+        problems.append(f"{where}: search text {term!r} may leave out what it should watch, or add what it should not")
     return problems
 
 
@@ -142,24 +174,47 @@ def _insights_metric(label: str, expression: str) -> Metric:
     for name in [*query["where"], *query["group_by"]]:
         assert name in schema, f"{label}: {name} is not a dimension of SCHEMA{tuple(schema)} in {expression!r}"
     dimensions: dict[str, str | None] = {name: query["where"].get(name) for name in schema}
-    return (label, query["namespace"], query["metric"], dimensions)
+    return Metric(label, query["namespace"], query["metric"], dimensions, query=True)
+
+
+def _search_metric(label: str, expression: str) -> Metric:
+    """A SEARCH expression as the one metric (per dimension values) it finds."""
+    search = search_expression(expression)
+    schema = search["schema"]
+    for name in search["where"]:
+        assert name in schema, f"{label}: {name} is not a dimension of {{{search['namespace']},...}} in {expression!r}"
+    assert search["metric"], f"{label}: a SEARCH without MetricName reads whatever the namespace holds: {expression!r}"
+    dimensions: dict[str, str | None] = {name: search["where"].get(name) for name in schema}
+    return Metric(label, search["namespace"], search["metric"], dimensions, tuple(search["text"]), query=True)
+
+
+def _expression_metric(label: str, expression: str) -> Metric | None:
+    """A query's expression read as the metric it reads; None for math over other queries' ids."""
+    if is_metrics_insights(expression):
+        return _insights_metric(label, expression)
+    if is_search(expression):
+        return _search_metric(label, expression)
+    unreadable = "SEARCH(" in expression.upper() or "SELECT " in expression.upper()
+    assert not unreadable, f"{label}: a SEARCH or query inside an expression these tests cannot read: {expression!r}"
+    return None
 
 
 def _alarm_metrics(props: dict[str, Any]) -> list[Metric]:
-    """Every metric an alarm reads: a single metric, a Metrics list, or a Metrics Insights query."""
+    """Every metric an alarm reads: a single metric, a Metrics list, a Metrics Insights query or a SEARCH."""
     found: list[Metric] = []
     if "MetricName" in props:
         dimensions: dict[str, str | None] = {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}
-        found.append(("metric", props["Namespace"], props["MetricName"], dimensions))
+        found.append(Metric("metric", props["Namespace"], props["MetricName"], dimensions))
     for query in props.get("Metrics", []):
         if "MetricStat" in query:
             metric = query["MetricStat"]["Metric"]
             dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
-            found.append((query["Id"], metric["Namespace"], metric["MetricName"], dimensions))
+            found.append(Metric(query["Id"], metric["Namespace"], metric["MetricName"], dimensions))
         else:
             assert "Expression" in query, f"a metric query with neither MetricStat nor Expression: {query}"
-            if is_metrics_insights(query["Expression"]):
-                found.append(_insights_metric(query["Id"], query["Expression"]))
+            read = _expression_metric(query["Id"], query["Expression"])
+            if read is not None:
+                found.append(read)
     return found
 
 
@@ -172,17 +227,23 @@ def test_every_alarm_watches_something_the_stack_creates(translated: dict[str, A
     for name, alarm in alarms.items():
         metrics = _alarm_metrics(ev(alarm["Properties"]))
         assert metrics, f"{name} reads no metric"
-        for label, namespace, metric, dimensions in metrics:
-            problems += _check_metric(f"{name} ({label})", namespace, dimensions, known, metric)
+        for read in metrics:
+            problems += _check(f"{name} ({read.label})", read, known)
     assert not problems, "\n".join(problems)
+    # every function this stack creates has its own Errors and Throttles alarms (Lambda's only dimension is the
+    # function's name: one alarm each, from the template's loop)
+    watched = {(read.name, read.dimensions.get("FunctionName")) for alarm in alarms.values()
+               for read in _alarm_metrics(ev(alarm["Properties"])) if read.namespace == "AWS/Lambda"}
+    for function in known["FunctionName"]:
+        assert {("Errors", function), ("Throttles", function)} <= watched, f"{function} has no Errors/Throttles alarm"
 
 
 def _dashboard_metrics(body: dict[str, Any]) -> list[Metric]:
-    """(widget title, namespace, metric name, dimensions) of every metric line of a dashboard body.
+    """(widget title, namespace, metric name, dimensions, search text) of every metric line of a dashboard body.
 
     A line is [namespace, metric name, dimension name, value, ..., {options}]; "." repeats the value at
     the same position of the line before (CloudWatch's shorthand). An expression line has options only; a
-    Metrics Insights expression there is read like an alarm's.
+    Metrics Insights query or a SEARCH there is read like an alarm's.
     """
     found: list[Metric] = []
     for widget in body["widgets"]:
@@ -196,12 +257,13 @@ def _dashboard_metrics(body: dict[str, Any]) -> list[Metric]:
             previous = values
             if not values:  # an expression line: options only
                 options = next((item for item in line if isinstance(item, dict)), {})
-                if is_metrics_insights(options.get("expression", "")):
-                    found.append(_insights_metric(title, options["expression"]))
+                read = _expression_metric(title, options.get("expression", ""))
+                if read is not None:
+                    found.append(read)
                 continue
             namespace, metric, *pairs = values
             assert len(pairs) % 2 == 0, f"{title}: odd dimension list {pairs}"
-            found.append((title, namespace, metric, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+            found.append(Metric(title, namespace, metric, dict(zip(pairs[::2], pairs[1::2], strict=True))))
     return found
 
 
@@ -213,16 +275,22 @@ def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[
     metrics = _dashboard_metrics(body)
     assert metrics, "the dashboard shows no metric"
     problems = []
-    for title, namespace, metric, dimensions in metrics:
-        problems += _check_metric(f"dashboard widget {title!r}", namespace, dimensions, known, metric)
+    for read in metrics:
+        problems += _check(f"dashboard widget {read.label!r}", read, known)
     assert not problems, "\n".join(problems)
-    # every provider and every function appears on it
-    assert {d["provider"] for _, _, _, d in metrics if d.get("provider")} == known["provider"]
-    assert {d["FunctionName"] for _, _, _, d in metrics if "FunctionName" in d} == known["FunctionName"]
+    # every provider appears on it: the service's metrics are read over every provider (GROUP BY provider or
+    # a SEARCH, none fixes one), so a provider added to the catalogue appears unasked
+    ours = [read for read in metrics if read.namespace in known["namespace"]]
+    assert ours, "the dashboard shows none of the service's metrics"
+    assert all(read.query and read.dimensions["provider"] is None for read in ours), "a widget shows some providers"
+    # and every function: Lambda's metrics found by the prefix every function of this stack carries
+    by_function = {read.name for read in metrics if read.namespace == "AWS/Lambda"
+                   and read.dimensions == {"FunctionName": None} and set(read.text) == known["FunctionNamePrefix"]}
+    assert {"Errors", "Throttles"} <= by_function, "the dashboard does not show every function's errors and throttles"
     # and every metric an alarm watches
     ev_alarms = resources(translated, "AWS::CloudWatch::Alarm").values()
-    alarmed = {metric for alarm in ev_alarms for _, _, metric, _ in _alarm_metrics(ev(alarm["Properties"]))}
-    shown = {metric for _, _, metric, _ in metrics}
+    alarmed = {read.name for alarm in ev_alarms for read in _alarm_metrics(ev(alarm["Properties"]))}
+    shown = {read.name for read in metrics}
     assert alarmed <= shown, f"alarmed but not on the dashboard: {sorted(alarmed - shown)}"
 
 
@@ -235,30 +303,61 @@ def test_the_checks_catch_a_misnamed_api() -> None:
     assert problems
     assert "names nothing" in problems[0]
     assert _check_metric("x", "AWS/Lambda", {"FunctionName": "TokenApiFunctionRole-physical-id"}, known)
+    assert not _check_metric("x", "AWS/Lambda", {"FunctionName": "PyngFunction-physical-id"}, known, "Errors")
     assert _check_metric("x", "TokenVending", {"provider": "paypal", "service": "token-vending"}, known)
     assert not _check_metric("x", "TokenVending", {"provider": "pyng", "service": "token-vending"}, known)
 
 
 def test_the_checks_read_metrics_insights_queries() -> None:
     """Metrics Insights: the SCHEMA must be a dimension set the namespace publishes, WHERE values must name
-    something, and the metric must be one the code emits; a form the checks cannot read fails."""
+    something, the metric must be one the code emits, and no provider may be left out; a form the checks
+    cannot read fails."""
     known = _what_the_stack_creates(translate())
 
     def problems(expression: str) -> list[str]:
-        _, namespace, metric, dimensions = _insights_metric("q", expression)
-        return _check_metric("q", namespace, dimensions, known, metric)
+        return _check("q", _insights_metric("q", expression), known)
 
     good = 'SELECT MIN(ClientCertificateDaysLeft) FROM SCHEMA("TokenVending", provider, service)'
     assert not problems(good)
-    assert not problems(good + " WHERE provider = 'pyng' GROUP BY provider")
+    assert not problems(good + " GROUP BY provider")
+    assert not problems(good + " WHERE service = 'token-vending' GROUP BY provider")
+    assert problems(good + " WHERE provider = 'pyng' GROUP BY provider")  # the other providers left out
     assert problems(good.replace(", service", ""))  # EMF never publishes provider alone
     assert problems(good + " WHERE provider = 'paypal'")
+    assert problems(good + " WHERE service = 'other-service'")
     assert problems(good.replace("ClientCertificateDaysLeft", "ClientCertificateDaysRemaining"))
     assert problems(good.replace('"TokenVending"', '"Token-Vending"'))
     with pytest.raises(AssertionError, match="not a dimension"):
         problems(good + " GROUP BY FunctionName")
     with pytest.raises(AssertionError, match="cannot read"):
         problems(good + " ORDER BY MIN() ASC LIMIT 1")
+
+
+def test_the_checks_read_search_expressions() -> None:
+    """SEARCH: the schema must be a dimension set the namespace publishes, the metric one the code (or the AWS
+    service) emits; over the service's namespace nothing may leave a provider out, over Lambda's only this stack's
+    function-name prefix may narrow it; a form the checks cannot read fails."""
+    known = _what_the_stack_creates(translate())
+
+    def problems(expression: str) -> list[str]:
+        return _check("s", _search_metric("s", expression), known)
+
+    latency = "SEARCH('{TokenVending,provider,service} MetricName=\"UpstreamLatency\"', 'p99', 300)"
+    assert not problems(latency)
+    assert problems(latency.replace("UpstreamLatency", "UpstreamLatencyMs"))  # never emitted
+    assert problems(latency.replace("{TokenVending,provider,service}", "{TokenVending,provider}"))
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" provider="pyng"'))  # one provider
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" "pyng"'))  # text: some providers
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" provider="paypal"'))
+    errors = f"SEARCH('{{AWS/Lambda,FunctionName}} MetricName=\"Errors\" \"{STACK_NAME}-\"', 'Sum', 300)"
+    assert not problems(errors)
+    assert problems(errors.replace(f"{STACK_NAME}-", "token-vending-"))  # another stack's functions
+    assert problems(errors.replace("Errors", "Error"))  # Lambda publishes no such metric
+    assert problems(errors.replace('MetricName="Errors"', 'MetricName="Errors" FunctionName="elsewhere"'))
+    with pytest.raises(AssertionError, match="without MetricName"):
+        problems("SEARCH('{TokenVending,provider,service}', 'Sum', 300)")
+    with pytest.raises(AssertionError, match="cannot read"):
+        problems("SEARCH('{TokenVending,provider,service} MetricName=\"A\" OR MetricName=\"B\"', 'Sum', 300)")
 
 
 # --- the token API's time budget ------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Offline checks of the deployment description: template.yaml, samconfig.toml, events/ and env.json.
 
+template.yaml loops over the catalogue's providers (``Fn::ForEach``): most checks read it expanded, as
+CloudFormation deploys it (``load_template``); the loops themselves are checked against the catalogue.
+
 Runs the SAM CLI and cfn-lint from their own virtualenv (``.tools/sam``), never Docker, never AWS.
 A missing tool is a failure with instructions, not a skip.
 """
@@ -7,58 +10,63 @@ A missing tool is a failure with instructions, not a skip.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 import tomllib
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from tests.template.cfn import (
     ALL_FUNCTIONS,
+    CATALOGUE,
     CFN_LINT,
+    EXPANDED_LINT_IGNORES,
+    NO_VALUE,
     PROVIDERS,
     ROOT,
     SAM,
-    SECRET_PREFIX,
     TEMPLATE,
     TOKEN_API,
     TOOLS_PYTHON,
-    CfnLoader,
     Evaluator,
     emitted_metric_names,
+    environment,
+    expand,
     function_env,
     is_metrics_insights,
     java_like_fullmatch,
     load_template,
     metrics_insights,
+    parse_template,
+    provider_functions,
     python313_dir,
+    raw_template,
     require_tool,
     resources,
     run,
     tool_env,
     translate,
+    without_cfn_lint_ignores,
 )
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from token_vending import constants
+from token_vending.profile import AUTH_METHODS, ScopeMode
+from token_vending.settings import ApiSettings, ProviderSettings
+from token_vending.vendor import CERTIFICATE_WARNING_DAYS
 
 SAMCONFIG = ROOT / "samconfig.toml"
 ENV_JSON = ROOT / "env.json"
 EVENTS = ROOT / "events"
 
-if str(ROOT / "layers" / "token_vending") not in sys.path:
-    sys.path.insert(0, str(ROOT / "layers" / "token_vending"))
-
-from token_vending import constants  # noqa: E402
-from token_vending.profile import AUTH_METHODS  # noqa: E402
-from token_vending.vendor import CERTIFICATE_WARNING_DAYS  # noqa: E402
-
 PROVIDER_TIMEOUT = 25
 TOKEN_API_TIMEOUT = 28
 API_GATEWAY_INTEGRATION_LIMIT = 29
+TEMPLATE_LINE_BUDGET = 1100
+"""template.yaml was 2,504 lines with a copy of every resource per provider; the loops keep it under this."""
 
 # The 12 Aria (Billie Connect) token endpoints: the provider document's table, verbatim.
 ARIA_DOCUMENT_TABLE = """
@@ -79,15 +87,13 @@ ARIA_ENDPOINTS = {
     (region, stage): url for url, region, stage in map(str.split, ARIA_DOCUMENT_TABLE.strip().splitlines())
 }
 PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
-LOCAL_PORTS = {
-    "invoice-cloud": (9001, "/biller/v1/authentication/oauth2/token"),
-    "pyng": (9002, "/billing/oauth2/token"),
-    "aria": (9003, "/realms/aria/protocol/openid-connect/token"),
-    "autopay": (9004, "/oauth/token"),
-    "alternative-payments": (9005, "/oauth/token"),
-}
+EMULATOR_PORT_BASE = 9001
+"""``make local`` serves the providers' emulators on 9001, 9002, ... in catalogue (template) order."""
 LOCAL_AWS = "http://host.docker.internal:4566"
 ENV_CONSTANTS = {value for name, value in vars(constants).items() if name.endswith("_ENV")}
+# Per-provider names of the token API (FUNCTION_{key}, SCOPES_{key}, DEFAULT_SCOPES_{key}): patterns.
+ENV_PATTERNS = {value for value in ENV_CONSTANTS if "{key}" in value}
+ENV_NAMES = ENV_CONSTANTS - ENV_PATTERNS
 # Names the template may set besides token_vending's own: Powertools settings, and the botocore
 # endpoint overrides declared (empty) so that `sam local ... --env-vars env.json` can set them.
 EXTERNAL_ENV = re.compile(r"^(POWERTOOLS_[A-Z_]+|AWS_ENDPOINT_URL_(DYNAMODB|SECRETS_MANAGER|LAMBDA))$")
@@ -95,8 +101,22 @@ EXTERNAL_ENV = re.compile(r"^(POWERTOOLS_[A-Z_]+|AWS_ENDPOINT_URL_(DYNAMODB|SECR
 NOT_SET_BY_THE_TEMPLATE = {
     constants.ASSERTION_AUDIENCE_ENV,  # empty: the token URL, as RFC 7523 3 asks
     constants.CA_BUNDLE_ENV,  # empty: the default CA bundle (a private CA's bundle is for tests and local runs)
+    constants.TOKEN_LIFETIME_ENV,  # the catalogue entry's documented lifetime (tests override it)
 }
+# Declared in every function's environment so that env.json can set them under sam local (SAM CLI ignores
+# names the template does not declare), and deployed empty: TOKEN_URL (Globals: Aria's comes from REGION
+# and STAGE) and the token API's PROVIDERS (the provider table, as SAM CLI does not expand its loop).
+DECLARED_FOR_SAM_LOCAL = {constants.TOKEN_URL_ENV, constants.PROVIDERS_ENV}
 SIGNING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# The Providers mapping's columns: the function setting each feeds (a missing column: not set).
+MAPPING_COLUMNS = {
+    "TokenUrl": constants.TOKEN_URL_ENV,
+    "Scopes": constants.ALLOWED_SCOPES_ENV,
+    "DefaultScopes": constants.DEFAULT_SCOPES_ENV,
+    "Audience": constants.AUDIENCE_ENV,
+    "Region": constants.REGION_ENV,
+    "Stage": constants.STAGE_ENV,
+}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +126,9 @@ def template() -> dict[str, Any]:
 
 # --- the tools' own verdicts ------------------------------------------------------------------
 def test_sam_validate_lint() -> None:
-    result = run([require_tool(SAM), "validate", "--lint", "--template-file", TEMPLATE])
+    """As a developer runs it, from the repository root: samconfig.toml's [default.validate] (lint, and
+    language_extensions, which makes SAM CLI expand the loops first) applies."""
+    result = run([require_tool(SAM), "validate", "--lint", "--template-file", TEMPLATE], cwd=ROOT)
     assert result.returncode == 0, f"sam validate --lint failed:\n{result.stdout}\n{result.stderr}"
     assert "is a valid SAM Template" in result.stdout + result.stderr
 
@@ -116,13 +138,26 @@ def test_cfn_lint() -> None:
     assert result.returncode == 0, f"cfn-lint reported problems:\n{result.stdout}\n{result.stderr}"
 
 
+def test_cfn_lint_on_the_expanded_template_ignores_nothing(tmp_path: Path) -> None:
+    """template.yaml switches checks off where cfn-lint cannot follow its loops (its Metadata says which and
+    why): on the template as CloudFormation expands it, every check runs (but EXPANDED_LINT_IGNORES)."""
+    ignored = raw_template()["Metadata"]["cfn-lint"]["config"]["ignore_checks"]
+    assert set(ignored) <= {"W8001", "E6101"}, "a new template-wide ignore: explain it there, check it here"
+    expanded = without_cfn_lint_ignores(load_template())
+    path = tmp_path / "expanded.json"
+    path.write_text(json.dumps(expanded, indent=1))
+    result = run([require_tool(CFN_LINT), "--ignore-checks", *EXPANDED_LINT_IGNORES, "--", path])
+    assert result.returncode == 0, f"cfn-lint on the expanded template:\n{result.stdout}\n{result.stderr}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sam_build(tmp_path: Path) -> None:
-    """sam build (python3.13 arm64, no container) with samconfig.toml's build settings."""
+    """sam build (python3.13 arm64, no container) with samconfig.toml's build settings (language_extensions
+    among them: SAM CLI expands the loops to build every function, and keeps them in the built template)."""
     sam = require_tool(SAM)
     build_dir, cache_dir = tmp_path / "build", tmp_path / "cache"
-    started = time.monotonic()
+    started, wall_clock = time.monotonic(), time.time()
     # cwd is the temp dir: a cached build writes its .aws-sam/deps there, not into the repo.
     result = run(
         [
@@ -148,25 +183,34 @@ def test_sam_build(tmp_path: Path) -> None:
     layer = build_dir / "TokenVendingLayer" / "python"
     assert (layer / "token_vending" / "__init__.py").is_file(), "layer lacks the token_vending package"
     assert (layer / "token_vending" / "constants.py").is_file()
+    assert (layer / "token_vending" / "catalogue.py").is_file(), "layer lacks the provider catalogue"
     assert (layer / "aws_lambda_powertools").is_dir(), "layer lacks aws_lambda_powertools"
     assert (layer / "urllib3").is_dir(), "layer lacks urllib3 (the upstream client; it comes with botocore)"
-    for logical_id in ALL_FUNCTIONS:
-        assert (build_dir / logical_id / "app.py").is_file(), f"{logical_id} built without app.py"
-    built = yaml.load((build_dir / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506
-    for logical_id in ALL_FUNCTIONS:
-        assert built["Resources"][logical_id]["Properties"]["CodeUri"] == logical_id
-    assert not (ROOT / ".aws-sam").exists() or (ROOT / ".aws-sam").stat().st_mtime < started, (
-        "sam build wrote into the repository's .aws-sam"
-    )
+    # The built template keeps the loops (CloudFormation expands them at deploy time), with one built
+    # CodeUri for the provider functions' loop: every copy deploys the one provider function's code.
+    built = expand(parse_template((build_dir / "template.yaml").read_text()))
+    sources = {TOKEN_API: ROOT / "functions" / "token_api" / "app.py"}
+    sources |= {provider.function: ROOT / "functions" / "provider" / "app.py" for provider in PROVIDERS.values()}
+    assert set(resources(built, "AWS::Serverless::Function")) == set(ALL_FUNCTIONS)
+    for logical_id, source in sources.items():
+        code_uri = built["Resources"][logical_id]["Properties"]["CodeUri"]
+        app = build_dir / code_uri / "app.py"
+        assert app.is_file(), f"{logical_id} deploys {code_uri}, built without app.py"
+        assert app.read_text() == source.read_text(), f"{logical_id} would deploy other code than {source}"
+    # (a developer's own `sam build` may have made it earlier: only what changed during this build counts)
+    written = [folder for folder, _, _ in os.walk(ROOT / ".aws-sam") if Path(folder).stat().st_mtime >= wall_clock]
+    assert not written, f"sam build wrote into the repository's .aws-sam: {written[:3]}"
 
 
 # --- SAM's own reading of the template (translator and local provider, offline) ----------------
+# `sam local invoke` with SAM_CLI_ENABLE_LANGUAGE_EXTENSIONS=1 (or --language-extensions): SAM CLI expands the
+# template's loops of resources; the one inside the token API's environment it leaves as it is.
 _SAM_LOCAL_ENV = r"""
 import json, sys
 from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 from samcli.lib.providers.sam_function_provider import SamFunctionProvider
 from samcli.local.lambdafn.env_vars import EnvironmentVariables
-stacks, _ = SamLocalStackProvider.get_stacks(sys.argv[1])
+stacks, _ = SamLocalStackProvider.get_stacks(sys.argv[1], language_extensions_enabled=True)
 env_file = json.load(open(sys.argv[2]))
 out = {}
 for fn in SamFunctionProvider(stacks).get_all():
@@ -176,7 +220,7 @@ for fn in SamFunctionProvider(stacks).get_all():
     resolved = EnvironmentVariables(fn.name, fn.memory, fn.timeout, fn.handler, fn.logging_config,
                                     variables=variables, shell_env_values={}, override_values=overrides,
                                     aws_creds={}).resolve()
-    out[fn.name] = {"env": resolved, "timeout": fn.timeout, "runtime": fn.runtime,
+    out[fn.name] = {"env": resolved, "timeout": fn.timeout, "runtime": fn.runtime, "codeuri": fn.codeuri,
                     "architectures": fn.architectures, "layers": [layer.name for layer in fn.layers]}
 print(json.dumps(out))
 """
@@ -234,7 +278,7 @@ def test_translated_roles_are_the_templates_own(translated: dict[str, Any]) -> N
     roles = resources(translated, "AWS::IAM::Role")
     generated = {name for name in roles if name not in load_template()["Resources"]}
     # SAM generates only the schedules' roles (scheduler.amazonaws.com may invoke that one function)
-    assert generated == {f"{fn}RefreshAheadRole" for fn, _, _ in PROVIDERS.values()}
+    assert generated == {f"{provider.function}RefreshAheadRole" for provider in PROVIDERS.values()}
     for name in generated:
         fn = name.removesuffix("RefreshAheadRole")
         role = roles[name]["Properties"]
@@ -247,6 +291,10 @@ def test_translated_roles_are_the_templates_own(translated: dict[str, Any]) -> N
         assert statement["Resource"] == {"Fn::GetAtt": [fn, "Arn"]}
 
 
+# Under sam local, the token API's environment keeps the loop SAM CLI does not expand as a name of its own.
+UNEXPANDED_LOOP = re.compile(r"^Fn::ForEach::\w+$")
+
+
 def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
     """env.json takes effect under sam local: every value it sets is one the template declares."""
     env_file = json.loads(ENV_JSON.read_text())
@@ -256,22 +304,31 @@ def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
         assert info["runtime"] == "python3.13"
         assert info["architectures"] == ["arm64"]
         assert info["layers"] == ["TokenVendingLayer"]
+        folder = "token_api" if logical_id == TOKEN_API else "provider"
+        assert Path(info["codeuri"]).resolve() == ROOT / "functions" / folder, logical_id
         for key, value in env_file[logical_id].items():
             assert env.get(key) == value, f"{logical_id}: env.json's {key} is not passed through by sam local"
         assert env["TOKEN_VENDING_LOCAL_MODE"] == "true"
         # empty means: no scopes / the profile's client authentication / no KMS key (the secret's PEM signs)
         optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH", "SIGNING_KEY_ID"}
-        empty = {k for k, v in env.items() if v == "" and k not in optional_empty}
+        if logical_id == TOKEN_API:  # all of SCOPES_Pyng; no token URL of its own
+            optional_empty |= {"DEFAULT_SCOPES_Pyng", constants.TOKEN_URL_ENV}
+        empty = {k for k, v in env.items() if v == "" and k not in optional_empty and not UNEXPANDED_LOOP.match(k)}
         assert not empty, f"{logical_id}: sam local would pass empty {sorted(empty)}"
     assert sam_local_env[TOKEN_API]["timeout"] == TOKEN_API_TIMEOUT
-    providers = json.loads(sam_local_env[TOKEN_API]["env"]["PROVIDERS"])
-    assert {route: p["function"] for route, p in providers.items()} == {
-        route: fn for route, (fn, _, _) in PROVIDERS.items()
+    # the token API knows every provider, and which function serves it, from env.json's PROVIDERS
+    api = ApiSettings.from_env(sam_local_env[TOKEN_API]["env"])
+    assert {route: entry.function for route, entry in api.providers.items()} == {
+        route: provider.function for route, provider in PROVIDERS.items()
     }
+    for provider in PROVIDERS.values():  # and each provider function finds its endpoint and settings
+        settings = ProviderSettings.from_env(provider.route, sam_local_env[provider.function]["env"],
+                                             profile=provider.entry)
+        assert settings.token_url == env_file[provider.function][constants.TOKEN_URL_ENV]
 
 
 def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> None:
-    """Template-only values as sam local resolves them (numbers, PROVIDERS JSON, Aria mapping)."""
+    """Template-only values as sam local resolves them (numbers, scopes, Aria's region and stage)."""
     empty = tmp_path / "empty.json"
     empty.write_text("{}")
     result = run([require_tool(TOOLS_PYTHON), "-c", _SAM_LOCAL_ENV, TEMPLATE, empty])
@@ -282,23 +339,24 @@ def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> 
         for key in ("REFRESH_MARGIN_SECONDS", "REFRESH_MARGIN_RATIO", "MEMORY_CACHE_SECONDS"):
             float(env[key])  # a float default written unquoted would come out empty
         if logical_id != TOKEN_API:
-            for key in (
-                "UPSTREAM_CONNECT_TIMEOUT",
-                "UPSTREAM_READ_TIMEOUT",
-                "LEASE_SECONDS",
-                "TOKEN_LIFETIME",
-            ):
+            for key in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "LEASE_SECONDS", "DEFAULT_TOKEN_LIFETIME"):
                 float(env[key])
-    providers = json.loads(resolved[TOKEN_API]["env"]["PROVIDERS"])
-    assert providers["pyng"]["default_scopes"] == PYNG_SCOPES
-    assert resolved["AriaFunction"]["env"]["TOKEN_URL"] == ARIA_ENDPOINTS[("US", "Prod")]
+    api = resolved[TOKEN_API]["env"]
+    assert api["SCOPES_Pyng"] == PYNG_SCOPES
+    assert api["DEFAULT_SCOPES_Pyng"] == ""  # all of them
+    aria = resolved[PROVIDERS["aria"].function]["env"]
+    assert (aria[constants.REGION_ENV], aria[constants.STAGE_ENV]) == ("US", "Prod")
+    assert aria[constants.TOKEN_URL_ENV] == ""  # the documented endpoint REGION and STAGE choose
+    assert ProviderSettings.from_env("aria", aria, profile=PROVIDERS["aria"].entry).token_url == (
+        ARIA_ENDPOINTS[("US", "Prod")]
+    )
 
 
 _SAM_LOCAL_ROUTES = r"""
 import json, sys
 from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 from samcli.lib.providers.api_provider import ApiProvider
-stacks, _ = SamLocalStackProvider.get_stacks(sys.argv[1])
+stacks, _ = SamLocalStackProvider.get_stacks(sys.argv[1], language_extensions_enabled=True)
 api = ApiProvider(stacks).api
 print(json.dumps({"stage": api.stage_name,
                   "routes": [[sorted(r.methods), r.path, r.function_name] for r in api.routes]}))
@@ -331,6 +389,7 @@ def test_runtime_architecture_and_globals(template: dict[str, Any]) -> None:
     # tokens must never be copied into X-Ray metadata
     assert env["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
     assert env[constants.LOCAL_MODE_ENV] == "false"
+    assert env[constants.TOKEN_URL_ENV] == "", "declared for sam local; each provider's own replaces it"
 
     functions = resources(template, "AWS::Serverless::Function")
     assert set(functions) == set(ALL_FUNCTIONS)
@@ -338,8 +397,8 @@ def test_runtime_architecture_and_globals(template: dict[str, Any]) -> None:
         props = function["Properties"]
         for key in ("Runtime", "Architectures", "Layers", "Handler", "Tracing"):
             assert key not in props, f"{logical_id} repeats {key} from Globals"
-        folders = {fn: folder for fn, folder, _ in PROVIDERS.values()} | {TOKEN_API: "token_api"}
-        folder = folders[logical_id]
+        # one code folder for every provider: the catalogue entry PROVIDER_NAME names says the rest
+        folder = "token_api" if logical_id == TOKEN_API else "provider"
         assert props["CodeUri"] == f"functions/{folder}/"
         assert (ROOT / "functions" / folder / "app.py").is_file()
         assert props.get("Timeout", glob["Timeout"]) == (
@@ -354,6 +413,101 @@ def test_runtime_architecture_and_globals(template: dict[str, Any]) -> None:
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
     assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
     assert (ROOT / "layers" / "token_vending" / "requirements.txt").is_file()
+
+
+# --- the loops: one list of providers, the catalogue --------------------------------------------------
+def _loops(node: Any, path: str = "") -> dict[str, tuple[str, Any]]:
+    """Every Fn::ForEach of the raw template: its name -> (where it sits, its collection)."""
+    found: dict[str, tuple[str, Any]] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.startswith("Fn::ForEach::"):
+                found[key.removeprefix("Fn::ForEach::")] = (path, value[1])
+            found |= _loops(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            found |= _loops(item, f"{path}/{index}")
+    return found
+
+
+def test_every_loop_runs_over_the_catalogues_keys() -> None:
+    """The template's loops (conditions, resources, the token API's environment, outputs, the per-function
+    alarms) list exactly the catalogue's keys, in its order; each key has a Providers row naming its route."""
+    raw = raw_template()
+    keys = [provider.key for provider in PROVIDERS.values()]
+    assert keys == [entry.key for entry in CATALOGUE]
+    loops = _loops(raw)
+    assert {name: where for name, (where, _) in loops.items()} == {
+        "ProviderConditions": "/Conditions",
+        "Providers": "/Resources",
+        "ProviderFunctions": "/Resources/TokenApiFunction/Properties/Environment/Variables",
+        "FunctionAlarms": "/Resources",
+        "FunctionMetrics": "/Resources/Fn::ForEach::FunctionAlarms/2",
+        "ProviderOutputs": "/Outputs",
+    }, "a loop this test does not know: say here what it must run over"
+    for name in ("ProviderConditions", "Providers", "ProviderFunctions", "ProviderOutputs"):
+        assert loops[name][1] == keys, f"Fn::ForEach::{name} runs over {loops[name][1]}, the catalogue has {keys}"
+    functions, metrics = loops["FunctionAlarms"][1], loops["FunctionMetrics"][1]
+    assert functions[0] == "TokenApi", "the token API's alarms come first"
+    assert functions[1:] == keys, f"Fn::ForEach::FunctionAlarms runs over {functions[1:]} besides TokenApi"
+    assert metrics == list(raw["Mappings"]["FunctionAlarms"]) == ["Errors", "Throttles"]
+    rows = raw["Mappings"]["Providers"]
+    assert list(rows) == keys, "one Providers row per catalogue entry, in its order"
+    for provider in PROVIDERS.values():
+        assert rows[provider.key]["Name"] == provider.route, provider.key
+    # and what the loops make: one provider function per catalogue entry, named by its key
+    assert provider_functions(load_template()) == {p.route: p.function for p in PROVIDERS.values()}
+
+
+def test_the_template_has_no_copies() -> None:
+    """The loops replaced five copies of every provider resource (2,504 lines), and one folder of code serves
+    every provider function."""
+    lines = len(TEMPLATE.read_text().splitlines())
+    assert lines < TEMPLATE_LINE_BUDGET, f"template.yaml has {lines} lines"
+    folders = sorted(path.name for path in (ROOT / "functions").iterdir() if path.is_dir()
+                     and not path.name.startswith(("__", ".")))
+    assert folders == ["provider", "token_api"]
+    assert (ROOT / "functions" / "provider" / "app.py").is_file()
+
+
+@pytest.mark.parametrize("route", list(PROVIDERS))
+def test_each_provider_has_its_own_resources(template: dict[str, Any], route: str) -> None:
+    """What the loops make for one provider, named after it: its secret (kept when the stack goes), its
+    function (its own role, code, route, schedule), a role reading only its own secret and partition, a log
+    group named after its function, the token API's permission to invoke it, its alarms and outputs."""
+    provider = PROVIDERS[route]
+    key, function = provider.key, provider.function
+    res = template["Resources"]
+    secret = res[f"{key}Secret"]
+    assert (secret["Type"], secret["Condition"]) == ("AWS::SecretsManager::Secret", f"Create{key}Secret")
+    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+    props = res[function]["Properties"]
+    assert res[function]["Type"] == "AWS::Serverless::Function"
+    assert props["Role"] == {"Fn::GetAtt": [f"{function}Role", "Arn"]}
+    assert props["Environment"]["Variables"][constants.PROVIDER_NAME_ENV] == route
+    schedule = props["Events"]["RefreshAhead"]
+    assert schedule["Type"] == "ScheduleV2"
+    assert schedule["Properties"]["Input"] == '{"refresh_ahead": true}'
+    assert schedule["Properties"]["GroupName"] == {"Ref": "RefreshAheadScheduleGroup"}
+    (policy,) = res[f"{function}Role"]["Properties"]["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"] if "Sid" in s}
+    assert statements["ReadOwnSecret"]["Resource"] == {
+        "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": f"{key}SecretArn"}]
+    }
+    leading = statements["OwnCachePartition"]["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"]
+    assert leading == [route]
+    assert res[f"{function}LogGroup"]["Properties"]["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{function}}}"}
+    assert res[f"{function}LogsPolicy"]["Properties"]["RoleName"] == {"Ref": f"{function}Role"}
+    invoke = res[f"{function}InvokePolicy"]["Properties"]
+    assert invoke["RoleName"] == {"Ref": f"{TOKEN_API}Role"}
+    assert invoke["PolicyDocument"]["Statement"] == [
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": {"Fn::GetAtt": [function, "Arn"]}}
+    ]
+    for metric in ("Errors", "Throttles"):
+        alarm = res[f"{function}{metric}Alarm"]["Properties"]
+        assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+    assert {f"{function}Arn", f"{key}SecretArn"} <= set(template["Outputs"])
+    assert {f"Create{key}Secret", f"Has{key}SigningKey"} <= set(template["Conditions"])
 
 
 def test_timeouts_fit(template: dict[str, Any]) -> None:
@@ -387,7 +541,7 @@ def test_timeouts_named_in_the_template_are_the_real_ones(template: dict[str, An
         logical_id: fn["Properties"].get("Timeout", default)
         for logical_id, fn in resources(template, "AWS::Serverless::Function").items()
     }
-    (provider_timeout,) = {timeouts[fn] for fn, _, _ in PROVIDERS.values()}
+    (provider_timeout,) = {timeouts[provider.function] for provider in PROVIDERS.values()}
     real = {"token API": timeouts[TOKEN_API], "provider": provider_timeout}
     real["API Gateway"] = API_GATEWAY_INTEGRATION_LIMIT
     prose = _template_prose()
@@ -439,7 +593,7 @@ def test_exactly_one_api_route_with_iam_auth(template: dict[str, Any]) -> None:
     assert logical_id == TOKEN_API
     # the other events: one refresh-ahead schedule per provider function
     others = {(logical_id, name, event["Type"]) for logical_id, name, event in events if event["Type"] != "Api"}
-    assert others == {(fn, "RefreshAhead", "ScheduleV2") for fn, _, _ in PROVIDERS.values()}
+    assert others == {(provider.function, "RefreshAhead", "ScheduleV2") for provider in PROVIDERS.values()}
     assert event["Type"] == "Api"
     assert event["Properties"]["Path"] == "/token/{provider}"
     assert event["Properties"]["Method"].upper() == "GET"
@@ -482,22 +636,28 @@ def test_gateway_responses_are_json(template: dict[str, Any]) -> None:
             assert 400 <= int(response["StatusCode"]) < 600
 
 
-def test_aria_mapping_has_the_12_documented_endpoints(template: dict[str, Any]) -> None:
-    mapping = template["Mappings"]["AriaTokenEndpoints"]
-    flat = {(region, stage): url for region, stages in mapping.items() for stage, url in stages.items()}
+def test_aria_endpoints_are_the_12_documented_ones(template: dict[str, Any]) -> None:
+    """Aria's endpoints live in its catalogue entry (no longer in a template mapping); AriaRegion and
+    AriaStage reach its function as REGION and STAGE, and every combination they allow names one of them."""
+    aria = PROVIDERS["aria"]
+    flat = {tuple(choice.split("/")): url for choice, url in aria.entry.endpoints.items()}
     assert flat == ARIA_ENDPOINTS
     assert len(set(flat.values())) == 12
     assert all(url.startswith("https://") for url in flat.values())
+    assert "AriaTokenEndpoints" not in template["Mappings"]
+    assert "AriaTokenUrl" not in template["Parameters"]
     params = template["Parameters"]
     assert params["AriaRegion"]["AllowedValues"] == ["US", "AUS", "SGP", "CPH"]
     assert sorted(params["AriaStage"]["AllowedValues"]) == sorted(["Prod", "Future", "Current"])
-    env = function_env(template, "AriaFunction")
-    lookup = ["AriaTokenEndpoints", {"Ref": "AriaRegion"}, {"Ref": "AriaStage"}]
-    assert env["TOKEN_URL"] == {"Fn::FindInMap": lookup}
+    env = function_env(template, aria.function)
+    assert env[constants.REGION_ENV] == {"Ref": "AriaRegion"}
+    assert env[constants.STAGE_ENV] == {"Ref": "AriaStage"}
     for region in params["AriaRegion"]["AllowedValues"]:
         for stage in params["AriaStage"]["AllowedValues"]:
-            url = Evaluator(template, {"AriaRegion": region, "AriaStage": stage})(env["TOKEN_URL"])
-            assert url == ARIA_ENDPOINTS[(region, stage)]
+            deployed = environment(template, aria.function, {"AriaRegion": region, "AriaStage": stage})
+            assert constants.TOKEN_URL_ENV not in deployed  # the function picks the endpoint
+            settings = ProviderSettings.from_env(aria.route, deployed, profile=aria.entry)
+            assert settings.token_url == ARIA_ENDPOINTS[(region, stage)]
 
 
 def test_token_url_parameters_reject_plain_http(template: dict[str, Any]) -> None:
@@ -552,7 +712,9 @@ def test_parameter_defaults_satisfy_their_constraints(template: dict[str, Any]) 
             assert number <= spec.get("MaxValue", number), name
 
 
-def test_scope_parameters_cannot_break_the_providers_json(template: dict[str, Any]) -> None:
+def test_scope_parameters_hold_only_scope_tokens(template: dict[str, Any]) -> None:
+    """RFC 6749 scope-tokens, single-space separated: nothing that could break an environment value or
+    the token request's form encoding."""
     params = template["Parameters"]
     assert params["PyngScopes"]["Default"] == PYNG_SCOPES
     assert params["PyngDefaultScopes"]["Default"] == ""
@@ -564,14 +726,16 @@ def test_scope_parameters_cannot_break_the_providers_json(template: dict[str, An
 
 
 def test_provider_functions_environment(template: dict[str, Any]) -> None:
-    ev = Evaluator(template)
-    for route, (logical_id, _, lifetime) in PROVIDERS.items():
-        env = function_env(template, logical_id)
-        assert env[constants.PROVIDER_NAME_ENV] == route
-        assert int(env[constants.TOKEN_LIFETIME_ENV]) == lifetime
-        prefix = SECRET_PREFIX[route]
+    """Each provider function is told its route name, its own secret, its own parameters (as its Providers row
+    names them, nothing for a missing column) and the shared settings; its lifetime is its catalogue entry's.
+    Deployed with the defaults, the layer reads a working configuration from it."""
+    rows = template["Mappings"]["Providers"]
+    for provider in PROVIDERS.values():
+        env, key, row = function_env(template, provider.function), provider.key, rows[provider.key]
+        assert env[constants.PROVIDER_NAME_ENV] == provider.route == row["Name"]
+        assert constants.TOKEN_LIFETIME_ENV not in env, "the catalogue's documented lifetime applies"
         assert env[constants.SECRET_ID_ENV] == {
-            "Fn::If": [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
+            "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": f"{key}SecretArn"}]
         }
         assert env[constants.DEFAULT_LIFETIME_ENV] == {"Ref": "DefaultTokenLifetime"}
         assert env[constants.LEASE_SECONDS_ENV] == {"Ref": "LeaseSeconds"}
@@ -579,22 +743,39 @@ def test_provider_functions_environment(template: dict[str, Any]) -> None:
         assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
         assert env[constants.REFRESH_MARGIN_SECONDS_ENV] == {"Ref": "RefreshMarginSeconds"}
         assert env[constants.REFRESH_MARGIN_RATIO_ENV] == {"Ref": "RefreshMarginRatio"}
-        assert (constants.AUDIENCE_ENV in env) == (route == "autopay")
-        assert env[constants.CLIENT_AUTH_ENV] == {"Ref": f"{prefix}ClientAuth"}
-        assert env[constants.SIGNING_KEY_ID_ENV] == {"Ref": f"{prefix}SigningKeyArn"}
-        url = ev(env[constants.TOKEN_URL_ENV])
-        assert url.startswith("https://"), f"{route}: token URL {url}"
-    pyng = function_env(template, "PyngFunction")
-    assert pyng[constants.ALLOWED_SCOPES_ENV] == {"Ref": "PyngScopes"}
-    assert ev(pyng[constants.DEFAULT_SCOPES_ENV]) == PYNG_SCOPES
-    assert Evaluator(template, {"PyngDefaultScopes": "billing:batches:read"})(pyng["DEFAULT_SCOPES"]) == (
+        assert env[constants.CLIENT_AUTH_ENV] == {"Ref": f"{key}ClientAuth"}
+        assert env[constants.SIGNING_KEY_ID_ENV] == {"Ref": f"{key}SigningKeyArn"}
+        assert set(row) <= {"Name", *MAPPING_COLUMNS}, f"{key}: unknown Providers columns"
+        for column, name in MAPPING_COLUMNS.items():
+            if column in row:
+                assert row[column] in template["Parameters"], f"{key}: {column} names no parameter"
+                assert row[column].startswith(key), f"{key}: {column} names another provider's {row[column]}"
+            assert env[name] == {"Ref": row.get(column, "AWS::NoValue")}, (key, name)
+        # what the catalogue entry needs from the template: a URL or the documented endpoints' choice, the
+        # audience it must send, scopes only where it takes them
+        assert ("TokenUrl" in row) != bool(provider.entry.endpoints), key
+        assert ({"Region", "Stage"} & set(row)) == ({"Region", "Stage"} if provider.entry.endpoints else set()), key
+        assert ("Audience" in row) == provider.entry.send_audience, key
+        assert "Scopes" not in row or provider.entry.scope is not ScopeMode.OMIT, key
+        deployed = environment(template, provider.function)
+        settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
+        assert settings.token_url.startswith("https://"), f"{provider.route}: token URL {settings.token_url}"
+        assert settings.lifetime == provider.lifetime
+        assert settings.secret_id == f"{key}Secret-physical-id"
+        if "Scopes" not in row:
+            assert settings.allowed_scopes == settings.default_scopes == frozenset(), provider.route
+    pyng = PROVIDERS["pyng"]
+    deployed = environment(template, pyng.function)
+    assert deployed[constants.ALLOWED_SCOPES_ENV] == PYNG_SCOPES
+    assert deployed[constants.DEFAULT_SCOPES_ENV] == "", "empty: all of ALLOWED_SCOPES (the layer's rule)"
+    settings = ProviderSettings.from_env(pyng.route, deployed, profile=pyng.entry)
+    assert settings.default_scopes == settings.allowed_scopes == frozenset(PYNG_SCOPES.split())
+    narrower = environment(template, pyng.function, {"PyngDefaultScopes": "billing:batches:read"})
+    assert ProviderSettings.from_env(pyng.route, narrower, profile=pyng.entry).default_scopes == {
         "billing:batches:read"
-    )
-    for route in ("invoice-cloud", "aria", "autopay", "alternative-payments"):
-        env = function_env(template, PROVIDERS[route][0])
-        assert env[constants.ALLOWED_SCOPES_ENV] == ""
-        assert env[constants.DEFAULT_SCOPES_ENV] == ""
-    assert function_env(template, "AutopayFunction")[constants.AUDIENCE_ENV] == {"Ref": "AutopayAudience"}
+    }
+    autopay = environment(template, PROVIDERS["autopay"].function)
+    assert autopay[constants.AUDIENCE_ENV] == "", "Autopay's document: audience must always be \"\""
     defaults = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
     assert defaults["DefaultTokenLifetime"] == constants.DEFAULT_TOKEN_LIFETIME
     assert defaults["RefreshMarginSeconds"] == constants.DEFAULT_REFRESH_MARGIN_SECONDS
@@ -614,7 +795,7 @@ def test_client_auth_parameters(template: dict[str, Any]) -> None:
     params = template["Parameters"]
     groups = {group["Label"]["default"]: group["Parameters"]
               for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]}
-    for prefix in SECRET_PREFIX.values():
+    for prefix in (provider.key for provider in PROVIDERS.values()):
         method = params[f"{prefix}ClientAuth"]
         assert method["Type"] == "String"
         assert method["Default"] == ""
@@ -655,61 +836,74 @@ def test_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> No
 
 
 def test_env_var_names_are_those_of_constants(template: dict[str, Any]) -> None:
+    """Every name a function is deployed with is one token_vending reads (or Powertools', or a declared-empty
+    endpoint override), and every name the layer reads is set, where it is not left to its default."""
     local_only = {constants.LOCAL_MODE_ENV}
-    provider_names = ENV_CONSTANTS - {constants.PROVIDERS_ENV, constants.AUDIENCE_ENV} - NOT_SET_BY_THE_TEMPLATE
+    api_only = {constants.PROVIDERS_ENV} | ENV_PATTERNS
+    per_provider = {name for column, name in MAPPING_COLUMNS.items() if column != "TokenUrl"}
+    provider_names = ENV_NAMES - api_only - per_provider - NOT_SET_BY_THE_TEMPLATE - {constants.TOKEN_URL_ENV}
+    catalogue_names = {pattern.format(key=provider.key) for pattern in ENV_PATTERNS for provider in PROVIDERS.values()}
+    rows = template["Mappings"]["Providers"]
     for logical_id in ALL_FUNCTIONS:
-        names = set(function_env(template, logical_id))
-        unknown = {n for n in names - ENV_CONSTANTS if not EXTERNAL_ENV.match(n)}
+        deployed = environment(template, logical_id)  # AWS::NoValue names left out
+        names = set(deployed)
+        unknown = {n for n in names - ENV_NAMES - catalogue_names if not EXTERNAL_ENV.match(n)}
         assert not unknown, f"{logical_id} sets names token_vending does not read: {sorted(unknown)}"
-        ours = names & ENV_CONSTANTS
+        ours = names & (ENV_NAMES | catalogue_names)
         if logical_id == TOKEN_API:
-            assert constants.PROVIDERS_ENV in ours
-            assert constants.MEMORY_CACHE_SECONDS_ENV in ours
-            assert constants.CACHE_TABLE_ENV in ours
-            assert not ours & {constants.SECRET_ID_ENV, constants.TOKEN_URL_ENV, constants.PROVIDER_NAME_ENV}
+            assert {constants.MEMORY_CACHE_SECONDS_ENV, constants.CACHE_TABLE_ENV} <= ours
+            functions = {constants.PROVIDER_FUNCTION_ENV.format(key=p.key) for p in PROVIDERS.values()}
+            assert functions <= ours, f"the token API is not told of {sorted(functions - ours)}"
+            assert not ours & {constants.SECRET_ID_ENV, constants.PROVIDER_NAME_ENV, constants.SIGNING_KEY_ID_ENV}
+            for name in DECLARED_FOR_SAM_LOCAL:
+                assert deployed[name] == "", f"{name}: declared for sam local, empty when deployed"
         else:
-            expected = set(provider_names)
-            if logical_id == "AutopayFunction":
-                expected.add(constants.AUDIENCE_ENV)
-            assert ours == expected, f"{logical_id}: lacks {expected - ours}, has extra {ours - expected}"
-        assert all(function_env(template, logical_id)[n] == "false" for n in ours & local_only)
+            (provider,) = (p for p in PROVIDERS.values() if p.function == logical_id)
+            columns = rows[provider.key]
+            expected = provider_names | {MAPPING_COLUMNS[column] for column in columns if column != "Name"}
+            assert ours - {constants.TOKEN_URL_ENV} == expected - {constants.TOKEN_URL_ENV}, (
+                f"{logical_id}: lacks {expected - ours}, has extra {ours - expected}")
+            # TOKEN_URL: the provider's own, or (Aria) no value: REGION and STAGE choose a documented one
+            assert (constants.TOKEN_URL_ENV in ours) == ("TokenUrl" in columns), logical_id
+        assert all(deployed[n] == "false" for n in ours & local_only)
 
 
-def test_token_api_providers_json(template: dict[str, Any]) -> None:
+@pytest.mark.parametrize("overrides", [{}, {"PyngScopes": "billing:batches:read billing:customers:read",
+                                            "PyngDefaultScopes": "billing:batches:read"}],
+                         ids=["defaults", "narrower-pyng-scopes"])
+def test_token_api_knows_every_provider_as_its_function_does(template: dict[str, Any],
+                                                             overrides: dict[str, str]) -> None:
+    """FUNCTION_<Key> names each provider function (the token API reads the rest from the catalogue), and
+    the scopes the API checks and keys scope sets by are the ones its provider function is deployed with."""
     env = function_env(template, TOKEN_API)
     assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
-    for overrides in (
-        {},
-        {
-            "PyngScopes": "billing:batches:read billing:customers:read",
-            "PyngDefaultScopes": "billing:batches:read",
-        },
-    ):
-        ev = Evaluator(template, overrides)
-        providers = json.loads(ev(env[constants.PROVIDERS_ENV]))
-        assert list(providers) == list(PROVIDERS)
-        for route, (logical_id, _, lifetime) in PROVIDERS.items():
-            entry = providers[route]
-            assert set(entry) == {"function", "scopes", "default_scopes", "lifetime"}
-            assert entry["function"] == ev({"Ref": logical_id})
-            provider_env = function_env(template, logical_id)
-            assert entry["scopes"] == ev(provider_env[constants.ALLOWED_SCOPES_ENV])
-            assert entry["default_scopes"] == ev(provider_env[constants.DEFAULT_SCOPES_ENV])
-            assert entry["lifetime"] == lifetime == int(provider_env[constants.TOKEN_LIFETIME_ENV])
-        if overrides:
-            assert providers["pyng"]["default_scopes"] == "billing:batches:read"
+    for provider in PROVIDERS.values():
+        assert env[constants.PROVIDER_FUNCTION_ENV.format(key=provider.key)] == {"Fn::Sub": f"${{{provider.function}}}"}
+    deployed = environment(template, TOKEN_API, overrides)
+    assert deployed[constants.PROVIDERS_ENV] == "", "the catalogue and FUNCTION_<Key> say it all when deployed"
+    api = ApiSettings.from_env(deployed)
+    assert list(api.providers) == list(PROVIDERS)
+    for route, provider in PROVIDERS.items():
+        entry = api.providers[route]
+        assert entry.function == f"{provider.function}-physical-id"  # what !Ref gives: the function's name
+        own = ProviderSettings.from_env(route, environment(template, provider.function, overrides),
+                                        profile=provider.entry)
+        assert (entry.allowed_scopes, entry.default_scopes) == (own.allowed_scopes, own.default_scopes), route
+        assert entry.lifetime == own.lifetime == provider.lifetime
+    if overrides:
+        assert api.providers["pyng"].default_scopes == {"billing:batches:read"}
 
 
 def test_environment_fits_lambdas_4_kb_limit(template: dict[str, Any]) -> None:
     """Lambda caps a function's environment at 4 KB; function names can be 64 characters long."""
 
     class LongNames(Evaluator):
-        def ref(self, name: str) -> str:
-            return self.params.get(name, "x" * 64)
+        def ref(self, name: str) -> Any:
+            return self.params.get(name, NO_VALUE if name == "AWS::NoValue" else "x" * 64)
 
     ev = LongNames(template, {"PyngScopes": PYNG_SCOPES, "PyngDefaultScopes": PYNG_SCOPES})
     for logical_id in ALL_FUNCTIONS:
-        env = {name: str(ev(value)) for name, value in function_env(template, logical_id).items()}
+        env = {name: str(value) for name, value in ev(function_env(template, logical_id)).items()}
         size = sum(len(name) + len(value) for name, value in env.items())
         assert size < 3500, f"{logical_id}: environment of {size} bytes is close to Lambda's 4 KB limit"
 
@@ -734,7 +928,8 @@ def test_cache_table(template: dict[str, Any]) -> None:
 
 def test_secrets_parameters_conditions_and_outputs(template: dict[str, Any]) -> None:
     params, conditions, outputs = template["Parameters"], template["Conditions"], template["Outputs"]
-    for route, prefix in SECRET_PREFIX.items():
+    for provider in PROVIDERS.values():
+        prefix = provider.key
         param = params[f"{prefix}SecretArn"]
         assert param["Default"] == ""
         pattern = param["AllowedPattern"]
@@ -756,7 +951,8 @@ def test_secrets_parameters_conditions_and_outputs(template: dict[str, Any]) -> 
         choice = [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
         in_use = {"Fn::If": choice}
         assert outputs[f"{prefix}SecretArn"]["Value"] == in_use
-        logical_id = PROVIDERS[route][0]
+        assert description.startswith(f"{provider.route} OAuth client credentials"), description
+        logical_id = provider.function
         assert outputs[f"{logical_id}Arn"]["Value"] == {"Fn::GetAtt": [logical_id, "Arn"]}
     assert outputs[f"{TOKEN_API}Arn"]["Value"] == {"Fn::GetAtt": [TOKEN_API, "Arn"]}
     assert outputs["CacheTableName"]["Value"] == {"Ref": "CacheTable"}
@@ -802,9 +998,11 @@ def test_samconfig(template: dict[str, Any]) -> None:
     for env_name in ("default", "prod"):
         env = config[env_name]
         stacks.add(env["global"]["parameters"]["stack_name"])
-        assert env["build"]["parameters"] == {"cached": True, "parallel": True}
-        assert env["validate"]["parameters"]["lint"] is True
+        # SAM CLI expands the template's Fn::ForEach loops itself only when asked: for build, validate, deploy
+        assert env["build"]["parameters"] == {"cached": True, "parallel": True, "language_extensions": True}
+        assert env["validate"]["parameters"] == {"lint": True, "language_extensions": True}
         deploy = env["deploy"]["parameters"]
+        assert deploy["language_extensions"] is True
         assert deploy["capabilities"] == "CAPABILITY_IAM"
         assert deploy["resolve_s3"] is True
         assert deploy["region"]
@@ -825,9 +1023,17 @@ def test_samconfig(template: dict[str, Any]) -> None:
 
 
 # --- events/ and env.json ------------------------------------------------------------------------
-def test_api_events() -> None:
-    with_query = {}
-    for route in PROVIDERS:
+def _event_scope(template: dict[str, Any], provider: Any) -> str | None:
+    """The scope the sample events ask for: the last of the provider's allowed scopes (deployed defaults)."""
+    scopes = environment(template, provider.function).get(constants.ALLOWED_SCOPES_ENV, "").split()
+    return scopes[-1] if scopes else None
+
+
+def test_api_events(template: dict[str, Any]) -> None:
+    """One API Gateway proxy event per provider: a request for one allowed scope where the provider has
+    scopes, else for a token that lasts at least five minutes."""
+    for provider in PROVIDERS.values():
+        route = provider.route
         event = json.loads((EVENTS / f"api-{route}.json").read_text())
         assert event["resource"] == "/token/{provider}"
         assert event["path"] == f"/token/{route}"
@@ -836,11 +1042,9 @@ def test_api_events() -> None:
         assert event["body"] is None
         assert event["isBase64Encoded"] is False
         qs, mqs = event["queryStringParameters"], event["multiValueQueryStringParameters"]
-        if qs is None:
-            assert mqs is None
-        else:
-            assert mqs == {k: [v] for k, v in qs.items()}
-            with_query[route] = qs
+        scope = _event_scope(template, provider)
+        assert qs == ({"scope": scope} if scope else {"min_ttl": "300"}), route
+        assert mqs == {k: [v] for k, v in qs.items()}
         assert {k: [v] for k, v in event["headers"].items()} == event["multiValueHeaders"]
         ctx = event["requestContext"]
         assert ctx["resourcePath"] == "/token/{provider}"
@@ -853,23 +1057,32 @@ def test_api_events() -> None:
         assert identity["caller"]
         assert identity["accessKey"]
         assert identity["accountId"]
-    assert with_query["pyng"] == {"scope": "billing:batches:read"}
-    assert any("min_ttl" in qs for qs in with_query.values())
+    assert _event_scope(template, PROVIDERS["pyng"]) == "billing:batches:read"
     events = [json.loads((EVENTS / f"api-{route}.json").read_text()) for route in PROVIDERS]
     request_ids = {event["requestContext"]["requestId"] for event in events}
     assert len(request_ids) == len(PROVIDERS)
 
 
-def test_invoke_events() -> None:
-    for route in PROVIDERS:
-        payload = json.loads((EVENTS / f"invoke-{route}.json").read_text())
+def test_invoke_events(template: dict[str, Any]) -> None:
+    for provider in PROVIDERS.values():
+        payload = json.loads((EVENTS / f"invoke-{provider.route}.json").read_text())
         expected: dict[str, Any] = {"min_ttl": 60, "force_refresh": False}
-        if route == "pyng":
-            expected["scope"] = "billing:batches:read"
-        assert payload == expected, route
+        scope = _event_scope(template, provider)
+        if scope:
+            expected["scope"] = scope
+        assert payload == expected, provider.route
+    assert json.loads((EVENTS / "invoke-pyng.json").read_text())["scope"] == "billing:batches:read"
     assert {p.name for p in EVENTS.glob("*.json")} == {
         f"{kind}-{route}.json" for kind in ("api", "invoke") for route in PROVIDERS
     }
+
+
+def test_env_json_and_events_are_generated_from_the_template_and_catalogue() -> None:
+    """`python -m local.generate --check` (make test): env.json and events/ are what template.yaml and the
+    catalogue give, so neither can drift from them."""
+    result = subprocess.run([sys.executable, "-m", "local.generate", "--check"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"stale generated files (run `make generate`):\n{result.stdout}{result.stderr}"
 
 
 def test_env_json(template: dict[str, Any]) -> None:
@@ -882,38 +1095,46 @@ def test_env_json(template: dict[str, Any]) -> None:
         assert values[constants.LOCAL_MODE_ENV] == "true"
         assert values[constants.CACHE_TABLE_ENV] == "token-vending-local"
         assert values["AWS_ENDPOINT_URL_DYNAMODB"] == LOCAL_AWS
-    for route, (logical_id, _, _) in PROVIDERS.items():
-        values = env_file[logical_id]
-        port, path = LOCAL_PORTS[route]
+    for index, provider in enumerate(PROVIDERS.values()):
+        route, key, values = provider.route, provider.key, env_file[provider.function]
+        # make local's emulator of this provider (python -m local: one port each, in catalogue order)
+        port, path = EMULATOR_PORT_BASE + index, provider.entry.emulator.path
         assert values[constants.TOKEN_URL_ENV] == f"http://host.docker.internal:{port}{path}"
         assert values[constants.SECRET_ID_ENV] == f"token-vending/local/{route}"
         assert values[constants.PROVIDER_NAME_ENV] == route
         assert values["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == LOCAL_AWS
         # as deployed by default: the profile's client authentication, no KMS key (set them to try the others)
-        prefix = SECRET_PREFIX[route]
         for name, parameter in ((constants.CLIENT_AUTH_ENV, "ClientAuth"), (constants.SIGNING_KEY_ID_ENV,
                                                                             "SigningKeyArn")):
-            assert function_env(template, logical_id)[name] == {"Ref": f"{prefix}{parameter}"}
-            assert values[name] == template["Parameters"][f"{prefix}{parameter}"]["Default"] == "", (route, name)
-        lifetime = function_env(template, logical_id)[constants.TOKEN_LIFETIME_ENV]
-        assert values[constants.TOKEN_LIFETIME_ENV] == lifetime == str(PROVIDERS[route][2]), route
+            assert function_env(template, provider.function)[name] == {"Ref": f"{key}{parameter}"}
+            assert values[name] == template["Parameters"][f"{key}{parameter}"]["Default"] == "", (route, name)
+        # the provider's own settings as deployed with the defaults (its URL aside)
+        deployed = environment(template, provider.function)
+        own = {name for name in MAPPING_COLUMNS.values() if name != constants.TOKEN_URL_ENV}
+        assert {k: v for k, v in values.items() if k in own} == {k: v for k, v in deployed.items() if k in own}
+        assert constants.TOKEN_LIFETIME_ENV not in values
     api = env_file[TOKEN_API]
     assert api["AWS_ENDPOINT_URL_LAMBDA"] == "http://host.docker.internal:3001"
-    local_providers = json.loads(api[constants.PROVIDERS_ENV])
-    deployed = json.loads(Evaluator(template)(function_env(template, TOKEN_API)[constants.PROVIDERS_ENV]))
-    assert set(local_providers) == set(deployed)
-    for route, entry in local_providers.items():
-        assert entry["function"] == PROVIDERS[route][0]
-        assert {k: v for k, v in entry.items() if k != "function"} == {
-            k: v for k, v in deployed[route].items() if k != "function"
-        }
+    # the provider table stands in for FUNCTION_<Key> (sam local does not expand that loop): the same
+    # providers, scopes and lifetimes as deployed, each served by its function's local name
+    local = ApiSettings.from_env(api).providers
+    deployed_api = ApiSettings.from_env(environment(template, TOKEN_API)).providers
+    assert list(local) == list(deployed_api) == list(PROVIDERS)
+    for route, entry in local.items():
+        assert entry.function == PROVIDERS[route].function
+        expected = deployed_api[route]
+        assert (entry.allowed_scopes, entry.default_scopes) == (expected.allowed_scopes, expected.default_scopes)
+        assert entry.lifetime == expected.lifetime, (
+            f"{route}: under sam local the token API bounds min_ttl by a {entry.lifetime} s lifetime, deployed "
+            f"by the catalogue's {expected.lifetime} s (env.json's PROVIDERS entry has no lifetime)")
 
 
 # --- operations: alarms, dashboard, example state machine -----------------------------------------
 def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
     alarms = resources(template, "AWS::CloudWatch::Alarm")
-    assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "FunctionErrorsAlarm",
-            "FunctionThrottlesAlarm", "ApiServerErrorsAlarm", "ClientCertificateExpiryAlarm"} <= set(alarms)
+    per_function = {f"{function}{metric}Alarm" for function in ALL_FUNCTIONS for metric in ("Errors", "Throttles")}
+    assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "ApiServerErrorsAlarm",
+            "ClientCertificateExpiryAlarm"} | per_function <= set(alarms)
     emitted = emitted_metric_names()
     providers = set(PROVIDERS)
     for name, alarm in alarms.items():
@@ -938,6 +1159,28 @@ def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
         if custom:  # one series per provider, with the dimensions EMF writes
             assert {dict((d["Name"], d["Value"]) for d in m["Dimensions"])["provider"] for m in custom} == providers
             assert all({d["Name"] for d in m["Dimensions"]} == {"provider", "service"} for m in custom)
+
+
+def test_every_function_has_its_own_errors_and_throttles_alarms(template: dict[str, Any]) -> None:
+    """Lambda's metrics have only the function name as dimension: one alarm per function and metric, the
+    provider functions' from the loop, and no Lambda alarm on anything else."""
+    lambda_alarms = {name: alarm["Properties"] for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items()
+                     if alarm["Properties"].get("Namespace") == "AWS/Lambda"}
+    expected = {}
+    for function in ALL_FUNCTIONS:
+        for metric, threshold in (("Errors", 5), ("Throttles", 1)):
+            expected[f"{function}{metric}Alarm"] = (function, metric, threshold)
+    assert set(lambda_alarms) == set(expected)
+    for name, (function, metric, threshold) in expected.items():
+        props = lambda_alarms[name]
+        assert props["MetricName"] == metric
+        assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}], name
+        assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 300, 1)
+        assert Evaluator(template)(props["Threshold"]) == str(threshold)
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert props["TreatMissingData"] == "notBreaching"
+        description = Evaluator(template)(props["AlarmDescription"])
+        assert description.startswith(f"{function} recorded {metric} at least {threshold} times"), description
 
 
 def test_client_certificate_expiry_alarm(template: dict[str, Any]) -> None:
