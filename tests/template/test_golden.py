@@ -1,0 +1,302 @@
+"""The loops deploy what the copies deployed, but for changes made on purpose, each one listed here.
+
+``golden/before-the-loops.json`` holds what template.yaml declared before its ``Fn::ForEach`` loops (commit
+0241085): the five providers' resources, outputs and conditions, the token API's resources and the names of
+every resource, output and parameter. The expanded template is compared with it after the intended changes
+below, each written as code that turns the old declaration into the new one: any other difference fails.
+
+And nothing is replaced or orphaned by the change: every old logical ID is still there with its type (a
+renamed one would be a new resource, its secret or log group deleted or left behind), each placeholder secret
+keeps its Retain policies and its GenerateSecretString (a change there would generate a new value), every
+old output and parameter still exists (stacks and scripts read them, samconfig.toml sets them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.template.cfn import PROVIDERS, ROOT, TOKEN_API, load_template
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.template.cfn import Provider
+
+GOLDEN = json.loads((ROOT / "tests" / "template" / "golden" / "before-the-loops.json").read_text())
+GOLDEN_KEYS = sorted(name.removesuffix("Secret") for name, resource in GOLDEN["Resources"].items()
+                     if resource["Type"] == "AWS::SecretsManager::Secret")
+BY_KEY = {provider.key: provider for provider in PROVIDERS.values()}
+PER_PROVIDER = ("Secret", "Function", "FunctionRole", "FunctionLogsPolicy", "FunctionLogGroup")
+NO_VALUE = {"Ref": "AWS::NoValue"}
+SIGNING_KEY_CLIENT_AUTH = "private_key_jwt"
+
+
+def test_the_golden_file_holds_the_five_providers() -> None:
+    assert set(GOLDEN_KEYS) == {"InvoiceCloud", "Pyng", "Aria", "Autopay", "AlternativePayments"}
+    assert set(GOLDEN["Resources"]) == {f"{key}{kind}" for key in GOLDEN_KEYS for kind in PER_PROVIDER}
+    assert set(GOLDEN_KEYS) <= set(BY_KEY), "a provider of the golden file left the catalogue"
+
+
+# --- normalisation: the same value to CloudFormation, written either way (applied to both sides) --------------
+def _normalised(node: Any) -> Any:
+    """``Fn::Sub [text, {Name: "literal"}]`` is ``Fn::Sub text`` with the literal in place, and a ``Fn::Sub``
+    with nothing left to substitute is its text: CloudFormation deploys the same string."""
+    if isinstance(node, list):
+        return [_normalised(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _normalised(value) for key, value in node.items()}
+    if set(node) == {"Fn::Sub"} and isinstance(node["Fn::Sub"], list):
+        text, variables = node["Fn::Sub"]
+        literal = {name: value for name, value in variables.items() if isinstance(value, str)}
+        for name, value in literal.items():
+            text = text.replace(f"${{{name}}}", value)
+        rest = {name: value for name, value in variables.items() if name not in literal}
+        node = {"Fn::Sub": [text, rest] if rest else text}
+    if set(node) == {"Fn::Sub"} and isinstance(node["Fn::Sub"], str) and "${" not in node["Fn::Sub"]:
+        return node["Fn::Sub"]
+    return node
+
+
+# --- the intended changes, each applied to the old (golden) side ------------------------------------------------
+def one_code_folder(old: dict[str, Any], provider: Provider) -> None:
+    """Every provider function deploys functions/provider/ (it reads its catalogue entry by PROVIDER_NAME)
+    instead of a folder of its own."""
+    function = old[f"{provider.key}Function"]["Properties"]
+    assert function["CodeUri"] == f"functions/{provider.route.replace('-', '_')}/"
+    function["CodeUri"] = "functions/provider/"
+
+
+def generic_descriptions(old: dict[str, Any], provider: Provider) -> None:
+    """The function's and the placeholder secret's descriptions are the loop's, naming the route (they were
+    written per provider); the role's is the same text as before."""
+    function = old[f"{provider.key}Function"]["Properties"]
+    assert function["Description"].startswith("Fetches and caches ")
+    function["Description"] = f"Fetches and caches {provider.route} access tokens."
+    secret = old[f"{provider.key}Secret"]["Properties"]
+    assert "replace client_id and client_secret" in secret["Description"]["Fn::Sub"]
+    secret["Description"] = {"Fn::Sub": (
+        f"{provider.route} OAuth client credentials for stack ${{AWS::StackName}} (placeholder): replace client_id "
+        "and client_secret with the provider's (README, \"Configuration and secrets\").")}
+
+
+def lifetime_from_the_catalogue(old: dict[str, Any], provider: Provider) -> None:
+    """TOKEN_LIFETIME is no longer set: the function takes its catalogue entry's, the very same number."""
+    variables = old[f"{provider.key}Function"]["Properties"]["Environment"]["Variables"]
+    assert variables.pop("TOKEN_LIFETIME") == str(provider.lifetime), "the documented lifetime changed"
+
+
+def aria_endpoint_chosen_by_the_function(old: dict[str, Any], provider: Provider) -> None:
+    """Aria's 12 endpoints moved from the AriaTokenEndpoints mapping to its catalogue entry: the function gets
+    AriaRegion and AriaStage as REGION and STAGE, and no TOKEN_URL."""
+    variables = old[f"{provider.key}Function"]["Properties"]["Environment"]["Variables"]
+    if provider.route != "aria":
+        return
+    assert variables["TOKEN_URL"] == {
+        "Fn::FindInMap": ["AriaTokenEndpoints", {"Ref": "AriaRegion"}, {"Ref": "AriaStage"}]
+    }
+    variables |= {"TOKEN_URL": NO_VALUE, "REGION": {"Ref": "AriaRegion"}, "STAGE": {"Ref": "AriaStage"}}
+
+
+def unset_settings_have_no_value(old: dict[str, Any], provider: Provider) -> None:
+    """A setting the provider does not have was empty (or missing); it is now AWS::NoValue (the loop writes
+    every setting and the Providers row says which the provider has): absent, which the layer reads as empty."""
+    variables = old[f"{provider.key}Function"]["Properties"]["Environment"]["Variables"]
+    for name in ("TOKEN_URL", "REGION", "STAGE", "ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE"):
+        if variables.get(name, "") in ("", NO_VALUE):
+            variables[name] = NO_VALUE
+
+
+def default_scopes_as_given(old: dict[str, Any], provider: Provider) -> None:
+    """DEFAULT_SCOPES is the <Key>DefaultScopes parameter itself, not "all of <Key>Scopes when empty" worked
+    out in the template: the layer reads an empty DEFAULT_SCOPES as all of ALLOWED_SCOPES."""
+    variables = old[f"{provider.key}Function"]["Properties"]["Environment"]["Variables"]
+    default = variables["DEFAULT_SCOPES"]
+    if isinstance(default, dict) and "Fn::If" in default:
+        condition, all_scopes, given = default["Fn::If"]
+        assert (condition, all_scopes) == (f"{provider.key}DefaultScopesIsAll", {"Ref": f"{provider.key}Scopes"})
+        variables["DEFAULT_SCOPES"] = given
+
+
+def cfn_lint_metadata(old: dict[str, Any], provider: Provider) -> None:
+    """cfn-lint cannot follow the loops' plain-string condition names and Globals: the looped resources switch
+    off those checks (the template's Metadata says why; test_template.py lints the expanded template in full)."""
+    ignored = {"Secret": ["E3015"], "Function": ["E1028", "W2533"], "FunctionRole": ["E1028"]}
+    for kind, checks in ignored.items():
+        metadata = old[f"{provider.key}{kind}"].setdefault("Metadata", {})
+        metadata["cfn-lint"] = {"config": {"ignore_checks": checks}}
+
+
+def signing_key_needs_private_key_jwt(conditions: dict[str, Any], provider: Provider) -> None:
+    """Has<Key>SigningKey needs <Key>ClientAuth private_key_jwt as well (the Rules that refused a key without
+    it could not be looped): a key given for another method grants nothing."""
+    name = f"Has{provider.key}SigningKey"
+    assert conditions[name] == {"Fn::Not": [{"Fn::Equals": [{"Ref": f"{provider.key}SigningKeyArn"}, ""]}]}
+    conditions[name] = {"Fn::And": [
+        conditions[name], {"Fn::Equals": [{"Ref": f"{provider.key}ClientAuth"}, SIGNING_KEY_CLIENT_AUTH]}]}
+
+
+def output_descriptions(outputs: dict[str, Any], provider: Provider) -> None:
+    """The outputs' descriptions are the loop's, naming the key (every provider function takes a scope)."""
+    function, secret = outputs[f"{provider.key}FunctionArn"], outputs[f"{provider.key}SecretArn"]
+    assert "token function (invoke directly with" in function["Description"]
+    function["Description"] = (
+        f'{provider.key} token function (invoke directly with {{"scope", "min_ttl", "force_refresh"}})')
+    assert secret["Description"].startswith("Secret holding the ")
+    secret["Description"] = f"Secret holding the {provider.key} client credentials (fill it in if the stack created it)"
+
+
+RESOURCE_CHANGES: list[Callable[[dict[str, Any], Provider], None]] = [
+    one_code_folder,
+    generic_descriptions,
+    lifetime_from_the_catalogue,
+    aria_endpoint_chosen_by_the_function,
+    unset_settings_have_no_value,
+    default_scopes_as_given,
+    cfn_lint_metadata,
+]
+
+
+def shorter_checkov_comments(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """The checkov suppressions' reasons were shortened: the same checks, in the same order, on the same
+    resources (test_security.py checks each is still needed and has a reason)."""
+    for name, resource in old.items():
+        skips = resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+        now = new.get(name, {}).get("Metadata", {}).get("checkov", {}).get("skip", [])
+        assert [skip["id"] for skip in skips] == [skip["id"] for skip in now], name
+        for skip, shorter in zip(skips, now, strict=True):
+            assert len(shorter["comment"].split()) >= 8, f"{name}: {shorter['id']} lost its reason"
+            skip["comment"] = shorter["comment"]
+
+
+# --- the providers' resources, conditions and outputs ----------------------------------------------------------
+def _old_provider(key: str) -> dict[str, Any]:
+    return {f"{key}{kind}": copy.deepcopy(GOLDEN["Resources"][f"{key}{kind}"]) for kind in PER_PROVIDER}
+
+
+@pytest.mark.parametrize("key", GOLDEN_KEYS)
+def test_provider_resources_are_the_old_ones_but_for_the_intended_changes(key: str) -> None:
+    provider, template = BY_KEY[key], load_template()
+    old = _old_provider(key)
+    new = {name: template["Resources"][name] for name in old}
+    for change in RESOURCE_CHANGES:
+        change(old, provider)
+    shorter_checkov_comments(old, new)
+    for name in old:
+        assert _normalised(new[name]) == _normalised(old[name]), f"{name} differs from the intended changes"
+
+
+@pytest.mark.parametrize("key", GOLDEN_KEYS)
+def test_provider_conditions_and_outputs_are_the_old_ones_but_for_the_intended_changes(key: str) -> None:
+    provider, template = BY_KEY[key], load_template()
+    conditions = {name: copy.deepcopy(value) for name, value in GOLDEN["Conditions"].items() if key in name}
+    assert set(conditions) == {f"Create{key}Secret", f"Has{key}SigningKey"}
+    signing_key_needs_private_key_jwt(conditions, provider)
+    assert {name: template["Conditions"][name] for name in conditions} == conditions
+    outputs = {name: copy.deepcopy(value) for name, value in GOLDEN["Outputs"].items() if name.startswith(key)}
+    assert set(outputs) == {f"{key}FunctionArn", f"{key}SecretArn"}
+    output_descriptions(outputs, provider)
+    assert {name: _normalised(template["Outputs"][name]) for name in outputs} == _normalised(outputs)
+
+
+# --- the token API and the other shared resources -----------------------------------------------------------
+def functions_named_one_by_one(old: dict[str, Any]) -> None:
+    """The token API's PROVIDERS JSON (function, scopes, default scopes and lifetime per route) became
+    FUNCTION_<Key> per provider, from a loop, and SCOPES_<Key>/DEFAULT_SCOPES_<Key> for a provider with scope
+    parameters; the rest is the catalogue's (the same lifetimes). PROVIDERS stays declared, empty, for sam
+    local's env.json."""
+    variables = old[TOKEN_API]["Properties"]["Environment"]["Variables"]
+    text, substitutions = variables["PROVIDERS"]["Fn::Sub"]
+    table = json.loads(text)
+    assert list(table) == [BY_KEY[key].route for key in BY_KEY if key in GOLDEN_KEYS]
+    for route, entry in table.items():
+        provider = PROVIDERS[route]
+        assert entry["function"] == f"${{{provider.function}}}"
+        assert entry["lifetime"] == provider.lifetime, f"{route}: the documented lifetime changed"
+        variables[f"FUNCTION_{provider.key}"] = {"Fn::Sub": entry["function"]}
+        if entry["scopes"]:
+            (scopes,) = re.fullmatch(r"\$\{(\w+)\}", entry["scopes"]).groups()  # type: ignore[union-attr]
+            (default,) = re.fullmatch(r"\$\{(\w+)\}", entry["default_scopes"]).groups()  # type: ignore[union-attr]
+            condition, all_scopes, given = substitutions[default]["Fn::If"]
+            assert (condition, all_scopes) == (f"{provider.key}DefaultScopesIsAll", {"Ref": scopes})
+            variables[f"SCOPES_{provider.key}"] = {"Ref": scopes}
+            variables[f"DEFAULT_SCOPES_{provider.key}"] = given  # as given: empty means all
+        else:
+            assert entry["default_scopes"] == ""
+    variables["PROVIDERS"] = ""
+
+
+def invoke_permission_per_provider(old: dict[str, Any], template: dict[str, Any]) -> None:
+    """The token API role's InvokeProviderFunctions statement moved to one <Key>FunctionInvokePolicy per
+    provider (a loop cannot add statements to one policy): the same action on the same functions."""
+    (policy,) = old[f"{TOKEN_API}Role"]["Properties"]["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    (moved,) = [statement for statement in statements if statement.get("Sid") == "InvokeProviderFunctions"]
+    statements.remove(moved)
+    assert moved["Action"] == "lambda:InvokeFunction"
+    now = []
+    for key in GOLDEN_KEYS:
+        invoke = template["Resources"][f"{key}FunctionInvokePolicy"]["Properties"]
+        assert invoke["RoleName"] == {"Ref": f"{TOKEN_API}Role"}
+        (statement,) = invoke["PolicyDocument"]["Statement"]
+        assert (statement["Effect"], statement["Action"]) == ("Allow", moved["Action"])
+        now.append(statement["Resource"])
+    assert sorted(map(json.dumps, now)) == sorted(map(json.dumps, moved["Resource"]))
+
+
+def test_shared_resources_are_the_old_ones_but_for_the_intended_changes() -> None:
+    template = load_template()
+    old = copy.deepcopy(GOLDEN["SharedResources"])
+    new = {name: template["Resources"][name] for name in old}
+    functions_named_one_by_one(old)
+    invoke_permission_per_provider(old, template)
+    shorter_checkov_comments(old, new)
+    for name in old:
+        assert _normalised(new[name]) == _normalised(old[name]), f"{name} differs from the intended changes"
+
+
+# --- nothing replaced, nothing orphaned ---------------------------------------------------------------------
+def test_every_old_logical_id_is_still_there_with_its_type() -> None:
+    template = load_template()
+    for name, resource in {**GOLDEN["Resources"], **GOLDEN["SharedResources"]}.items():
+        assert name in template["Resources"], f"{name} is gone: CloudFormation would delete it"
+        assert template["Resources"][name]["Type"] == resource["Type"], f"{name} changed type: replaced"
+
+
+@pytest.mark.parametrize("key", GOLDEN_KEYS)
+def test_each_secret_is_kept_as_it_was(key: str) -> None:
+    """Retained on deletion and replacement, under the same condition, generating the same way: no stack update
+    deletes, replaces or regenerates a secret someone filled in."""
+    old, new = GOLDEN["Resources"][f"{key}Secret"], load_template()["Resources"][f"{key}Secret"]
+    assert new["DeletionPolicy"] == new["UpdateReplacePolicy"] == "Retain"
+    assert (new["DeletionPolicy"], new["UpdateReplacePolicy"]) == (old["DeletionPolicy"], old["UpdateReplacePolicy"])
+    assert new["Condition"] == old["Condition"] == f"Create{key}Secret"
+    assert new["Properties"]["GenerateSecretString"] == old["Properties"]["GenerateSecretString"]
+    assert new["Properties"]["KmsKeyId"] == old["Properties"]["KmsKeyId"]
+
+
+def test_every_old_output_and_parameter_is_still_there() -> None:
+    template = load_template()
+    assert set(GOLDEN["AllOutputs"]) <= set(template["Outputs"]), set(GOLDEN["AllOutputs"]) - set(template["Outputs"])
+    assert set(GOLDEN["Parameters"]) <= set(template["Parameters"]), (
+        set(GOLDEN["Parameters"]) - set(template["Parameters"]))
+
+
+def test_resources_removed_and_added_are_the_intended_ones() -> None:
+    """Removed: the two alarms over every function's metrics (one Lambda alarm lists at most 10 metrics, and a
+    loop cannot add to a list). Added: one Errors and one Throttles alarm per function, and the token API's
+    permission to invoke each provider function as a policy of its own."""
+    now, before = set(load_template()["Resources"]), set(GOLDEN["AllResources"])
+    assert before - now == {"FunctionErrorsAlarm", "FunctionThrottlesAlarm"}
+    functions = ["TokenApi", *GOLDEN_KEYS]
+    added = {f"{key}FunctionInvokePolicy" for key in GOLDEN_KEYS}
+    added |= {f"{function}Function{metric}Alarm" for function in functions for metric in ("Errors", "Throttles")}
+    for key in set(BY_KEY) - set(GOLDEN_KEYS):  # a provider the catalogue gained since: all of its own
+        added |= {f"{key}{kind}" for kind in PER_PROVIDER} | {f"{key}FunctionInvokePolicy"}
+        added |= {f"{key}Function{metric}Alarm" for metric in ("Errors", "Throttles")}
+    assert now - before == added
