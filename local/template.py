@@ -55,7 +55,8 @@ CfnLoader.add_multi_constructor("!", _construct_cfn_tag)
 
 
 def parse_template(text: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(text, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+    # CfnLoader is a SafeLoader subclass (it only adds CloudFormation's short tags).
+    loaded: dict[str, Any] = yaml.load(text, Loader=CfnLoader)  # noqa: S506  # nosec B506
     return loaded
 
 
@@ -272,3 +273,10 @@ class Evaluator:
                 continue
             broken += [a["AssertDescription"] for a in rule["Assertions"] if not self(a["Assert"])]
         return broken
+
+
+if __name__ == "__main__":  # ``python -m local.template``: the expanded template as JSON (``make scan``)
+    import json
+    import sys
+
+    json.dump(expanded_template(), sys.stdout, indent=1)

@@ -222,7 +222,7 @@ class ApiSettings:
                     allowed_scopes=parse_scope_set(str(entry.get("scopes", ""))),
                     default_scopes=(parse_scope_set(str(entry.get("default_scopes", "")))
                                     or parse_scope_set(str(entry.get("scopes", "")))),
-                    lifetime=int(entry.get("lifetime", constants.DEFAULT_DOCUMENTED_LIFETIME)),
+                    lifetime=int(entry.get("lifetime", _documented_lifetime(str(name)))),
                 )
                 for name, entry in document.items()
             }
@@ -233,6 +233,14 @@ class ApiSettings:
                    memory_cache_seconds=cache.memory_cache_seconds,
                    refresh_margin_seconds=cache.refresh_margin_seconds,
                    refresh_margin_ratio=cache.refresh_margin_ratio)
+
+
+def _documented_lifetime(name: str) -> int:
+    """The catalogue's lifetime for a provider of the catalogue (``sam local``'s PROVIDERS names no lifetime)."""
+    from token_vending.catalogue import entry
+
+    profile = entry(name)
+    return profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
 
 
 def _catalogue_providers(env: Mapping[str, str]) -> dict[str, ProviderEntry]:
