@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 
 from tests.unit.conftest import REPO_ROOT, TABLE, load_app
+from token_vending.catalogue import CATALOGUE
 from token_vending.exceptions import UpstreamRejected
 
 EVENTS = REPO_ROOT / "events"
-ROUTES = {"invoice-cloud": "invoice_cloud", "pyng": "pyng", "aria": "aria", "autopay": "autopay",
-          "alternative-payments": "alternative_payments"}
+ROUTES = {entry.name: entry.name for entry in CATALOGUE}
+"""Route -> what ``load_app`` loads for it (the one provider function as that provider's copy)."""
 PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
-PROVIDERS = {route: {"function": f"{folder}-fn", "scopes": PYNG_SCOPES if route == "pyng" else "",
-                     "lifetime": 36000 if route == "autopay" else 3600} for route, folder in ROUTES.items()}
+PROVIDERS = {entry.name: {"function": f"{entry.name}-fn", "scopes": PYNG_SCOPES if entry.name == "pyng" else "",
+                          "lifetime": entry.lifetime} for entry in CATALOGUE}
 
 
 def seed(client: Any, route: str, scope_key: str, token: str, expires_in: int = 3000) -> None:
@@ -64,7 +65,6 @@ def test_invoke_event_files_are_served_from_the_cache(moto_table: Any, context: 
     monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
     monkeypatch.setenv("SECRET_ID", f"token-vending/{route}")
     monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES if route == "pyng" else "")
-    monkeypatch.setenv("TOKEN_LIFETIME", "36000" if route == "autopay" else "3600")
     event = json.loads((EVENTS / f"invoke-{route}.json").read_text())
     seed(moto_table, route, scope_key_of(event.get("scope"), route), f"cached-{route}")
     body = load_app(ROUTES[route]).handler(event, context)

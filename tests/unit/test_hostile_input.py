@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.conftest import TABLE, load_app
+from token_vending.catalogue import CATALOGUE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,11 +38,11 @@ if TYPE_CHECKING:
 # -- configuration under test ---------------------------------------------------------------------
 PYNG_SCOPES = ("billing:customers:invite", "billing:customers:read", "billing:batches:submit",
                "billing:batches:read")
-ROUTES = ("invoice-cloud", "pyng", "aria", "autopay", "alternative-payments")
+ROUTES = tuple(entry.name for entry in CATALOGUE)
 PROVIDERS: dict[str, dict[str, Any]] = {
-    route: {"function": f"{route}-function", "scopes": " ".join(PYNG_SCOPES) if route == "pyng" else "",
-            "lifetime": {"autopay": 36000, "pyng": 900}.get(route, 3600)}
-    for route in ROUTES
+    entry.name: {"function": f"{entry.name}-function",
+                 "scopes": " ".join(PYNG_SCOPES) if entry.name == "pyng" else "", "lifetime": entry.lifetime}
+    for entry in CATALOGUE
 }
 CLIENT_ID = "hostile-client-id"
 CLIENT_SECRET = "hostile-client-secret-3c1f"
