@@ -41,6 +41,9 @@ from token_vending.profile import ClientAuth, ClientCredentialsProfile, Emulator
 
 JSON_TYPE = "application/json;charset=UTF-8"
 TIMEOUT = (2.0, 5.0)
+DOCUMENTED = ("invoice-cloud", "pyng", "aria", "autopay", "alternative-payments")
+"""The providers whose emulators these tests describe by hand, from their documents (a catalogue entry added
+later gets the standards server, tested on its own below)."""
 ALL_PYNG_SCOPES = " ".join(PYNG_SCOPES)
 
 Factory = Callable[..., ProviderEmulator]
@@ -138,8 +141,8 @@ def basic(user: str, password: str) -> str:
 
 
 def test_public_constants() -> None:
-    assert ROUTES == ("invoice-cloud", "pyng", "aria", "autopay", "alternative-payments")
-    assert dict(zip(ROUTES, range(9001, 9006), strict=True)) == DEFAULT_PORTS
+    assert ROUTES[:len(DOCUMENTED)] == DOCUMENTED
+    assert dict(zip(ROUTES, range(9001, 9001 + len(ROUTES)), strict=True)) == DEFAULT_PORTS
     assert set(LOCAL_CREDENTIALS) == set(ROUTES)
     for route, (client_id, secret) in LOCAL_CREDENTIALS.items():
         assert client_id == f"local-{route}-client"
@@ -158,7 +161,7 @@ def test_unknown_route_and_option_are_rejected() -> None:
 # --- common behaviour ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", DOCUMENTED)
 def test_success_common_headers_unique_tokens_and_issued(start: Factory, route: str) -> None:
     emu = start(route)
     first = assert_json(SUCCESS[route](emu), 200)
@@ -170,7 +173,7 @@ def test_success_common_headers_unique_tokens_and_issued(start: Factory, route: 
     assert emu.port != 0
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", DOCUMENTED)
 def test_other_method_is_405_and_other_path_is_404(start: Factory, route: str) -> None:
     emu = start(route)
     response = requests.get(emu.url, timeout=TIMEOUT)
@@ -593,13 +596,13 @@ def test_standards_server_errors_are_rfc6749_5_2(start: Factory) -> None:
 
 
 def test_a_new_catalogue_entry_needs_no_other_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    sixth = ClientCredentialsProfile(name="acme", auth=ClientAuth.BASIC_HEADER)
+    sixth = ClientCredentialsProfile(name="one-more", auth=ClientAuth.BASIC_HEADER)
     monkeypatch.setattr(catalogue, "CATALOGUE", (*catalogue.CATALOGUE, sixth))
     with EmulatorFleet() as fleet:
-        assert list(fleet.urls()) == [*ROUTES, "acme"]
-        assert_json(standard_request(sixth, fleet["acme"]), 200)
+        assert list(fleet.urls()) == [*ROUTES, "one-more"]
+        assert_json(standard_request(sixth, fleet["one-more"]), 200)
         assert_json(SUCCESS["pyng"](fleet["pyng"]), 200)
-    with ProviderEmulator("acme") as emu:
+    with ProviderEmulator("one-more") as emu:
         assert_json(standard_request(sixth, emu), 200)
 
 
@@ -616,7 +619,7 @@ def test_a_route_outside_the_catalogue_may_bring_its_rules(start: Factory) -> No
 # --- Overrides -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", DOCUMENTED)
 def test_expires_in_override_as_numeric_string_and_omitted(start: Factory, route: str) -> None:
     emu = start(route, expires_in="3600")
     body = assert_json(SUCCESS[route](emu), 200)
@@ -636,7 +639,7 @@ def test_token_type_override(start: Factory) -> None:
     assert assert_json(invoice_cloud(emu), 200)["token_type"] == "bearer"
 
 
-@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("route", DOCUMENTED)
 def test_set_credentials_rotation(start: Factory, route: str) -> None:
     emu = start(route)
     assert_json(SUCCESS[route](emu), 200)
@@ -790,9 +793,10 @@ def test_fleet_starts_all_five_on_ephemeral_ports() -> None:
     with EmulatorFleet() as fleet:
         urls = fleet.urls()
         assert list(urls) == list(ROUTES)
-        assert len({fleet[r].port for r in ROUTES}) == 5
+        assert len({fleet[r].port for r in ROUTES}) == len(ROUTES)
         for route in ROUTES:
             assert urls[route] == fleet[route].url
+        for route in DOCUMENTED:
             assert_json(SUCCESS[route](fleet[route]), 200)
     with pytest.raises(requests.ConnectionError):
         invoice_cloud(fleet["invoice-cloud"])
@@ -818,7 +822,7 @@ def _free_port_block(size: int) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_main_serves_until_signalled(sig: signal.Signals) -> None:
-    base = _free_port_block(5)
+    base = _free_port_block(len(ROUTES))
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.Popen(

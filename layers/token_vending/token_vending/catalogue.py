@@ -32,7 +32,7 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
     # Invoice Cloud Biller OAuth 2.0 guide: client_id/client_secret in the form body, no scope, every error
     # a 400 with error_description before error (OWIN); the host is ".com" (the guide also says ".co" once).
     ClientCredentialsProfile(
-        name="invoice-cloud", title="Invoice Cloud (Biller API)",
+        name="invoice-cloud",
         auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM, scope=ScopeMode.OMIT, lifetime=3600,
         emulator=EmulatorRules(
             path="/biller/v1/authentication/oauth2/token", credentials="form",
@@ -45,7 +45,7 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
     # RFC 6749 2.3.1's form-urlencoded parts), a required space-separated scope (%20), 900 s tokens,
     # 401 invalid_client. The host differs per partner.
     ClientCredentialsProfile(
-        name="pyng", title="Pyng (B2B Receivables)",
+        name="pyng",
         auth=ClientAuth.BASIC_HEADER, basic_encoding=BasicEncoding.RFC7617, body=BodyEncoding.FORM,
         scope=ScopeMode.REQUIRED, lifetime=900,
         emulator=EmulatorRules(
@@ -59,7 +59,7 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
     # credentials, a JWT access token whose exp the cache honours. Keycloak answers a wrong secret with
     # 401 invalid_client or, in several versions, unauthorized_client.
     ClientCredentialsProfile(
-        name="aria", title="Aria (Billie Connect)",
+        name="aria",
         auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL, lifetime=3600,
         credential_error_codes=frozenset({"invalid_client", "unauthorized_client"}),
         endpoints={
@@ -95,7 +95,7 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
     # "expries_in"; a 401 may carry only error_description, so any 401 means rejected credentials.
     # Requesting a token per request "may lead to termination of API access". No documented URL.
     ClientCredentialsProfile(
-        name="autopay", title="Autopay",
+        name="autopay",
         auth=ClientAuth.JSON_BODY, body=BodyEncoding.JSON, scope=ScopeMode.OMIT, lifetime=36000,
         send_audience=True, lifetime_fields=("expires_in", "expries_in"),
         credential_error_statuses=frozenset({401}),
@@ -113,7 +113,7 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
     # (RFC 7617 as it is), a form body with grant_type only, a lowercase "bearer", 403 with an object of
     # strings (no OAuth error member) for bad credentials. The document's server is http://.
     ClientCredentialsProfile(
-        name="alternative-payments", title="Alternative Payments",
+        name="alternative-payments",
         auth=ClientAuth.BASIC_HEADER, basic_encoding=BasicEncoding.RFC7617, body=BodyEncoding.FORM,
         scope=ScopeMode.OMIT, lifetime=3600, credential_error_statuses=frozenset({403}),
         emulator=EmulatorRules(

@@ -151,8 +151,6 @@ class ClientCredentialsProfile:
     """Route name (``/token/{name}``), DynamoDB partition key and, CamelCased, the template's key
     (``invoice-cloud`` -> ``InvoiceCloud``: ``InvoiceCloudFunction``, ``InvoiceCloudTokenUrl``)."""
     auth: ClientAuth
-    title: str = ""
-    """The provider's name for people (descriptions, the dashboard)."""
     lifetime: int = 3600
     """The token lifetime the provider's document promises (the shortest it says it grants): ``min_ttl`` is
     bounded by it, from configuration alone."""
