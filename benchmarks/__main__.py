@@ -11,7 +11,7 @@ order below; progress and diagnostics go to stderr. A figure that could not be m
 
 ``upstream_calls_20_cold``
     Token requests the Pyng emulator receives when 20 separate execution environments (20 worker
-    processes, each with its own memory, running ``functions/pyng/app.py``'s handler) miss the same
+    processes, each with its own memory, running ``functions/provider/app.py (as Pyng)``'s handler) miss the same
     key at the same moment, with an empty table. Each environment is initialised (module imported,
     as in Lambda's init phase) and primed with one invocation that request validation refuses
     before any AWS or provider call, so the measured invocations do not drift apart on first-call
@@ -39,7 +39,7 @@ order below; progress and diagnostics go to stderr. A figure that could not be m
     cache at its shipped default of 5 s), 1000 calls after 50 warm-up calls.
 
 ``import_vs_boto3_ratio``
-    Median cold import time of ``functions/pyng/app.py`` (everything its module body does: boto3,
+    Median cold import time of ``functions/provider/app.py (as Pyng)`` (everything its module body does: boto3,
     Powertools with tracing active as the template's ``Tracing: Active`` gives, the layer modules,
     and creating its two boto3 clients) divided by the median cold time of ``import boto3`` alone
     (no client). Each sample is a fresh interpreter with a deployed function's environment; 15 per
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         # On a quiet machine first: nothing else is running yet.
         def import_ratio() -> tuple[float]:
             ratio, provider_s, boto3_s = imports.import_ratio(os.environ)
-            progress(f"imports: functions/pyng/app.py {provider_s * 1000:.0f} ms, import boto3 {boto3_s * 1000:.0f} ms "
-                     "(medians)")
+            progress(f"imports: functions/provider/app.py (as Pyng) {provider_s * 1000:.0f} ms, "
+                     f"import boto3 {boto3_s * 1000:.0f} ms (medians)")
             return (ratio,)
 
         run.measure(("import_vs_boto3_ratio",), import_ratio)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             if not steady.refresh_ahead_available():
                 progress("waiting_share_steady_state: the product code does not handle {\"refresh_ahead\": true} "
                          "yet (no 'refresh_ahead' in layers/token_vending/token_vending/*.py or "
-                         "functions/pyng/app.py); not measured")
+                         "functions/provider/app.py (as Pyng)); not measured")
                 skipped.append("waiting_share_steady_state")
                 return (None,)
             result = steady.waiting_share(run.aws(), refresh_ahead=True, duration=args.steady_seconds)

@@ -60,7 +60,7 @@ def _release_together(count: int, action: Callable[[int], Any]) -> list[Any]:
 
 def upstream_calls_cold(aws: LoopbackAws, environments: int = ENVIRONMENTS) -> int:
     """Token requests the Pyng emulator receives when ``environments`` separate execution environments
-    (worker processes running ``functions/pyng/app.py``) miss the same key at the same moment."""
+    (worker processes running ``functions/provider/app.py (as Pyng)``) miss the same key at the same moment."""
     logs = LogCapture()
     with pyng_emulator() as emulator:
         stack = aws.stack(emulator)

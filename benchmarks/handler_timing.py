@@ -2,7 +2,7 @@
 
 The parent (:func:`measure`) prepares a fresh table with a seeded token and runs this module as a
 child interpreter (``python -m benchmarks.handler_timing MODE ROUNDS WARMUP``) with the environment a
-Pyng execution environment gets from the local stack. The child loads ``functions/pyng/app.py`` by
+Pyng execution environment gets from the local stack. The child loads ``functions/provider/app.py (as Pyng)`` by
 path, as the Lambda runtime does, and calls ``handler(event, context)`` directly: no worker protocol,
 no HTTP in front. What the handler writes to stdout (Powertools' JSON logs and EMF metrics, which
 Lambda ships to CloudWatch) goes to a line-buffered file, so that cost is in the measurement; the EMF

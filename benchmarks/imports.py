@@ -5,7 +5,7 @@ folder on ``sys.path`` and imports ``time``/``importlib.util`` (the Lambda runti
 before it loads a handler), then times one statement with ``time.perf_counter`` and prints the
 seconds. Interpreter start-up is therefore excluded on both sides.
 
-* Provider side: ``functions/pyng/app.py`` loaded by path (``spec_from_file_location`` +
+* Provider side: ``functions/provider/app.py (as Pyng)`` loaded by path (``spec_from_file_location`` +
   ``exec_module``, as the runtime loads ``app.handler``). That includes everything its module body
   does: importing boto3, Powertools' Logger/Metrics/Tracer (with tracing active, as the template's
   ``Tracing: Active`` gives, so the X-Ray SDK is imported and patches botocore/requests), the layer

@@ -90,7 +90,7 @@ class Deployment:
 
     def environment(self, auth: ClientAuth, encoding: BasicEncoding = BasicEncoding.RFC6749) -> ProviderFunction:
         """A fresh execution environment (its own memory cache and lease owner), as Lambda would start one; the
-        Logger/Metrics/boto3 wiring of ``functions/<provider>/app.py``."""
+        Logger/Metrics/boto3 wiring of ``functions/provider/app.py``."""
         from token_vending.provider_function import ProviderFunction
 
         logger, metrics = powertools("standard", self.logs)

@@ -81,7 +81,7 @@ class Deployment:
     outputs: Outputs = field(default_factory=Outputs)
 
     def environment(self, auth: ClientAuth = ClientAuth.TLS_CLIENT_AUTH) -> Environment:
-        """A fresh execution environment with the Logger/Metrics/boto3 wiring of ``functions/<provider>/app.py``."""
+        """A fresh execution environment with the Logger/Metrics/boto3 wiring of ``functions/provider/app.py``."""
         profile = ClientCredentialsProfile(name=PROVIDER, auth=auth, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL)
         return Environment.start(profile, self.aws, self.outputs)
 
