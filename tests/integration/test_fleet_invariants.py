@@ -662,3 +662,36 @@ def test_a_cool_down_503_carries_the_retry_after_really_left(world: FleetWorld, 
     assert all(a.status == 503 and 70 <= int(a.headers["Retry-After"]) <= 76 for a in later), [
         a.describe() + str(a.headers) for a in later]
     assert world.server.request_count(since=mark) == {"read": 1}
+
+
+def test_an_outage_backs_off_exponentially_and_a_recovery_resets_it(world: FleetWorld, shared: Shared) -> None:
+    """A provider that keeps answering 503 is asked again after 10, 20, 40, 80 s, then every 150 s (the cap, a
+    longer Retry-After included), once per cool-down for the whole fleet and, after the first failure, without
+    retries; callers get 503s whose Retry-After is the back-off. When it answers again the next try succeeds, and
+    a later failure starts over at 10 s."""
+    world.switch("fail_503")
+    (first,) = run(world, [Call("api")])
+    assert first.status == 503, first.describe()
+    assert int(first.headers["Retry-After"]) == 10, first.headers
+    wait = 10
+    for expected in (20, 40, 80, 150, 150):
+        shared.clock.advance(wait + 1)
+        before = sum(world.server.request_count().values())
+        answers = run(world, [Call("api"), Call("direct", hint=1), Call("api", hint=2)])
+        assert sum(world.server.request_count().values()) - before == 1, "one attempt, no retries, for the fleet"
+        assert {a.status for a in answers} == {503}, [a.describe() for a in answers]
+        wait = max(int(a.headers["Retry-After"]) for a in answers if a.headers.get("Retry-After"))
+        assert expected - 2 <= wait <= expected, (expected, [a.headers for a in answers])
+    world.switch("fail_503_retry_after_1000")
+    shared.clock.advance(wait + 1)
+    (capped,) = run(world, [Call("api")])
+    assert 148 <= int(capped.headers["Retry-After"]) <= 150, capped.headers
+    world.switch("normal")
+    shared.clock.advance(151)
+    (back,) = run(world, [Call("api")])
+    assert back.status == 200, back.describe()
+    shared.clock.advance(900)  # the token expires and the provider fails again: the back-off starts over
+    world.switch("fail_503")
+    (again,) = run(world, [Call("api")])
+    assert again.status == 503, again.describe()
+    assert int(again.headers["Retry-After"]) == 10, again.headers

@@ -96,6 +96,7 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour("fail_503", status=503),
     Behaviour("fail_503_retry_after_1", status=503, retry_after="1"),
     Behaviour("fail_503_retry_after_120", status=503, retry_after="120"),
+    Behaviour("fail_503_retry_after_1000", status=503, retry_after="1000"),
     Behaviour("fail_500", status=500),
     Behaviour("fail_429", status=429, retry_after="2"),
     Behaviour("fail_429_bare", status=429),

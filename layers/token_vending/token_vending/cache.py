@@ -57,6 +57,9 @@ class LeaseResult:
     """When the lease lapses (ours or the holder's)."""
     failure: dict[str, Any] | None = None
     """Set when the lease is a failed refresh's cool-down: the error body to answer with until it lapses."""
+    failures: int = 0
+    """Consecutive failed refreshes of this key before this lease (read from the lapsed cool-down it replaced):
+    what the next cool-down backs off from. A successful refresh deletes the item, which resets it."""
 
 
 def _error_types() -> tuple[type[Exception], ...]:
@@ -139,20 +142,23 @@ class TokenCache:
         now = time.time() if now is None else now
         expires = now + seconds
         try:
-            self.client.put_item(
+            response = self.client.put_item(
                 TableName=self.table_name,
                 Item={**_key(provider, LEASE_PREFIX + scope_key), "owner": {"S": owner},
                       "lease_expires_at": {"N": f"{expires:.3f}"},
                       "purge_at": {"N": str(int(expires) + PURGE_AFTER_EXPIRY_SECONDS)}},
                 ConditionExpression="attribute_not_exists(pk) OR lease_expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except _error_types() as exc:
             if _is_condition_failure(exc):
                 old = getattr(exc, "response", {}).get("Item") or {}
                 return _lease_from_item(old, default_expiry=now + seconds)
             raise CacheUnavailable(_describe(exc)) from None
-        return LeaseResult(acquired=True, expires_at=expires)
+        # A lapsed cool-down we replaced tells how many refreshes failed in a row before ours.
+        previous = response.get("Attributes") or {}
+        streak = int(_number(previous.get("failures"), 0)) if "failure" in previous else 0
+        return LeaseResult(acquired=True, expires_at=expires, failures=streak)
 
     def get_lease(self, provider: str, scope_key: str) -> LeaseResult | None:
         """The current lease (consistent read), or ``None`` when nobody holds one."""
@@ -165,14 +171,16 @@ class TokenCache:
         return _lease_from_item(item, default_expiry=0.0) if item else None
 
     def record_failure(self, provider: str, scope_key: str, owner: str, until: float,
-                       error: dict[str, Any]) -> None:
+                       error: dict[str, Any], *, failures: int = 1) -> None:
         """Turn our lease into a cool-down: until ``until`` nobody calls the provider for this key, and
-        callers get ``error`` (or a still-valid cached token) at once instead of waiting or retrying."""
+        callers get ``error`` (or a still-valid cached token) at once instead of waiting or retrying.
+        ``failures`` counts the refreshes that failed in a row, this one included (the next back-off)."""
         try:
             self.client.put_item(
                 TableName=self.table_name,
                 Item={**_key(provider, LEASE_PREFIX + scope_key), "owner": {"S": owner},
                       "lease_expires_at": {"N": f"{until:.3f}"}, "failure": {"S": json.dumps(error)},
+                      "failures": {"N": str(failures)},
                       "purge_at": {"N": str(int(until) + PURGE_AFTER_EXPIRY_SECONDS)}},
                 ConditionExpression="#owner = :owner", ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": {"S": owner}})
@@ -200,7 +208,7 @@ def _lease_from_item(item: dict[str, Any], default_expiry: float) -> LeaseResult
             parsed = None
         failure = parsed if isinstance(parsed, dict) else None
     return LeaseResult(acquired=False, expires_at=_number(item.get("lease_expires_at"), default=default_expiry),
-                       failure=failure)
+                       failure=failure, failures=int(_number(item.get("failures"), 0)))
 
 
 def _key(provider: str, sort_key: str) -> dict[str, Any]:

@@ -279,10 +279,10 @@ class UpstreamClient:
         self._retry_class: type[Retry] | None = None
         self._kms_signer: KmsSigner | None = None
 
-    def _retry(self, deadline: float, attempt_seconds: float) -> Retry:
+    def _retry(self, deadline: float, attempt_seconds: float, retries: int | None = None) -> Retry:
         if self._retry_class is None:
             self._retry_class = _budgeted_retry_class()
-        retries = self.settings.upstream_retries
+        retries = self.settings.upstream_retries if retries is None else retries
         return self._retry_class(
             total=retries, connect=retries, read=False, status=retries, other=0, redirect=0,
             allowed_methods=frozenset({"POST"}), status_forcelist=RETRY_STATUSES,
@@ -295,7 +295,8 @@ class UpstreamClient:
         """Seconds a fetch may take before ``deadline`` (the function still has to store and answer)."""
         return deadline - time.monotonic() - SAFETY_SECONDS
 
-    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float) -> TokenGrant:
+    def fetch(self, credentials: ClientCredentials, scope: str, deadline: float, *,
+              retries: int | None = None) -> TokenGrant:
         """POST the token request; return the grant or raise the contract's upstream error.
 
         The whole exchange -- connect, TLS, headers, body, retries -- ends ``SAFETY_SECONDS`` before
@@ -322,7 +323,7 @@ class UpstreamClient:
                                      ca_bundle=self.settings.ca_bundle)
                 with pool:
                     response: BaseHTTPResponse = pool.urlopen(
-                        "POST", path, body=body, headers=headers, retries=self._retry(end, sum(timeout)),
+                        "POST", path, body=body, headers=headers, retries=self._retry(end, sum(timeout), retries),
                         redirect=False, preload_content=False, assert_same_host=False)
                     try:
                         raw = response.read(MAX_BODY_BYTES + 1, decode_content=True)

@@ -50,7 +50,11 @@ if TYPE_CHECKING:
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
 COOL_DOWN_SECONDS = 10.0
-"""After a failed refresh (timeout, 5xx, invalid answer), nobody asks the provider again for this long."""
+"""After a failed refresh (timeout, 5xx, invalid answer), nobody asks the provider again for this long; it
+doubles with every further failure in a row (10, 20, 40, 80 s, then the cap)."""
+MAX_OUTAGE_COOL_DOWN_SECONDS = 150.0
+"""The longest back-off after provider faults, a longer ``Retry-After`` included: a provider that is back is
+asked again within this long, while one that stays down sees about 25 token requests an hour per scope set."""
 REJECTED_COOL_DOWN_SECONDS = 60.0
 """After a rejection or misconfiguration: retrying cannot help until a person changes something."""
 MAX_COOL_DOWN_SECONDS = 300.0
@@ -206,7 +210,7 @@ class TokenVendor:
             lease = self.cache.acquire_lease(self.profile.name, key, self.owner, lease_seconds)
             if lease.acquired:
                 # The lease's own end bounds the whole fetch: no second environment can start one meanwhile.
-                return self._refresh_holding_lease(request, fetch_deadline, stale)
+                return self._refresh_holding_lease(request, fetch_deadline, stale, streak=lease.failures)
             if lease.failure is not None:  # a refresh just failed: answer as it did, do not ask again
                 return self._serve_stale_or_raise(request, stale, self._stored_error(lease.failure, lease.expires_at))
             if not waited:
@@ -244,9 +248,11 @@ class TokenVendor:
         return max(1.0, min(self.settings.cache.lease_seconds, left))
 
     def _refresh_holding_lease(self, request: TokenRequest, deadline: float,
-                               stale: CachedToken | None) -> CachedToken:
+                               stale: CachedToken | None, streak: int = 0) -> CachedToken:
         """``deadline`` is the earlier of the invocation's and the lease's end: the fetch never outlives
-        the lease, so no second environment can start one while ours still runs."""
+        the lease, so no second environment can start one while ours still runs. ``streak``: refreshes of
+        this key that failed in a row before ours; after one, the fetch makes a single attempt (no retries)
+        and another failure backs off longer."""
         key = request.scope_key
         release = True
         try:
@@ -256,11 +262,12 @@ class TokenVendor:
                 return latest
             stale = latest or stale
             try:
-                token = self._fetch(request, deadline)
+                token = self._fetch(request, deadline, retries=0 if streak else None)
             except TokenVendingError as exc:
-                until = self._cool_down(exc)
+                until = self._cool_down(exc, streak)
                 if until is not None:
-                    self.cache.record_failure(self.profile.name, key, self.owner, until, exc.body())
+                    self.cache.record_failure(self.profile.name, key, self.owner, until, exc.body(),
+                                              failures=streak + 1)
                     release = False  # the lease stays as the cool-down record
                 return self._serve_stale_or_raise(request, stale, exc)
             try:
@@ -284,18 +291,20 @@ class TokenVendor:
         return token
 
     @staticmethod
-    def _cool_down(error: TokenVendingError) -> float | None:
+    def _cool_down(error: TokenVendingError, streak: int = 0) -> float | None:
         """Until when nobody asks the provider again after ``error`` (a 503 then says so in its
         ``Retry-After``); ``None`` when the provider was not at fault (our own lack of time, Secrets Manager
-        or KMS down, a bad setting): retrying those costs it nothing."""
+        or KMS down, a bad setting): retrying those costs it nothing. ``streak`` failures in a row before this
+        one double the wait each time (exponential back-off), up to the caps."""
         if not error.provider_fault or isinstance(error, (InvalidRequest, Misconfigured)):
             return None
-        if isinstance(error, UpstreamUnavailable) and error.retry_after is not None:
-            seconds = float(min(max(error.retry_after, COOL_DOWN_SECONDS), MAX_COOL_DOWN_SECONDS))
-        elif isinstance(error, UpstreamRejected):
-            seconds = REJECTED_COOL_DOWN_SECONDS  # needs a person: a new secret or scope
+        factor = 2.0 ** min(streak, 10)
+        if isinstance(error, UpstreamRejected):
+            # needs a person: a new secret or scope
+            seconds = min(REJECTED_COOL_DOWN_SECONDS * factor, MAX_COOL_DOWN_SECONDS)
         else:
-            seconds = COOL_DOWN_SECONDS
+            asked = error.retry_after if isinstance(error, UpstreamUnavailable) else None
+            seconds = min(max(COOL_DOWN_SECONDS * factor, float(asked or 0)), MAX_OUTAGE_COOL_DOWN_SECONDS)
         if isinstance(error, UpstreamUnavailable):
             error.extra["retry_after"] = math.ceil(seconds)
         return time.time() + seconds
@@ -357,13 +366,14 @@ class TokenVendor:
             return self._serve_new(token, request)
 
     # -- upstream -------------------------------------------------------------------------------
-    def _fetch(self, request: TokenRequest, deadline: float) -> CachedToken:
+    def _fetch(self, request: TokenRequest, deadline: float, retries: int | None = None) -> CachedToken:
         """One upstream request; on a credentials error, re-read the secret and retry once if it
-        changed (rotation). Retrying with credentials already refused would only count against us."""
+        changed (rotation). Retrying with credentials already refused would only count against us.
+        ``retries``: instead of the configured number (none while backing off)."""
         credentials = self.credentials.get()
         self._report_certificate(credentials)
         try:
-            return self._call(credentials, request, deadline)
+            return self._call(credentials, request, deadline, retries)
         except UpstreamRejected as exc:
             if not self.profile.is_credential_error(exc.upstream_status or 0, exc.upstream_error):
                 raise
@@ -372,15 +382,16 @@ class TokenVendor:
                 raise
             self.logger.info("credentials were rejected and the secret has changed; retrying once")
             self._count("SecretReloaded")
-            return self._call(rotated, request, deadline)
+            return self._call(rotated, request, deadline, retries)
 
-    def _call(self, credentials: ClientCredentials, request: TokenRequest, deadline: float) -> CachedToken:
+    def _call(self, credentials: ClientCredentials, request: TokenRequest, deadline: float,
+              retries: int | None = None) -> CachedToken:
         from aws_lambda_powertools.metrics import MetricUnit
 
         self._count("UpstreamRequest")
         started = time.perf_counter()
         try:
-            grant = self.upstream.fetch(credentials, request.scope_key, deadline)
+            grant = self.upstream.fetch(credentials, request.scope_key, deadline, retries=retries)
         except TokenVendingError as exc:
             if not exc.provider_fault:
                 raise
