@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
+from token_vending.clients import DYNAMODB_CONFIG
 from token_vending.constants import PROVIDER_NAME_ENV
 from token_vending.provider_function import ProviderFunction
 
@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 logger = Logger()
 tracer = Tracer(patch_modules=("botocore",))  # the token request itself uses urllib3, only on a miss
 metrics = Metrics()
+# The Secrets Manager client is made on the first secret read (never while the token is cached).
 function = ProviderFunction.from_catalogue(os.environ.get(PROVIDER_NAME_ENV, "").strip(),
                                            logger=logger, metrics=metrics,
-                                           dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG),
-                                           secretsmanager=boto3.client("secretsmanager", config=SECRETS_CONFIG))
+                                           dynamodb=boto3.client("dynamodb", config=DYNAMODB_CONFIG))
 
 
 @logger.inject_lambda_context(clear_state=True)

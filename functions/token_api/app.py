@@ -12,7 +12,7 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from token_vending.api import TokenApi
-from token_vending.clients import API_DYNAMODB_CONFIG, LAMBDA_CONFIG
+from token_vending.clients import API_DYNAMODB_CONFIG
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -20,12 +20,8 @@ if TYPE_CHECKING:
 logger = Logger()
 tracer = Tracer(patch_modules=("botocore",))
 metrics = Metrics()
-api = TokenApi(
-    logger=logger,
-    metrics=metrics,
-    dynamodb=boto3.client("dynamodb", config=API_DYNAMODB_CONFIG),
-    lambda_client=boto3.client("lambda", config=LAMBDA_CONFIG),
-)
+# The Lambda client is made on the first miss: a cold start answered from the cache does without it.
+api = TokenApi(logger=logger, metrics=metrics, dynamodb=boto3.client("dynamodb", config=API_DYNAMODB_CONFIG))
 
 
 @logger.inject_lambda_context(clear_state=True, correlation_id_path="requestContext.requestId")

@@ -140,3 +140,33 @@ def test_token_grant_repr_hides_the_token() -> None:
     grant = TokenGrant(access_token="secret-token-value", token_type="Bearer", scope=None, lifetime=60,
                        fetched_at=0.0, expires_at=60)
     assert "secret-token-value" not in repr(grant)
+
+
+def test_cache_hits_make_no_client_they_do_not_need(api_app: Any, moto_table: Any, context: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold starts answered from the cache skip the Lambda client (token API) and the Secrets Manager client
+    (provider function): each is made on the first miss or secret read instead."""
+    import boto3
+
+    made: list[str] = []
+    real = boto3.client
+
+    def recording(service: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(service)
+        return real(service, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(boto3, "client", recording)
+    event = json.loads((EVENTS / "api-pyng.json").read_text())
+    seed(moto_table, "pyng", scope_key_of(event["queryStringParameters"]["scope"], "pyng"), "cached", expires_in=86000)
+    assert api_app.handler(event, context)["statusCode"] == 200
+    monkeypatch.setenv("PROVIDER_NAME", "pyng")
+    monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
+    monkeypatch.setenv("SECRET_ID", "token-vending/pyng")
+    monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES)
+    provider = load_app("pyng")
+    payload = json.loads((EVENTS / "invoke-pyng.json").read_text())
+    assert provider.handler(payload, context)["access_token"] == "cached"
+    assert api_app.api._lambda_client is None
+    assert "lambda" not in made
+    assert "secretsmanager" not in made
+    assert made.count("dynamodb") == 1  # the provider's; the token API's was made before this test recorded

@@ -42,16 +42,32 @@ _PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 class TokenApi:
     def __init__(self, *, logger: Logger, metrics: Metrics, dynamodb: DynamoDBClient,
-                 lambda_client: LambdaClient) -> None:
+                 lambda_client: LambdaClient | None = None) -> None:
+        """``lambda_client``: made on the first miss when not given, so that a cold start answered from the
+        cache does not pay for a client it never uses."""
         self.logger = logger
         self.metrics = metrics
         self.dynamodb = dynamodb
-        self.lambda_client = lambda_client
+        self._lambda_client = lambda_client
         self._settings: ApiSettings | None = None
         # Built with the settings, once per execution environment (not per request).
         self.memory: MemoryCache[CachedToken] = MemoryCache(0)
         self.policy = RefreshPolicy(0, 0)
         self.cache: TokenCache | None = None
+
+    @property
+    def lambda_client(self) -> LambdaClient:
+        if self._lambda_client is None:
+            import boto3
+
+            from token_vending.clients import LAMBDA_CONFIG
+
+            self._lambda_client = boto3.client("lambda", config=LAMBDA_CONFIG)
+        return self._lambda_client
+
+    @lambda_client.setter
+    def lambda_client(self, client: LambdaClient) -> None:
+        self._lambda_client = client
 
     def settings(self) -> ApiSettings:
         if self._settings is None:

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from token_vending.exceptions import Misconfigured, UpstreamUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
     from token_vending.profile import ClientAuth
@@ -56,21 +59,31 @@ class ClientCredentials:
 
 class CredentialStore:
     def __init__(self, provider: str, secret_id: str, max_age: int,
-                 client: SecretsManagerClient | None = None, required: tuple[str, ...] = REQUIRED_FIELDS) -> None:
-        from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
+                 client: SecretsManagerClient | Callable[[], SecretsManagerClient] | None = None,
+                 required: tuple[str, ...] = REQUIRED_FIELDS) -> None:
+        """``client`` may be a factory: the Secrets Manager client (and Powertools' provider) is then made on
+        the first read, never while the provider's token is served from the cache."""
         self.provider = provider
         self.secret_id = secret_id
         self.max_age = max_age
         self.required = required
-        self._secrets = SecretsProvider(boto3_client=client)
+        self._client = client
+        self._secrets: SecretsProvider | None = None
+
+    def _provider(self) -> SecretsProvider:
+        if self._secrets is None:
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+            client = self._client() if callable(self._client) else self._client
+            self._secrets = SecretsProvider(boto3_client=client)
+        return self._secrets
 
     def get(self, *, force_fetch: bool = False) -> ClientCredentials:
         """``force_fetch`` bypasses the cache: used once after the provider says ``invalid_client``."""
         from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
         try:
-            raw = self._secrets.get(self.secret_id, max_age=self.max_age, force_fetch=force_fetch)
+            raw = self._provider().get(self.secret_id, max_age=self.max_age, force_fetch=force_fetch)
         except GetParameterError as exc:
             code = _client_error_code(exc)
             if code in MISCONFIGURATION_CODES:

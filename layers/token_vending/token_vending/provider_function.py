@@ -41,9 +41,20 @@ def _kms_client() -> KMSClient:
     return boto3.client("kms", config=KMS_CONFIG)
 
 
+def _secrets_client() -> SecretsManagerClient:
+    """Made on the first secret read: while the token is cached, a cold start does without it."""
+    import boto3
+
+    from token_vending.clients import SECRETS_CONFIG
+
+    return boto3.client("secretsmanager", config=SECRETS_CONFIG)
+
+
 class ProviderFunction:
     def __init__(self, profile: ClientCredentialsProfile, *, logger: Logger, metrics: Metrics,
-                 dynamodb: DynamoDBClient, secretsmanager: SecretsManagerClient, known: bool = True) -> None:
+                 dynamodb: DynamoDBClient, secretsmanager: SecretsManagerClient | None = None,
+                 known: bool = True) -> None:
+        """``secretsmanager``: made on the first secret read when not given (a cache hit never needs it)."""
         self.profile = profile
         self.known = known
         self.logger = logger
@@ -55,7 +66,7 @@ class ProviderFunction:
 
     @classmethod
     def from_catalogue(cls, name: str, *, logger: Logger, metrics: Metrics, dynamodb: DynamoDBClient,
-                       secretsmanager: SecretsManagerClient) -> ProviderFunction:
+                       secretsmanager: SecretsManagerClient | None = None) -> ProviderFunction:
         """The function of the catalogue entry ``name`` (``PROVIDER_NAME``). An unknown name still makes a
         function, whose every invocation is the contract's ``misconfigured`` error (not an init failure)."""
         from token_vending.catalogue import entry
@@ -97,7 +108,7 @@ class ProviderFunction:
                 profile=profile, settings=settings,
                 cache=TokenCache(settings.cache.table_name, self.dynamodb),
                 credentials=CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
-                                            self.secretsmanager, required=required),
+                                            self.secretsmanager or _secrets_client, required=required),
                 upstream=UpstreamClient(profile, settings, kms=_kms_client),
                 logger=self.logger, metrics=self.metrics)
         return self._vendor
