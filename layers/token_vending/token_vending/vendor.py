@@ -54,7 +54,8 @@ COOL_DOWN_SECONDS = 10.0
 doubles with every further failure in a row (10, 20, 40, 80 s, then the cap)."""
 MAX_OUTAGE_COOL_DOWN_SECONDS = 150.0
 """The longest back-off after provider faults, a longer ``Retry-After`` included: a provider that is back is
-asked again within this long, while one that stays down sees about 25 token requests an hour per scope set."""
+asked again within this long, while one that stays down sees at most 30 token requests an hour per scope set
+(28 attempts, the first with its retries)."""
 REJECTED_COOL_DOWN_SECONDS = 60.0
 """After a rejection or misconfiguration: retrying cannot help until a person changes something."""
 MAX_COOL_DOWN_SECONDS = 300.0
