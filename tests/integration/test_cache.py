@@ -12,6 +12,7 @@ import pytest
 
 from local.providers import LOCAL_CREDENTIALS, Fault
 from tests.integration.conftest import get_token, table_items
+from token_vending.request import fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +76,27 @@ def test_force_refresh_discards_the_token_once_per_interval(make_stack: Any, emu
     for _ in range(3):
         assert get_token(stack, "pyng", force_refresh="true").json()["access_token"] == forced
     assert emulators["pyng"].token_requests == 2
+
+
+def test_a_forced_refresh_naming_a_replaced_token_serves_the_replacement(make_stack: Any, emulators: Any) -> None:
+    """Callers that got a 401 for token A name it (its fingerprint): the first replaces it; those asking later,
+    even after the force-refresh interval, get the replacement without a token request, through the API and
+    directly. Naming the current token replaces it."""
+    stack = make_stack(function_env={"FORCE_REFRESH_INTERVAL": "1"})
+    first = get_token(stack, "pyng").json()["access_token"]
+    time.sleep(1.1)
+    second = get_token(stack, "pyng", force_refresh=fingerprint(first)).json()["access_token"]
+    assert second != first
+    assert emulators["pyng"].token_requests == 2
+    time.sleep(1.1)  # past the interval: only the fingerprint keeps the replacement
+    assert get_token(stack, "pyng", force_refresh=fingerprint(first)).json()["access_token"] == second
+    body, error = invoke(stack, "PyngFunction", {"force_refresh": fingerprint(first)})
+    assert error is None
+    assert body["access_token"] == second
+    assert emulators["pyng"].token_requests == 2
+    third = get_token(stack, "pyng", force_refresh=fingerprint(second)).json()["access_token"]
+    assert third not in (first, second)
+    assert emulators["pyng"].token_requests == 3
 
 
 def test_stale_token_is_served_when_the_refresh_fails(stack: Any, emulators: Any) -> None:

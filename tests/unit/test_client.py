@@ -3,6 +3,7 @@ SigV4-signed and counts what it serves, and a target API that answers 401 once."
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -179,6 +180,10 @@ def test_errors_carry_their_contract_names(token_api: Any, session: boto3.Sessio
     assert caught.value.status == status  # type: ignore[attr-defined]
 
 
+REFUSED_1 = hashlib.sha256(b"vended-token-1").hexdigest()[:8]
+"""What the library sends as force_refresh after a 401 for vended-token-1: its fingerprint."""
+
+
 def test_requests_a_401_forces_one_refresh_and_one_retry(token_api: Any, target: Any,
                                                          session: boto3.Session) -> None:
     fake, url = token_api
@@ -189,7 +194,8 @@ def test_requests_a_401_forces_one_refresh_and_one_retry(token_api: Any, target:
     response = requests.post(target_url, data=b"payload", auth=auth, timeout=10)
     assert response.status_code == 200
     assert response.json() == {"token": "vended-token-2"}
-    assert [query.get("force_refresh") for query in fake.served] == [None, ["true"]]  # exactly one forced
+    # exactly one forced, naming the refused token (so a replacement someone else forced is served instead)
+    assert [query.get("force_refresh") for query in fake.served] == [None, [REFUSED_1]]
     assert [token for token, _ in api.seen] == ["vended-token-1", "vended-token-1", "vended-token-2"]
     assert api.seen[-1][1] == b"payload"  # the retry carries the same body
     assert [r.status_code for r in response.history] == [401]
@@ -215,7 +221,7 @@ def test_httpx_a_401_forces_one_refresh_and_one_retry(token_api: Any, target: An
         response = http.post(target_url, content=b"payload")
     assert response.status_code == 200
     assert response.json() == {"token": "vended-token-2"}
-    assert [query.get("force_refresh") for query in fake.served] == [None, ["true"]]
+    assert [query.get("force_refresh") for query in fake.served] == [None, [REFUSED_1]]
     assert [body for _, body in api.seen] == [b"payload", b"payload"]
 
 

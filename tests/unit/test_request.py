@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from token_vending.exceptions import InvalidRequest
-from token_vending.request import parse_request
+from token_vending.request import fingerprint, parse_request, replaced
 
 ALLOWED = frozenset({"billing:batches:read", "billing:customers:read"})
 
@@ -47,6 +47,18 @@ def test_provider_without_scopes_refuses_one() -> None:
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("FALSE", False), (True, True), (False, False)])
 def test_force_refresh_values(raw: Any, expected: bool) -> None:
     assert parse({"force_refresh": raw}).force_refresh is expected
+
+
+def test_force_refresh_may_name_the_refused_token_by_its_fingerprint() -> None:
+    request = parse({"force_refresh": fingerprint("the-refused-token")})
+    assert request.force_refresh is True
+    assert request.refused == fingerprint("the-refused-token")
+    assert replaced("another-token", request) is True
+    assert replaced("the-refused-token", request) is False
+    assert replaced("anything", parse({"force_refresh": "true"})) is False
+    for bad in ("ABCDEF12", "abcdef1", "abcdef123", "the-token"):
+        with pytest.raises(InvalidRequest, match="fingerprint"):
+            parse({"force_refresh": bad})
 
 
 def test_min_ttl_accepts_integers_and_digit_strings() -> None:

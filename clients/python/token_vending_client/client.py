@@ -114,18 +114,20 @@ class TokenSource:
                     return current
                 if not force_refresh:
                     return current
-            token = self._fetch(min_ttl, force_refresh)
+            token = self._fetch(min_ttl, force_refresh, refused)
             LOG.debug("token fetched", extra={"provider": self.provider, "token": fingerprint(token.access_token)})
             self._token = token
             return token
 
     # -- the two ways in --------------------------------------------------------------------------
-    def _fetch(self, min_ttl: float, force_refresh: bool) -> Token:
+    def _fetch(self, min_ttl: float, force_refresh: bool, refused: str | None = None) -> Token:
         params: dict[str, Any] = {"min_ttl": int(min_ttl)}
         if self.scope:
             params["scope"] = self.scope
         if force_refresh:
-            params["force_refresh"] = True
+            # Naming the refused token lets the service serve its replacement when another caller already
+            # forced one, instead of replacing that one too.
+            params["force_refresh"] = fingerprint(refused) if refused is not None else True
         if self.api_url is not None:
             return self._from_api(params)
         return self._from_function(params)

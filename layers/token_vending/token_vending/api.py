@@ -25,7 +25,7 @@ from token_vending.exceptions import (
 )
 from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
-from token_vending.request import parse_request
+from token_vending.request import parse_request, replaced
 from token_vending.response import api_response, error_response, token_body
 from token_vending.settings import ApiSettings
 
@@ -90,9 +90,12 @@ class TokenApi:
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
                                     default=entry.default_scopes,
                                     min_ttl_limit=self.policy.min_ttl_limit(entry.lifetime))
-            if request.force_refresh:
-                self.memory.discard(f"{request.provider}#{request.scope_key}")  # the caller says it is bad
-            token = None if request.force_refresh else self._cached(request)
+            token = self._cached(request) if not request.force_refresh or request.refused else None
+            if request.force_refresh and (token is None or not replaced(token.access_token, request)):
+                # The caller says this token is bad (or named the one still cached): the provider's function
+                # decides, under its force-refresh interval.
+                self.memory.discard(f"{request.provider}#{request.scope_key}")
+                token = None
             body = token_body(token) if token is not None else self._invoke(entry, request)
         except TokenVendingError as exc:
             if exc.provider is None and provider is not None:
@@ -139,7 +142,7 @@ class TokenApi:
         from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         payload = {"scope": request.scope_key or None, "min_ttl": request.min_ttl,
-                   "force_refresh": request.force_refresh}
+                   "force_refresh": request.refused or request.force_refresh}
         self._count("ProviderInvoke")
         try:
             response = self.lambda_client.invoke(FunctionName=entry.function, InvocationType="RequestResponse",

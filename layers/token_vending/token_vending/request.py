@@ -6,6 +6,7 @@ Both end as a :class:`TokenRequest` or an :class:`~token_vending.exceptions.Inva
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,20 @@ PARAMETERS = ("scope", "min_ttl", "force_refresh")
 MAX_PARAMETER_LENGTH = 2048
 
 
+FINGERPRINT = re.compile(r"^[0-9a-f]{8}$")
+"""``force_refresh=<fingerprint>``: the first eight hex digits of the SHA-256 of the refused access token."""
+
+
 @dataclass(frozen=True)
 class TokenRequest:
     provider: str
     scopes: frozenset[str]
     min_ttl: int
     force_refresh: bool
+    refused: str | None = None
+    """With ``force_refresh``, the fingerprint of the token the caller was refused with, when it named it: a
+    cached token with another fingerprint has already replaced that one and is served as it is, so callers
+    that all got a 401 for the same token cause one refresh, however late they ask."""
 
     @property
     def scope_key(self) -> str:
@@ -71,14 +80,17 @@ def _min_ttl(raw: Any, provider: str, limit: int) -> int:
     return value
 
 
-def _force_refresh(raw: Any, provider: str) -> bool:
+def _force_refresh(raw: Any, provider: str) -> tuple[bool, str | None]:
     if raw is None or raw is False:
-        return False
+        return False, None
     if raw is True:
-        return True
+        return True, None
     if isinstance(raw, str) and raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    raise InvalidRequest("force_refresh must be true or false", provider=provider)
+        return raw.lower() == "true", None
+    if isinstance(raw, str) and FINGERPRINT.fullmatch(raw):
+        return True, raw
+    raise InvalidRequest("force_refresh must be true, false or the refused token's fingerprint (8 lowercase hex "
+                         "digits of its SHA-256)", provider=provider)
 
 
 def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: frozenset[str],
@@ -94,9 +106,24 @@ def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: f
     if unknown:
         raise InvalidRequest(f"unknown parameter(s); expected only {', '.join(PARAMETERS)}",
                              provider=provider)
+    force_refresh, refused = _force_refresh(params.get("force_refresh"), provider)
     return TokenRequest(
         provider=provider,
         scopes=_scopes(params.get("scope"), provider, allowed, default),
         min_ttl=_min_ttl(params.get("min_ttl"), provider, min_ttl_limit),
-        force_refresh=_force_refresh(params.get("force_refresh"), provider),
+        force_refresh=force_refresh,
+        refused=refused,
     )
+
+
+def fingerprint(token: str) -> str:
+    """Eight hex characters of SHA-256: enough to correlate log lines or name a refused token, useless to an
+    attacker."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def replaced(token: str, request: TokenRequest) -> bool:
+    """Whether ``token`` already replaced the one the caller was refused with (so a forced refresh is moot)."""
+    return request.refused is not None and fingerprint(token) != request.refused

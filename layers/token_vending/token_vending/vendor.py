@@ -15,7 +15,6 @@ environment fetches at most once per token lifetime, never once per request.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import threading
@@ -37,6 +36,7 @@ from token_vending.exceptions import (
 from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
 from token_vending.profile import ClientAuth
+from token_vending.request import fingerprint, replaced
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
@@ -65,9 +65,6 @@ MIN_ATTEMPT_SECONDS = 1.0
 """A fetch with less time than this left is not started (and is not the provider's fault)."""
 
 
-def fingerprint(token: str) -> str:
-    """Eight hex characters of SHA-256: enough to correlate log lines, useless to an attacker."""
-    return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
 class TokenVendor:
@@ -173,9 +170,15 @@ class TokenVendor:
         """Fresh for this request. A forced refresh discards the token unless it was itself fetched within
         the force-refresh interval: a burst of forced refreshes (every caller that got a 401) then makes
         one upstream call, not one each."""
-        if request.force_refresh and now - token.fetched_at >= self.settings.cache.force_refresh_interval:
+        if self._forced(token, request, now):
             return False
         return self.policy.is_fresh(token, request.min_ttl, now)
+
+    def _forced(self, token: CachedToken, request: TokenRequest, now: float) -> bool:
+        """A forced refresh discards ``token``: unless it was fetched within the force-refresh interval, or it
+        is not the token the caller names as refused (it already replaced that one)."""
+        return (request.force_refresh and not replaced(token.access_token, request)
+                and now - token.fetched_at >= self.settings.cache.force_refresh_interval)
 
     def _acceptable_or_refuse(self, token: CachedToken, request: TokenRequest) -> bool:
         """Whether ``token`` may be served for ``request``; raises when it is current yet still cannot keep
@@ -185,7 +188,7 @@ class TokenVendor:
         now = time.time()
         if self._acceptable(token, request, now):
             return True
-        if request.force_refresh and now - token.fetched_at >= self.settings.cache.force_refresh_interval:
+        if self._forced(token, request, now):
             return False  # the caller wants a new token anyway
         if token.remaining(now) > self.policy.margin(token.lifetime) and self.policy.cannot_satisfy(
                 token, request.min_ttl):
