@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from local.stack import PROVIDERS
+from tests.integration.test_make_local import free_run_of_ports
 from tests.support.authlib_server import AuthlibTokenServer, RegisteredClient
 from tests.support.dynamodb_local import free_port
 from tests.template.cfn import CFN_LINT, ROOT, SAM, python313_dir, require_tool, run, tool_env
@@ -181,7 +183,8 @@ def test_the_expanded_template_has_everything_the_provider_needs(copy: Path) -> 
 # --- make local, with and without --config ------------------------------------------------------------------
 @contextmanager
 def _local(copy: Path, *extra: str) -> Iterator[str]:
-    api, lam, aws, base = free_port(), free_port(), free_port(), free_port()
+    api, lam, aws = free_port(), free_port(), free_port()
+    base = free_run_of_ports(len(PROVIDERS) + 1, avoid={api, lam, aws})  # one emulator per provider, in a row
     process = subprocess.Popen(
         [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
          "--provider-port-base", str(base), "--refresh-ahead", "0", *extra],
