@@ -170,3 +170,41 @@ def test_cache_hits_make_no_client_they_do_not_need(api_app: Any, moto_table: An
     assert "lambda" not in made
     assert "secretsmanager" not in made
     assert made.count("dynamodb") == 1  # the provider's; the token API's was made before this test recorded
+
+
+def test_a_forced_refresh_naming_the_cached_token_counts_no_cache_hit(api_app: Any, moto_table: Any, context: Any,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Naming the token still cached delegates to the provider function: that request is a ProviderInvoke, not
+    a cache hit; naming another token is served from the cache and counted as a hit."""
+    import hashlib
+    import io
+
+    class FreshToken:
+        def invoke(self, **_: Any) -> dict[str, Any]:
+            body = {"provider": "pyng", "access_token": "fresh", "token_type": "Bearer", "expires_in": 800,
+                    "expires_at": int(time.time()) + 800, "scope": PYNG_SCOPES}
+            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
+
+    api_app.api.lambda_client = FreshToken()
+    event = json.loads((EVENTS / "api-pyng.json").read_text())
+    seed(moto_table, "pyng", scope_key_of(event["queryStringParameters"]["scope"], "pyng"), "cached", expires_in=86000)
+
+    def metrics_of(force_refresh: str) -> tuple[str, set[str]]:
+        query = {**event["queryStringParameters"], "force_refresh": force_refresh}
+        response = api_app.handler({**event, "queryStringParameters": query,
+                                    "multiValueQueryStringParameters": {k: [v] for k, v in query.items()}}, context)
+        names = set()
+        for line in capsys.readouterr().out.splitlines():
+            document = json.loads(line) if line.startswith("{") else {}
+            for directive in document.get("_aws", {}).get("CloudWatchMetrics", []):
+                names |= {metric["Name"] for metric in directive["Metrics"]}
+        return json.loads(response["body"])["access_token"], names
+
+    served, names = metrics_of(hashlib.sha256(b"cached").hexdigest()[:8])
+    assert served == "fresh"
+    assert "ProviderInvoke" in names
+    assert not names & {"CacheHitMemory", "CacheHitDynamoDB"}
+    served, names = metrics_of(hashlib.sha256(b"an-older-token").hexdigest()[:8])
+    assert served == "cached"  # (this fake function stored nothing: the table still holds "cached")
+    assert "CacheHitDynamoDB" in names
+    assert "ProviderInvoke" not in names

@@ -90,12 +90,16 @@ class TokenApi:
             request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
                                     default=entry.default_scopes,
                                     min_ttl_limit=self.policy.min_ttl_limit(entry.lifetime))
-            token = self._cached(request) if not request.force_refresh or request.refused else None
-            if request.force_refresh and (token is None or not replaced(token.access_token, request)):
+            found = self._cached(request) if not request.force_refresh or request.refused else None
+            if request.force_refresh and (found is None or not replaced(found[0].access_token, request)):
                 # The caller says this token is bad (or named the one still cached): the provider's function
                 # decides, under its force-refresh interval.
                 self.memory.discard(f"{request.provider}#{request.scope_key}")
-                token = None
+                found = None
+            token = None
+            if found is not None:
+                token, source = found
+                self._count(source)
             body = token_body(token) if token is not None else self._invoke(entry, request)
         except TokenVendingError as exc:
             if exc.provider is None and provider is not None:
@@ -118,12 +122,12 @@ class TokenApi:
             raise UnknownProvider("no such provider is deployed", provider=shown)
         return entry
 
-    def _cached(self, request: TokenRequest) -> CachedToken | None:
+    def _cached(self, request: TokenRequest) -> tuple[CachedToken, str] | None:
+        """A token fresh for ``request`` and the metric of where it came from (counted only if served)."""
         key = f"{request.provider}#{request.scope_key}"
         remembered = self.memory.get(key)
         if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, time.time()):
-            self._count("CacheHitMemory")
-            return remembered
+            return remembered, "CacheHitMemory"
         if self.cache is None:
             return None
         try:
@@ -133,9 +137,8 @@ class TokenApi:
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
             return None
         if cached is not None and self.policy.is_fresh(cached, request.min_ttl, time.time()):  # after the read
-            self._count("CacheHitDynamoDB")
             self.memory.put(key, cached)
-            return cached
+            return cached, "CacheHitDynamoDB"
         return None
 
     def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
