@@ -487,6 +487,8 @@ def pyng_function(moto_table: Any, token_endpoint: TokenEndpoint, monkeypatch: p
         # Every forced refresh reaches the token endpoint: a token fetched a moment ago does not
         # absorb the next forced refresh.
         "FORCE_REFRESH_INTERVAL": "0", "POWERTOOLS_LOG_LEVEL": "WARNING",
+        # ... and the hourly budget (whose forced share would answer 503 after 30) does not stop them.
+        "UPSTREAM_BUDGETS": "pyng=1000000",
     }.items():
         monkeypatch.setenv(name, value)
     return load_app("pyng")

@@ -1,8 +1,9 @@
 """Glue for the token API function: ``GET /token/{provider}`` over API Gateway's proxy integration.
 
-Cache hits are answered here from DynamoDB (read only); everything else -- misses, forced refreshes,
-tokens too close to expiry -- is delegated with ``lambda:Invoke`` to the provider's own function,
-which alone holds that provider's credentials.
+Cache hits are answered here from DynamoDB; everything else -- misses, forced refreshes, tokens too close
+to expiry -- is delegated with ``lambda:Invoke`` to the provider's own function, which alone holds that
+provider's credentials. The one write made here marks a scope set in use (``used_at``), rarely
+(:mod:`token_vending.usage`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from token_vending.memory import MemoryCache
 from token_vending.request import parse_request, replaced
 from token_vending.response import api_response, error_response, token_body
 from token_vending.settings import ApiSettings
+from token_vending.usage import UsageMarks
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
@@ -54,6 +56,7 @@ class TokenApi:
         self.memory: MemoryCache[CachedToken] = MemoryCache(0)
         self.policy = RefreshPolicy(0, 0)
         self.cache: TokenCache | None = None
+        self.usage: UsageMarks | None = None
 
     @property
     def lambda_client(self) -> LambdaClient:
@@ -75,6 +78,7 @@ class TokenApi:
             self.memory = MemoryCache(settings.memory_cache_seconds)
             self.policy = RefreshPolicy(settings.refresh_margin_seconds, settings.refresh_margin_ratio)
             self.cache = TokenCache(settings.table_name, self.dynamodb)
+            self.usage = UsageMarks(self.cache, settings.idle_seconds)
             self._settings = settings
         return self._settings
 
@@ -100,6 +104,7 @@ class TokenApi:
             if found is not None:
                 token, source = found
                 self._count(source)
+                self._note_use(token)
             body = token_body(token) if token is not None else self._invoke(entry, request)
         except TokenVendingError as exc:
             if exc.provider is None and provider is not None:
@@ -140,6 +145,14 @@ class TokenApi:
             self.memory.put(key, cached)
             return cached, "CacheHitDynamoDB"
         return None
+
+    def _note_use(self, token: CachedToken) -> None:
+        """``token`` is being served: mark its scope set in use when its mark is old (refresh ahead keeps it)."""
+        if self.usage is None:
+            return
+        noted = self.usage.note(token, time.time())
+        if noted is not token:
+            self.memory.put(f"{token.provider}#{token.scope_key}", noted)
 
     def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError

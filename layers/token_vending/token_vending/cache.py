@@ -7,6 +7,11 @@ function with ``dynamodb:LeadingKeys``); the sort key tells tokens from leases:
   ``lifetime`` and the TTL attribute ``purge_at``.
 * ``lease#<scope key>``: ``owner`` and ``lease_expires_at``; taken with one conditional ``PutItem``
   (absent OR lapsed), the way Powertools' idempotency layer takes its in-progress record.
+* ``budget#<hour>``: ``spent``, the token requests of that clock hour (:mod:`token_vending.budget`).
+
+A token item also carries ``used_at``, when a caller last used its scope set (carried over to the token that
+replaces it): refresh ahead leaves scope sets nobody uses to expire. It is the one attribute the token API may
+write (:meth:`TokenCache.record_use`).
 
 DynamoDB deletes expired items lazily (up to days later), so every read checks ``expires_at`` itself.
 """
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 
 TOKEN_PREFIX = "token#"  # noqa: S105 - a sort-key prefix, not a secret
 LEASE_PREFIX = "lease#"
+BUDGET_PREFIX = "budget#"
 
 
 class CacheUnavailable(Exception):
@@ -41,6 +47,8 @@ class CachedToken:
     expires_at: int = 0
     fetched_at: float = 0.0
     lifetime: int = 0
+    used_at: float = 0.0
+    """When a caller last used this scope set, as far as the item knows (0: never recorded)."""
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -125,11 +133,43 @@ class TokenCache:
         }
         if token.scope is not None:
             item["scope"] = {"S": token.scope}
+        if token.used_at:
+            item["used_at"] = {"N": f"{token.used_at:.3f}"}
         try:
             self.client.put_item(
                 TableName=self.table_name, Item=item,
                 ConditionExpression="attribute_not_exists(fetched_at) OR fetched_at <= :fetched",
                 ExpressionAttributeValues={":fetched": {"N": f"{token.fetched_at:.3f}"}})
+        except _error_types() as exc:
+            if _is_condition_failure(exc):
+                return False
+            raise CacheUnavailable(_describe(exc)) from None
+        return True
+
+    def record_use(self, provider: str, scope_key: str, now: float) -> bool:
+        """Mark the scope set used at ``now`` on its token item (never creating one, never moving it back).
+        The only write the token API makes; its role may set ``used_at`` and nothing else. Best effort:
+        ``False`` when not written (no item, a later mark, or DynamoDB refused)."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(provider, TOKEN_PREFIX + scope_key),
+                UpdateExpression="SET used_at = :now",
+                ConditionExpression="attribute_exists(sk) AND (attribute_not_exists(used_at) OR used_at < :now)",
+                ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}})
+        except _error_types():
+            return False
+        return True
+
+    def spend_budget(self, provider: str, window: int, limit: int, *, purge_at: int) -> bool:
+        """Count one token request in the hour starting at ``window``; ``False`` when ``limit`` is reached.
+        Raises :class:`CacheUnavailable` when DynamoDB cannot count."""
+        try:
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(provider, f"{BUDGET_PREFIX}{window}"),
+                UpdateExpression="ADD spent :one SET purge_at = :purge",
+                ConditionExpression="attribute_not_exists(spent) OR spent < :limit",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": str(limit)},
+                                           ":purge": {"N": str(purge_at)}})
         except _error_types() as exc:
             if _is_condition_failure(exc):
                 return False
@@ -233,7 +273,8 @@ def _token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> Cac
     scope = item.get("scope", {}).get("S")
     return CachedToken(provider=provider, scope_key=scope_key, access_token=token,
                        token_type=item.get("token_type", {}).get("S", "Bearer"), scope=scope,
-                       expires_at=expires_at, fetched_at=fetched_at, lifetime=lifetime)
+                       expires_at=expires_at, fetched_at=fetched_at, lifetime=lifetime,
+                       used_at=_number(item.get("used_at"), 0.0))
 
 
 def _is_condition_failure(exc: Exception) -> bool:

@@ -23,3 +23,5 @@ timeout must not re-invoke it. Worst case of the token API: the DynamoDB read (0
 this invoke (1 + 24 s) = 26 s, inside its own 28 s timeout (a read timeout is answered as upstream_timeout)."""
 KMS_CONFIG = Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 2})
 """Signing a client assertion is one small call; it must leave the fetch most of its lease."""
+SQS_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 3})
+"""Arming a renewal is one small send after the token is stored: it must not hold the caller's answer long."""

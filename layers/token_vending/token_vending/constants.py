@@ -43,6 +43,15 @@ MEMORY_CACHE_SECONDS_ENV = "MEMORY_CACHE_SECONDS"
 REFRESH_AHEAD_INTERVAL_ENV = "REFRESH_AHEAD_INTERVAL"
 """Seconds between scheduled refresh-ahead invocations; tokens that would enter the refresh margin
 before the next run are renewed now."""
+REFRESH_AHEAD_IDLE_HOURS_ENV = "REFRESH_AHEAD_IDLE_HOURS"
+"""A scope set no caller asked for during this many hours is no longer renewed ahead: its token is left to
+expire (the token API and the provider function mark use on the token item, at most once per quarter of it)."""
+RENEWAL_QUEUE_URL_ENV = "RENEWAL_QUEUE_URL"
+"""The provider's SQS renewal queue: each new token arms one delayed message that renews it as it reaches its
+refresh margin. Empty: no per-token timers (the scheduled run renews by its interval, as ``sam local`` does)."""
+UPSTREAM_BUDGETS_ENV = "UPSTREAM_BUDGETS"
+"""Comma-separated ``route=requests`` overrides of the providers' hourly token-request budgets; a provider not
+named gets the default its documented lifetime gives (:func:`token_vending.budget.default_budget`)."""
 SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a secret
 CLIENT_AUTH_ENV = "CLIENT_AUTH"
 """An RFC 7591 auth method name overriding the profile's (``private_key_jwt``, ``tls_client_auth``, ...)."""
@@ -85,5 +94,6 @@ DEFAULT_FORCE_REFRESH_INTERVAL = 30
 DEFAULT_MEMORY_CACHE_SECONDS = 5
 DEFAULT_REFRESH_AHEAD_INTERVAL = 300
 DEFAULT_SECRET_MAX_AGE = 300
+DEFAULT_REFRESH_AHEAD_IDLE_HOURS = 24
 PURGE_AFTER_EXPIRY_SECONDS = 3600
 """The DynamoDB TTL attribute is set this long after ``expires_at``; reads never rely on it."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
 
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.vendor import TokenVendor
@@ -48,6 +49,15 @@ def _secrets_client() -> SecretsManagerClient:
     from token_vending.clients import SECRETS_CONFIG
 
     return boto3.client("secretsmanager", config=SECRETS_CONFIG)
+
+
+def _sqs_client() -> SQSClient:
+    """Only a function that stores a new token arms its renewal: made on first use."""
+    import boto3
+
+    from token_vending.clients import SQS_CONFIG
+
+    return boto3.client("sqs", config=SQS_CONFIG)
 
 
 class ProviderFunction:
@@ -104,26 +114,37 @@ class ProviderFunction:
                 raise Misconfigured(f"setting {SIGNING_KEY_ID_ENV} needs {CLIENT_AUTH_ENV} private_key_jwt",
                                     provider=profile.name)
             required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
+            timer = None
+            if settings.renewal_queue_url:
+                from token_vending.renewal import RenewalTimer
+
+                timer = RenewalTimer(settings.renewal_queue_url, _sqs_client)
             self._vendor = TokenVendor(
                 profile=profile, settings=settings,
                 cache=TokenCache(settings.cache.table_name, self.dynamodb),
                 credentials=CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
                                             self.secretsmanager or _secrets_client, required=required),
                 upstream=UpstreamClient(profile, settings, kms=_kms_client),
-                logger=self.logger, metrics=self.metrics)
+                logger=self.logger, metrics=self.metrics, timer=timer)
         return self._vendor
 
     def handle(self, event: Any, context: LambdaContext | None) -> dict[str, Any]:
         """Return the token body, or raise an exception named after the contract's error code.
 
         ``{"refresh_ahead": true}`` (the schedule's payload) renews tokens near expiry instead and
-        returns a summary; it never returns a token.
+        returns a summary; an SQS event (the renewal queue's) renews the tokens its messages name and returns
+        the batch's failures. Neither ever returns a token.
         """
         self.logger.append_keys(provider=self.profile.name)  # inject_lambda_context(clear_state) drops it
         budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
         deadline = time.monotonic() + budget_ms / 1000 - RESPONSE_RESERVE_SECONDS
         if event == REFRESH_AHEAD_EVENT:
             return self.vendor().refresh_ahead(deadline=deadline)
+        if isinstance(event, dict) and "Records" in event:
+            from token_vending.renewal import renewals_in
+
+            if renewals_in(event) is not None:
+                return self._renew(event, context, deadline)
         try:
             vendor = self.vendor()
             settings = vendor.settings
@@ -143,3 +164,23 @@ class ProviderFunction:
         # DEBUG: a hit is the hot path; fetches, waits and failures are logged at INFO and above.
         self.logger.debug("token served", extra={"scope_key": request.scope_key, "expires_at": token.expires_at})
         return token_body(token)
+
+    def _renew(self, event: dict[str, Any], context: LambdaContext | None, deadline: float) -> dict[str, Any]:
+        """Renewal timers went off (Powertools' batch utility reports the records that raised: SQS delivers them
+        again). A message this code did not write is logged and dropped."""
+        from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+        from token_vending.renewal import Renewal
+
+        vendor = self.vendor()
+
+        def renew(record: Any) -> str:
+            renewal = Renewal.from_body(record.body)
+            if renewal is None:
+                self.logger.warning("dropped a message that is not a renewal", extra={"message_id": record.message_id})
+                return "dropped"
+            return vendor.renew(renewal, deadline=deadline)
+
+        response = process_partial_response(event=event, record_handler=renew,
+                                            processor=BatchProcessor(event_type=EventType.SQS), context=context)
+        return dict(response)

@@ -74,6 +74,8 @@ class CacheSettings:
     lease_seconds: float
     force_refresh_interval: float
     refresh_ahead_interval: float
+    idle_seconds: float = constants.DEFAULT_REFRESH_AHEAD_IDLE_HOURS * 3600
+    """A scope set unused this long is left to expire (``REFRESH_AHEAD_IDLE_HOURS``)."""
 
 
 def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettings:
@@ -91,6 +93,8 @@ def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettin
                                        constants.DEFAULT_FORCE_REFRESH_INTERVAL, provider),
         refresh_ahead_interval=_number(env, constants.REFRESH_AHEAD_INTERVAL_ENV,
                                        constants.DEFAULT_REFRESH_AHEAD_INTERVAL, provider),
+        idle_seconds=3600 * _number(env, constants.REFRESH_AHEAD_IDLE_HOURS_ENV,
+                                    constants.DEFAULT_REFRESH_AHEAD_IDLE_HOURS, provider, minimum=0.01),
     )
 
 
@@ -116,6 +120,10 @@ class ProviderSettings:
     signing_key_id: str = ""
     assertion_audience: str = ""
     ca_bundle: str = ""
+    upstream_budget: int = 0
+    """Token requests an hour this provider may receive from the whole deployment (0: no budget)."""
+    renewal_queue_url: str = ""
+    """The SQS queue of per-token renewal timers; empty: renewal by the scheduled run only."""
 
     @classmethod
     def from_env(cls, provider: str, env: Mapping[str, str] = os.environ, *,
@@ -156,6 +164,8 @@ class ProviderSettings:
             signing_key_id=env.get(constants.SIGNING_KEY_ID_ENV, "").strip(),
             assertion_audience=env.get(constants.ASSERTION_AUDIENCE_ENV, "").strip(),
             ca_bundle=env.get(constants.CA_BUNDLE_ENV, "").strip(),
+            upstream_budget=_budget(env, provider, documented),
+            renewal_queue_url=env.get(constants.RENEWAL_QUEUE_URL_ENV, "").strip(),
         )
 
 
@@ -169,6 +179,28 @@ def _token_url(env: Mapping[str, str], provider: str, profile: ClientCredentials
         raise Misconfigured(f"settings {constants.REGION_ENV} and {constants.STAGE_ENV} name no documented "
                             f"endpoint (one of {', '.join(profile.endpoints)})", provider=provider)
     return profile.endpoints[choice]
+
+
+def _budget(env: Mapping[str, str], provider: str, documented: int) -> int:
+    """This provider's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented lifetime.
+    A malformed list, or one naming a provider the catalogue does not have, is refused (a typo would otherwise
+    silently leave the intended provider on its default)."""
+    from token_vending.budget import default_budget
+    from token_vending.catalogue import by_name
+
+    raw = env.get(constants.UPSTREAM_BUDGETS_ENV, "").strip()
+    overrides: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if not value.strip().isdigit() or int(value) < 1:
+            raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} must be route=requests pairs "
+                                "(a whole number of at least 1), comma-separated", provider=provider)
+        if name not in by_name() and name != provider:
+            raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} names {name!r}, which is no provider "
+                                "of the catalogue", provider=provider)
+        overrides[name] = int(value)
+    return overrides.get(provider) or default_budget(documented)
 
 
 def _client_auth(env: Mapping[str, str], provider: str) -> str:
@@ -206,6 +238,7 @@ class ApiSettings:
     memory_cache_seconds: float
     refresh_margin_seconds: float
     refresh_margin_ratio: float
+    idle_seconds: float = constants.DEFAULT_REFRESH_AHEAD_IDLE_HOURS * 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
@@ -232,7 +265,7 @@ class ApiSettings:
         return cls(providers=providers, table_name=cache.table_name,
                    memory_cache_seconds=cache.memory_cache_seconds,
                    refresh_margin_seconds=cache.refresh_margin_seconds,
-                   refresh_margin_ratio=cache.refresh_margin_ratio)
+                   refresh_margin_ratio=cache.refresh_margin_ratio, idle_seconds=cache.idle_seconds)
 
 
 def _documented_lifetime(name: str) -> int:

@@ -9,6 +9,10 @@ Order of preference for one request:
 4. on refresh failure, the old token if it still meets ``min_ttl`` (stale on error); the failed
    refresh's lease stays as a cool-down, so no caller asks the provider again until it lapses.
 
+Every token request first spends one unit of the provider's hourly budget (:mod:`token_vending.budget`); every
+stored token arms its own renewal just before its refresh margin (:mod:`token_vending.renewal`), which renews it
+only while its scope set is in use (:mod:`token_vending.usage`).
+
 If DynamoDB itself is unavailable the function degrades to a per-environment cache: each
 environment fetches at most once per token lifetime, never once per request.
 """
@@ -20,8 +24,10 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from token_vending.budget import UpstreamBudget
 from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
 from token_vending.exceptions import (
     ERRORS_BY_CODE,
@@ -36,13 +42,16 @@ from token_vending.exceptions import (
 from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
 from token_vending.profile import ClientAuth
+from token_vending.renewal import Renewal
 from token_vending.request import fingerprint, replaced
+from token_vending.usage import UsageMarks, last_use
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
 
     from token_vending.credentials import ClientCredentials, CredentialStore
     from token_vending.profile import ClientCredentialsProfile
+    from token_vending.renewal import RenewalTimer
     from token_vending.request import TokenRequest
     from token_vending.settings import ProviderSettings
     from token_vending.upstream import UpstreamClient
@@ -63,14 +72,15 @@ CERTIFICATE_WARNING_DAYS = 21
 """Below this many days left, a client certificate is logged as a warning (and the template's alarm fires)."""
 MIN_ATTEMPT_SECONDS = 1.0
 """A fetch with less time than this left is not started (and is not the provider's fault)."""
-
-
+SCHEDULE_SLACK = 1.5
+"""The scheduled run looks this many intervals ahead (a late run must not miss a token)."""
 
 
 class TokenVendor:
     def __init__(self, *, profile: ClientCredentialsProfile, settings: ProviderSettings, cache: TokenCache,
                  credentials: CredentialStore, upstream: UpstreamClient, logger: Logger,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, timer: RenewalTimer | None = None) -> None:
+        """``timer``: arms each new token's renewal (``None``: the scheduled run renews by its interval)."""
         self.profile = profile
         self.settings = settings
         self.cache = cache
@@ -85,6 +95,9 @@ class TokenVendor:
         """Cool-downs while DynamoDB is unavailable: (until, error body) per key, this environment only."""
         self._local_lock = threading.Lock()
         self.owner = f"{uuid.uuid4()}"
+        self.timer = timer
+        self.budget = UpstreamBudget(cache, profile.name, settings.upstream_budget)
+        self.usage = UsageMarks(cache, settings.cache.idle_seconds)
 
     # -- public ---------------------------------------------------------------------------------
     def vend(self, request: TokenRequest, deadline: float) -> CachedToken:
@@ -94,6 +107,7 @@ class TokenVendor:
             remembered = self.memory.get(key)
             if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, time.time()):
                 self._count("CacheHitMemory")
+                self._note_use(remembered)
                 return remembered
         try:
             cached = self.cache.get(self.profile.name, key)
@@ -102,6 +116,7 @@ class TokenVendor:
         if cached is not None and self._acceptable_or_refuse(cached, request):
             self._count("CacheHitDynamoDB")
             self.memory.put(key, cached)
+            self._note_use(cached)
             return cached
         self._count("CacheMiss")
         try:
@@ -109,14 +124,19 @@ class TokenVendor:
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
 
-    def refresh_ahead(self, deadline: float) -> dict[str, int]:
-        """Scheduled renewal: every scope set with a live token (and the default set) whose token would
-        enter the refresh margin before the next scheduled run is renewed now, under the same lease as
-        caller-driven refreshes, so callers in steady state never wait on the provider."""
-        from token_vending.request import TokenRequest
-        from token_vending.scopes import parse_scope_set, scope_key
+    def _note_use(self, token: CachedToken) -> None:
+        """A caller was served ``token``: mark its scope set in use (rarely a write, see :mod:`usage`)."""
+        noted = self.usage.note(token, time.time())
+        if noted is not token:
+            self.memory.put(token.scope_key, noted)
 
-        summary = {"renewed": 0, "fresh": 0, "failed": 0}
+    def refresh_ahead(self, deadline: float) -> dict[str, int]:
+        """The scheduled run, a safety net under the per-token renewals: every live token of a scope set in use
+        whose renewal falls before the next run gets its renewal armed again (a lost one is replaced; a duplicate
+        does nothing), and one already due is renewed now. Without a renewal queue the run renews, itself, every
+        token that would enter its margin before the next run. Scope sets nobody used for the idle period are
+        left to expire; so are sets no longer configured."""
+        summary = {"renewed": 0, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
         if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH:
             try:
                 self._report_certificate(self.credentials.get())
@@ -131,30 +151,88 @@ class TokenVendor:
             self.logger.warning("refresh ahead could not list tokens", extra={"reason": str(exc)})
             summary["failed"] += 1
             return summary
-        tokens: dict[str, CachedToken | None] = {
-            token.scope_key: token for token in live if self._configured(token.scope_key)}
-        tokens.setdefault(scope_key(self.settings.default_scopes), None)
-        for key, token in tokens.items():
-            min_ttl = 0
-            if token is not None:
+        for token in live:
+            if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
+                summary["idle"] += 1
+                continue
+            renewal = Renewal.of(token, self.policy)
+            if self.timer is None:
                 # Fresh enough to last until the run after next, with room for a late schedule.
                 margin = self.policy.margin(token.lifetime)
-                min_ttl = int(min(margin + 1.5 * interval, token.lifetime - margin))
+                min_ttl = int(min(margin + SCHEDULE_SLACK * interval, token.lifetime - margin))
                 if self.policy.is_fresh(token, min_ttl, now):
                     summary["fresh"] += 1
                     continue
-            request = TokenRequest(provider=self.profile.name, scopes=parse_scope_set(key), min_ttl=min_ttl,
-                                   force_refresh=False)
-            try:
-                self._refresh(request, deadline, stale=token)
-                summary["renewed"] += 1
-            except (TokenVendingError, CacheUnavailable) as exc:
-                summary["failed"] += 1
-                self._count("RefreshAheadFailure")
-                self.logger.warning("refresh ahead failed", extra={
-                    "scope_key": key, "error": getattr(exc, "code", type(exc).__name__)})
+            elif renewal.due > now:
+                if renewal.due >= now + SCHEDULE_SLACK * interval:
+                    summary["fresh"] += 1
+                elif self._arm(renewal):
+                    summary["armed"] += 1
+                else:
+                    summary["failed"] += 1
+                continue
+            outcome = self._renew_token(token, deadline)
+            summary["renewed" if outcome == "renewed" else "failed"] += 1
         self.logger.info("refresh ahead done", extra=summary)
         return summary
+
+    def renew(self, renewal: Renewal, deadline: float) -> str:
+        """A renewal timer went off: renew its token if it is still the stored one and its scope set is in use.
+        Returns what happened (``renewed``, ``replaced``, ``idle``, ``gone``, ``rearmed`` or ``failed``)."""
+        try:
+            token = self.cache.get(self.profile.name, renewal.scope_key, consistent=True)
+        except CacheUnavailable as exc:
+            self._count("RefreshAheadFailure")
+            self.logger.warning("renewal could not read the token", extra={"reason": str(exc)})
+            return "failed"
+        now = time.time()
+        if token is None:
+            outcome = "gone"  # expired or never stored: the next caller fetches one
+        elif not renewal.names(token):
+            outcome = "replaced"  # a caller or another renewal stored a newer token, which armed its own
+        elif not self._configured(token.scope_key) or not self.usage.in_use(token, now):
+            outcome = "idle"
+        elif renewal.due > now + 1:
+            outcome = "rearmed" if self._arm(renewal) else "failed"  # more than SQS's 15 minutes ahead
+        else:
+            outcome = self._renew_token(token, deadline)
+        self.logger.info("renewal", extra={"scope_key": renewal.scope_key, "outcome": outcome})
+        return outcome
+
+    def _renew_token(self, token: CachedToken, deadline: float) -> str:
+        """Replace ``token`` (still stored, in use) under the usual lease; a newer one stored meanwhile counts."""
+        from token_vending.request import TokenRequest
+        from token_vending.scopes import parse_scope_set
+
+        request = TokenRequest(provider=self.profile.name, scopes=parse_scope_set(token.scope_key), min_ttl=0,
+                               force_refresh=False)
+        try:
+            renewed = self._refresh(request, deadline, stale=token, renewal=True)
+        except (TokenVendingError, CacheUnavailable) as exc:
+            renewed = None
+            error = getattr(exc, "code", type(exc).__name__)
+        else:
+            error = "stale served"
+        if renewed is not None and self._newer(renewed, token):
+            return "renewed"
+        self._count("RefreshAheadFailure")
+        self.logger.warning("refresh ahead failed", extra={"scope_key": token.scope_key, "error": error})
+        return "failed"
+
+    def _arm(self, renewal: Renewal) -> bool:
+        """Arm ``renewal`` on the queue; a failure is counted (the scheduled run arms it again)."""
+        if self.timer is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.timer.arm(renewal)
+        except (BotoCoreError, ClientError) as exc:
+            self._count("RefreshAheadFailure")
+            self.logger.warning("could not arm the renewal", extra={"scope_key": renewal.scope_key,
+                                                                    "reason": type(exc).__name__})
+            return False
+        return True
 
     def _configured(self, key: str) -> bool:
         """A stored scope set that is no longer configured is never requested again (left to expire)."""
@@ -201,7 +279,9 @@ class TokenVendor:
             f"{self.settings.lifetime} s)", provider=self.profile.name)
 
     # -- refresh under a lease ------------------------------------------------------------------
-    def _refresh(self, request: TokenRequest, deadline: float, stale: CachedToken | None) -> CachedToken:
+    def _refresh(self, request: TokenRequest, deadline: float, stale: CachedToken | None,
+                 renewal: bool = False) -> CachedToken:
+        """``renewal``: asked by refresh ahead, not a caller (the new token is not a use of its scope set)."""
         key = request.scope_key
         poll = POLL_FIRST
         waited = False
@@ -214,7 +294,8 @@ class TokenVendor:
             lease = self.cache.acquire_lease(self.profile.name, key, self.owner, lease_seconds)
             if lease.acquired:
                 # The lease's own end bounds the whole fetch: no second environment can start one meanwhile.
-                return self._refresh_holding_lease(request, fetch_deadline, stale, streak=lease.failures)
+                return self._refresh_holding_lease(request, fetch_deadline, stale, streak=lease.failures,
+                                                   renewal=renewal)
             if lease.failure is not None:  # a refresh just failed: answer as it did, do not ask again
                 return self._serve_stale_or_raise(request, stale, self._stored_error(lease.failure, lease.expires_at))
             if not waited:
@@ -251,8 +332,8 @@ class TokenVendor:
         left = deadline - time.monotonic()
         return max(1.0, min(self.settings.cache.lease_seconds, left))
 
-    def _refresh_holding_lease(self, request: TokenRequest, deadline: float,
-                               stale: CachedToken | None, streak: int = 0) -> CachedToken:
+    def _refresh_holding_lease(self, request: TokenRequest, deadline: float, stale: CachedToken | None,
+                               streak: int = 0, renewal: bool = False) -> CachedToken:
         """``deadline`` is the earlier of the invocation's and the lease's end: the fetch never outlives
         the lease, so no second environment can start one while ours still runs. ``streak``: refreshes of
         this key that failed in a row before ours; after one, the fetch makes a single attempt (no retries)
@@ -266,7 +347,7 @@ class TokenVendor:
                 return latest
             stale = latest or stale
             try:
-                token = self._fetch(request, deadline, retries=0 if streak else None)
+                token = self._fetch(request, deadline, retries=0 if streak else None, forced=request.force_refresh)
             except TokenVendingError as exc:
                 until = self._cool_down(exc, streak)
                 if until is not None:
@@ -274,8 +355,13 @@ class TokenVendor:
                                               failures=streak + 1)
                     release = False  # the lease stays as the cool-down record
                 return self._serve_stale_or_raise(request, stale, exc)
+            # A renewal carries the scope set's last use over; a caller's fetch is a use.
+            used = last_use(stale) if stale is not None else 0.0
+            token = replace(token, used_at=used if renewal else max(used, time.time()))
             try:
-                if not self.cache.put(token):
+                if self.cache.put(token):
+                    self._arm(Renewal.of(token, self.policy))
+                else:
                     token = self.cache.get(self.profile.name, key, consistent=True) or token
             except CacheUnavailable as exc:
                 # Keep what we paid for: this environment serves it from its degraded store.
@@ -360,7 +446,7 @@ class TokenVendor:
             if self.upstream.time_left(deadline) < MIN_ATTEMPT_SECONDS:
                 return self._serve_stale_or_raise(request, remembered, self._no_time())
             try:
-                token = self._fetch(request, deadline)
+                token = self._fetch(request, deadline, forced=None)
             except TokenVendingError as exc:
                 cooled = self._cool_down(exc)
                 if cooled is not None:
@@ -370,14 +456,16 @@ class TokenVendor:
             return self._serve_new(token, request)
 
     # -- upstream -------------------------------------------------------------------------------
-    def _fetch(self, request: TokenRequest, deadline: float, retries: int | None = None) -> CachedToken:
+    def _fetch(self, request: TokenRequest, deadline: float, retries: int | None = None,
+               forced: bool | None = False) -> CachedToken:
         """One upstream request; on a credentials error, re-read the secret and retry once if it
         changed (rotation). Retrying with credentials already refused would only count against us.
-        ``retries``: instead of the configured number (none while backing off)."""
+        ``retries``: instead of the configured number (none while backing off). ``forced``: whether the request
+        spends the budget's forced share; ``None``: no budget (DynamoDB is down, so it cannot be counted)."""
         credentials = self.credentials.get()
         self._report_certificate(credentials)
         try:
-            return self._call(credentials, request, deadline, retries)
+            return self._call(credentials, request, deadline, retries, forced)
         except UpstreamRejected as exc:
             if not self.profile.is_credential_error(exc.upstream_status or 0, exc.upstream_error):
                 raise
@@ -386,12 +474,32 @@ class TokenVendor:
                 raise
             self.logger.info("credentials were rejected and the secret has changed; retrying once")
             self._count("SecretReloaded")
-            return self._call(rotated, request, deadline, retries)
+            return self._call(rotated, request, deadline, retries, forced)
+
+    def _spend(self, forced: bool) -> None:
+        """Spend one token request of the provider's hourly budget, or raise a 503 (not the provider's fault: no
+        cool-down) whose ``Retry-After`` is the next hour. When DynamoDB cannot count, the request goes ahead: the
+        token is the product, and the lease still bounds the fleet."""
+        try:
+            retry_after = self.budget.spend(forced=forced)
+        except CacheUnavailable as exc:
+            self.logger.warning("could not count the token request against the budget", extra={"reason": str(exc)})
+            return
+        if retry_after is None:
+            return
+        self._count("UpstreamBudgetExhausted")
+        limit = self.budget.limit(forced=forced)
+        self.logger.warning("the provider's hourly token budget is spent", extra={"budget": limit, "forced": forced})
+        share = "forced refreshes' share of " if forced else ""
+        raise UpstreamUnavailable(f"{share}the provider's budget of {self.budget.per_hour} token requests an hour is "
+                                  "spent", retry_after=retry_after, provider=self.profile.name, provider_fault=False)
 
     def _call(self, credentials: ClientCredentials, request: TokenRequest, deadline: float,
-              retries: int | None = None) -> CachedToken:
+              retries: int | None = None, forced: bool | None = False) -> CachedToken:
         from aws_lambda_powertools.metrics import MetricUnit
 
+        if forced is not None:
+            self._spend(forced)
         self._count("UpstreamRequest")
         started = time.perf_counter()
         try:
