@@ -3,6 +3,7 @@ and the local Lambda/API stack -- the same stack ``make local`` runs."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,9 @@ import requests
 from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
 from local.stack import LocalStack, StackConfig
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
+from tests.support.fleet import FleetClock, Shared
 from tests.support.harness import LogCapture
+from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -85,3 +88,39 @@ def table_items(stack: LocalStack) -> list[dict[str, Any]]:
     client = boto3.client("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     return list(client.scan(TableName=stack.config.table_name)["Items"])
+
+
+# --- the in-process fleet model (tests/support/fleet.py) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def fleet_aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> Iterator[dict[str, Any]]:
+    """Clients on loopback with dummy credentials, and one fresh table for this test run."""
+    def client(service: str, endpoint: str, config: Any) -> Any:
+        return boto3.client(service, endpoint_url=endpoint, config=config, region_name="us-east-1",  # type: ignore[call-overload]
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    dynamodb = client("dynamodb", dynamodb_local.endpoint, DYNAMODB_CONFIG)
+    table = f"fleet-{uuid.uuid4().hex[:8]}"
+    dynamodb.create_table(
+        TableName=table, BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                              {"AttributeName": "sk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
+    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    yield {
+        "dynamodb": dynamodb,
+        "api_dynamodb": client("dynamodb", dynamodb_local.endpoint, API_DYNAMODB_CONFIG),
+        "secretsmanager": client("secretsmanager", moto_server, SECRETS_CONFIG),
+        "table": table,
+    }
+    dynamodb.delete_table(TableName=table)
+
+
+@pytest.fixture
+def shared(fleet_aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Shared:
+    """The wall clock every layer module reads through ``time.time`` becomes the fleet's clock for the test."""
+    clock = FleetClock()
+    monkeypatch.setattr(time, "time", clock.now)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return Shared(clock=clock, **fleet_aws)

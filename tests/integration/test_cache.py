@@ -18,14 +18,17 @@ pytestmark = pytest.mark.integration
 
 
 def put_token(stack: Any, provider: str, token: str, *, expires_in: int, lifetime: int = 3600, scope_key: str = "",
-              fetched_ago: float = 600.0) -> None:
+              fetched_ago: float = 600.0, used_ago: float | None = None) -> None:
     client = stack.client("dynamodb")
     now = time.time()
-    client.put_item(TableName=stack.config.table_name, Item={
+    item = {
         "pk": {"S": provider}, "sk": {"S": f"token#{scope_key}"}, "access_token": {"S": token},
         "token_type": {"S": "Bearer"}, "expires_at": {"N": str(int(now + expires_in))},
         "fetched_at": {"N": f"{now - fetched_ago:.3f}"}, "lifetime": {"N": str(lifetime)},
-        "purge_at": {"N": str(int(now + expires_in + 3600))}})
+        "purge_at": {"N": str(int(now + expires_in + 3600))}}
+    if used_ago is not None:
+        item["used_at"] = {"N": f"{now - used_ago:.3f}"}
+    client.put_item(TableName=stack.config.table_name, Item=item)
 
 
 def invoke(stack: Any, function: str, payload: Any) -> tuple[dict[str, Any], str | None]:
@@ -236,22 +239,38 @@ def test_concurrent_cold_misses_make_one_upstream_request(make_stack: Any, emula
     assert emulators["pyng"].token_requests == 1
 
 
-def test_refresh_ahead_renews_tokens_near_expiry_and_warms_the_default_set(stack: Any, emulators: Any) -> None:
-    # Empty cache: the default scope set is fetched so the first caller does not wait.
+def test_refresh_ahead_renews_scope_sets_in_use_near_expiry_and_leaves_idle_ones(stack: Any, emulators: Any) -> None:
+    # Empty cache: nobody uses any scope set yet, so nothing is fetched ahead of a caller.
     summary, error = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
     assert error is None
-    assert summary == {"renewed": 1, "fresh": 0, "failed": 0}
-    assert emulators["invoice-cloud"].token_requests == 1
-    # Fresh for longer than margin + 1.5 intervals (360 + 450 s): nothing to do.
+    assert summary == {"renewed": 0, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
+    assert emulators["invoice-cloud"].token_requests == 0
+    # A caller's token is fresh for longer than margin + 1.5 intervals (360 + 450 s): nothing to do.
+    assert get_token(stack, "invoice-cloud").status_code == 200
     summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
-    assert summary == {"renewed": 0, "fresh": 1, "failed": 0}
+    assert summary == {"renewed": 0, "armed": 0, "fresh": 1, "idle": 0, "failed": 0}
     assert emulators["invoice-cloud"].token_requests == 1
-    # A token that would enter the margin before the next run is renewed now, while still valid.
-    put_token(stack, "invoice-cloud", "ageing", expires_in=700)
+    # A token in use that would enter the margin before the next run is renewed now, while still valid.
+    put_token(stack, "invoice-cloud", "ageing", expires_in=700, used_ago=3600)
     summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
-    assert summary == {"renewed": 1, "fresh": 0, "failed": 0}
-    assert get_token(stack, "invoice-cloud").json()["access_token"] != "ageing"
+    assert summary == {"renewed": 1, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
+    renewed = get_token(stack, "invoice-cloud").json()["access_token"]
+    assert renewed != "ageing"
     assert emulators["invoice-cloud"].token_requests == 2
+    # Nobody asked for it during RefreshAheadIdleHours (24 h): left to expire, served while it lasts.
+    put_token(stack, "invoice-cloud", "idle", expires_in=700, fetched_ago=26 * 3600, used_ago=25 * 3600)
+    summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert summary == {"renewed": 0, "armed": 0, "fresh": 0, "idle": 1, "failed": 0}
+    assert emulators["invoice-cloud"].token_requests == 2
+    # Serving it marks the set in use again (one write), so the next run renews it.
+    stack.lambdas.recycle()  # environments that remember the renewed token in memory start afresh
+    assert get_token(stack, "invoice-cloud").json()["access_token"] == "idle"
+    item = stack.client("dynamodb").get_item(TableName=stack.config.table_name,
+                                             Key={"pk": {"S": "invoice-cloud"}, "sk": {"S": "token#"}})["Item"]
+    assert time.time() - float(item["used_at"]["N"]) < 60
+    summary, _ = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
+    assert summary == {"renewed": 1, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
+    assert emulators["invoice-cloud"].token_requests == 3
 
 
 def test_refresh_ahead_failure_keeps_the_cached_token(stack: Any, emulators: Any) -> None:
@@ -259,7 +278,7 @@ def test_refresh_ahead_failure_keeps_the_cached_token(stack: Any, emulators: Any
     emulators["invoice-cloud"].enqueue(*[Fault(status=500)] * 3)
     summary, error = invoke(stack, "InvoiceCloudFunction", {"refresh_ahead": True})
     assert error is None
-    assert summary == {"renewed": 0, "fresh": 0, "failed": 1}  # reported (and counted as a metric)...
+    assert summary == {"renewed": 0, "armed": 0, "fresh": 0, "idle": 0, "failed": 1}  # reported (a metric)...
     # ...while the still-valid token stays cached and keeps being served.
     assert get_token(stack, "invoice-cloud").json()["access_token"] == "ageing"
 

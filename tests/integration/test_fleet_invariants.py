@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
@@ -58,22 +57,20 @@ from tests.support.fleet import (
     BEHAVIOURS,
     FakeContext,
     FakeLambdaClient,
-    FleetClock,
     ScriptedProvider,
+    Shared,
     Sink,
     api_event,
     api_pool,
     provider_pool,
 )
 from token_vending import constants
-from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
 from token_vending.exceptions import ERRORS_BY_TYPE
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.support.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.integration
 
@@ -178,17 +175,6 @@ def effective_min_ttl(call: Call) -> int:
 
 
 # --- the world --------------------------------------------------------------------------------------------------
-@dataclass
-class Shared:
-    """What every example shares: the clock, AWS clients on loopback and one table per test run."""
-
-    clock: FleetClock
-    dynamodb: Any
-    api_dynamodb: Any
-    secretsmanager: Any
-    table: str
-
-
 class FleetWorld:
     """One provider deployed fresh (own partition, own secret, own provider server, own environments)."""
 
@@ -339,7 +325,7 @@ def check_answer(world: FleetWorld, answer: Answer) -> None:
     if call.interface == "refresh_ahead":
         assert answer.error_type is None, f"invariant 3: refresh ahead raised: {answer.describe()}"
         assert isinstance(answer.body, dict), answer.describe()
-        assert set(answer.body) == {"renewed", "fresh", "failed"}, f"refresh ahead answered {answer.describe()}"
+        assert set(answer.body) == {"renewed", "armed", "fresh", "idle", "failed"}, f"refresh ahead answered {answer.describe()}"
         return
     where = f"[{call.interface}] {answer.describe()}"
     # 3: no internal error, no misconfiguration.
@@ -527,41 +513,6 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> Iterator[dict[str, Any]]:
-    """Clients on loopback with dummy credentials, and one fresh table for this test run."""
-    def client(service: str, endpoint: str, config: Any) -> Any:
-        return boto3.client(service, endpoint_url=endpoint, config=config, region_name="us-east-1",  # type: ignore[call-overload]
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    dynamodb = client("dynamodb", dynamodb_local.endpoint, DYNAMODB_CONFIG)
-    table = f"fleet-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=table, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
-    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
-    yield {
-        "dynamodb": dynamodb,
-        "api_dynamodb": client("dynamodb", dynamodb_local.endpoint, API_DYNAMODB_CONFIG),
-        "secretsmanager": client("secretsmanager", moto_server, SECRETS_CONFIG),
-        "table": table,
-    }
-    dynamodb.delete_table(TableName=table)
-
-
-@pytest.fixture
-def shared(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Shared:
-    """The wall clock every layer module reads through ``time.time`` becomes the fleet's clock for the test."""
-    clock = FleetClock()
-    monkeypatch.setattr(time, "time", clock.now)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return Shared(clock=clock, **aws)
-
-
 @pytest.fixture
 def world(shared: Shared) -> Iterator[FleetWorld]:
     fleet = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0)

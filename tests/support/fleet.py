@@ -61,6 +61,18 @@ class FleetClock:
             self.offset += seconds
 
 
+@dataclass
+class Shared:
+    """What every example shares: the clock, AWS clients on loopback and one table per test run (the integration
+    conftest's ``shared`` fixture)."""
+
+    clock: FleetClock
+    dynamodb: Any
+    api_dynamodb: Any
+    secretsmanager: Any
+    table: str
+
+
 # --- output capture ---------------------------------------------------------------------------------------------
 Sink = LogCapture
 """What an environment would send to CloudWatch Logs (logs and EMF lines)."""

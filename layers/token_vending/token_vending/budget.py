@@ -6,8 +6,8 @@ over-request). One counter item per provider and clock hour in the provider's ow
 (``budget#<hour>``), spent with one conditional ``UpdateItem`` before each token request; past the budget the
 service serves cached tokens or answers 503 with ``Retry-After`` = the start of the next hour.
 
-Forced refreshes may spend only half of it: no caller can exhaust the budget by forcing refreshes, the other
-half stays for renewals and misses.
+Forced refreshes may spend only half of it (counted apart on the same item): no caller can exhaust the budget by
+forcing refreshes, the other half stays for renewals and misses.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class UpstreamBudget:
         self.per_hour = per_hour
 
     def limit(self, *, forced: bool) -> int:
+        """The most requests of that kind an hour: all of them, or the forced refreshes among them."""
         return max(1, int(self.per_hour * FORCED_SHARE)) if forced else self.per_hour
 
     def spend(self, *, forced: bool, now: float | None = None) -> int | None:
@@ -54,7 +55,8 @@ class UpstreamBudget:
             return None
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
-        if self.cache.spend_budget(self.provider, window, self.limit(forced=forced),
+        if self.cache.spend_budget(self.provider, window, self.per_hour,
+                                   forced_limit=self.limit(forced=True) if forced else None,
                                    purge_at=window + 2 * WINDOW_SECONDS):
             return None
         return max(1, math.ceil(window + WINDOW_SECONDS - now))

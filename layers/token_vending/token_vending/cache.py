@@ -160,16 +160,22 @@ class TokenCache:
             return False
         return True
 
-    def spend_budget(self, provider: str, window: int, limit: int, *, purge_at: int) -> bool:
-        """Count one token request in the hour starting at ``window``; ``False`` when ``limit`` is reached.
-        Raises :class:`CacheUnavailable` when DynamoDB cannot count."""
+    def spend_budget(self, provider: str, window: int, limit: int, *, forced_limit: int | None = None,
+                     purge_at: int) -> bool:
+        """Count one token request in the hour starting at ``window``; ``False`` when ``limit`` is reached or, for a
+        forced refresh (``forced_limit`` given), when forced refreshes reached theirs. Raises
+        :class:`CacheUnavailable` when DynamoDB cannot count."""
+        update = "ADD spent :one SET purge_at = :purge"
+        condition = "(attribute_not_exists(spent) OR spent < :limit)"
+        values: dict[str, Any] = {":one": {"N": "1"}, ":limit": {"N": str(limit)}, ":purge": {"N": str(purge_at)}}
+        if forced_limit is not None:
+            update = "ADD spent :one, forced :one SET purge_at = :purge"
+            condition += " AND (attribute_not_exists(forced) OR forced < :forced_limit)"
+            values[":forced_limit"] = {"N": str(forced_limit)}
         try:
             self.client.update_item(
                 TableName=self.table_name, Key=_key(provider, f"{BUDGET_PREFIX}{window}"),
-                UpdateExpression="ADD spent :one SET purge_at = :purge",
-                ConditionExpression="attribute_not_exists(spent) OR spent < :limit",
-                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": str(limit)},
-                                           ":purge": {"N": str(purge_at)}})
+                UpdateExpression=update, ConditionExpression=condition, ExpressionAttributeValues=values)
         except _error_types() as exc:
             if _is_condition_failure(exc):
                 return False

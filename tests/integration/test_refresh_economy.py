@@ -1,0 +1,220 @@
+"""How few token requests the fleet makes: per-token renewals, idle scope sets, the hourly budget.
+
+Runs on the in-process fleet model of ``test_fleet_invariants`` (several execution environments of one provider
+function and of the token API, DynamoDB Local, Secrets Manager on moto, a scripted provider on loopback, a wall
+clock the test advances), so hours pass in seconds while every write is real. Renewal timers are delivered by the
+test as the SQS event source mapping would deliver them (the standard SQS event, through the function's handler);
+what the function arms is recorded instead of sent, because SQS delays run on real time.
+
+Behaviour, not timing: how many token requests the provider received, what callers were answered, what was armed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.integration.test_fleet_invariants import LIFETIME, Answer, Call, FleetWorld, run
+from tests.support.fleet import FakeContext, Shared
+from token_vending import constants
+from token_vending.profile import ScopeMode
+from token_vending.renewal import LEAD_SECONDS, Renewal, RenewalTimer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.integration
+
+MARGIN = 90
+"""max(60 s, 10% of LIFETIME)."""
+
+
+@pytest.fixture
+def armed(monkeypatch: pytest.MonkeyPatch) -> list[Renewal]:
+    """What the provider functions arm, in order (instead of SQS, whose delays run on real time)."""
+    renewals: list[Renewal] = []
+    monkeypatch.setattr(RenewalTimer, "arm", lambda self, renewal, now=None: renewals.append(renewal))
+    return renewals
+
+
+def make_world(shared: Shared, monkeypatch: pytest.MonkeyPatch, **env: str) -> FleetWorld:
+    monkeypatch.setenv(constants.RENEWAL_QUEUE_URL_ENV, "https://sqs.us-east-1.amazonaws.com/123456789012/renewals")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    world = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0)
+    for name, value in env.items():  # the world's own settings must not undo the test's
+        monkeypatch.setenv(name, value.replace("{name}", world.name))
+    return world
+
+
+@pytest.fixture
+def renewing(shared: Shared, monkeypatch: pytest.MonkeyPatch, armed: list[Renewal]) -> Iterator[FleetWorld]:
+    world = make_world(shared, monkeypatch, **{constants.REFRESH_AHEAD_IDLE_HOURS_ENV: "1"})
+    yield world
+    world.close()
+
+
+def deliver(world: FleetWorld, renewal: Renewal, hint: int = 0) -> dict[str, Any]:
+    """The event source mapping's invocation: the standard SQS event with one record."""
+    event = {"Records": [{
+        "messageId": str(uuid.uuid4()), "receiptHandle": "handle", "body": renewal.body(),
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"}, "messageAttributes": {},
+        "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:renewals"}]}
+    with world.providers.environment(hint) as env:
+        result: dict[str, Any] = env.target.handle(event, FakeContext(8.0))
+    return result
+
+
+def requests(world: FleetWorld) -> int:
+    return sum(world.server.request_count().values())
+
+
+def outcomes(world: FleetWorld) -> list[str]:
+    return [json.loads(line)["outcome"] for line in world.logs.getvalue().splitlines()
+            if '"renewal"' in line and '"outcome"' in line]
+
+
+def test_each_token_is_renewed_once_just_before_its_margin_while_callers_never_wait(
+        renewing: FleetWorld, shared: Shared, armed: list[Renewal]) -> None:
+    world = renewing
+    (first,) = run(world, [Call("api")])
+    assert first.status == 200
+    assert requests(world) == 1
+    assert len(armed) == 1, "one renewal per stored token"
+    renewal = armed[0]
+    token = first.body["access_token"]
+    expires_at = datetime.fromisoformat(first.body["expires_at"].replace("Z", "+00:00")).timestamp()
+    assert renewal.due == pytest.approx(expires_at - MARGIN - LEAD_SECONDS, abs=1)
+    # Until the renewal is due callers are served the cached token, never asking the provider.
+    shared.clock.advance(renewal.due - shared.clock.now() - 30)
+    answers = run(world, [Call("api"), Call("api", hint=1), Call("direct")])
+    assert {a.status for a in answers} == {200}
+    assert requests(world) == 1
+    # A timer delivered early (it was re-armed, or SQS was quick) only re-arms itself.
+    assert deliver(world, renewal) == {"batchItemFailures": []}
+    assert requests(world) == 1
+    assert (armed[-1].scope_key, armed[-1].due) == (renewal.scope_key, renewal.due)
+    # Due: one token request; the new token arms the next renewal, a lifetime (less margin and lead) later.
+    shared.clock.advance(renewal.due - shared.clock.now())
+    assert deliver(world, renewal) == {"batchItemFailures": []}
+    assert requests(world) == 2
+    assert armed[-1] != renewal
+    assert armed[-1].due - renewal.due == pytest.approx(LIFETIME - MARGIN - LEAD_SECONDS, abs=2)
+    # The old token is still outside its margin, yet the new one is already stored: callers are served from the
+    # cache (an environment's memory may hold the old one a few more seconds) and nobody waits on the provider.
+    stored = shared.dynamodb.get_item(TableName=shared.table, Key={"pk": {"S": world.name}, "sk": {"S": "token#read"}})
+    assert stored["Item"]["access_token"]["S"] != token
+    shared.clock.advance(5)
+    answers = run(world, [Call("api"), Call("api", hint=1), Call("direct", hint=2)])
+    assert {a.status for a in answers} == {200}
+    assert requests(world) == 2
+    assert "LeaseWait" not in world.logs.getvalue()
+    # The same timer delivered twice (SQS delivers at least once) finds its token replaced: nothing happens.
+    deliver(world, renewal, hint=1)
+    assert requests(world) == 2
+    assert outcomes(world) == ["rearmed", "renewed", "replaced"]
+
+
+def test_a_scope_set_nobody_uses_is_left_to_expire_and_use_brings_renewal_back(
+        renewing: FleetWorld, shared: Shared, armed: list[Renewal]) -> None:
+    """RefreshAheadIdleHours = 1: renewals carry the last use over; past an hour without a caller they stop."""
+    world = renewing
+    (first,) = run(world, [Call("api")])
+    assert first.status == 200
+    used = shared.clock.now()
+    renewed = 0
+    while True:
+        renewal = armed[-1]
+        shared.clock.advance(renewal.due - shared.clock.now())
+        deliver(world, renewal)
+        if armed[-1].due == renewal.due:
+            break
+        renewed += 1
+    # Renewed while the last use was under an hour old (every 800 s: 4 times), then left alone.
+    assert renewed == 4
+    assert requests(world) == 5
+    assert shared.clock.now() - used >= 3600
+    assert outcomes(world)[-1] == "idle"
+    # The scheduled run agrees: nothing to renew, nothing to arm.
+    (summary,) = run(world, [Call("refresh_ahead")])
+    assert summary.body["idle"] == 1
+    assert summary.body["armed"] == summary.body["renewed"] == 0
+    assert requests(world) == 5
+    # The token is served while it lasts; serving it marks the set in use, and renewals resume.
+    (served,) = run(world, [Call("api")])
+    assert served.status == 200
+    assert requests(world) == 5
+    shared.clock.advance(armed[-1].due - shared.clock.now())
+    deliver(world, armed[-1])
+    assert requests(world) == 6
+    assert outcomes(world)[-1] == "renewed"
+
+
+def test_the_scheduled_run_re_arms_lost_renewals_and_renews_late_tokens(
+        renewing: FleetWorld, shared: Shared, armed: list[Renewal]) -> None:
+    world = renewing
+    run(world, [Call("api")])
+    lost = armed.pop()  # the send failed, or the message was lost
+    # More than 1.5 intervals (450 s) before it is due: the run leaves it alone.
+    (summary,) = run(world, [Call("refresh_ahead")])
+    assert (summary.body["fresh"], summary.body["armed"]) == (1, 0)
+    assert not armed
+    # Due before the next run: armed again (the same renewal: a duplicate is harmless).
+    shared.clock.advance(lost.due - shared.clock.now() - 200)
+    (summary,) = run(world, [Call("refresh_ahead")])
+    assert summary.body["armed"] == 1
+    assert [(r.scope_key, r.due) for r in armed] == [(lost.scope_key, lost.due)]
+    assert requests(world) == 1
+    # Past due (its timer lost too): renewed by the run itself.
+    armed.clear()
+    shared.clock.advance(230)
+    (summary,) = run(world, [Call("refresh_ahead")])
+    assert summary.body["renewed"] == 1
+    assert requests(world) == 2
+    assert len(armed) == 1
+
+
+@pytest.fixture
+def budgeted(shared: Shared, monkeypatch: pytest.MonkeyPatch, armed: list[Renewal]) -> Iterator[FleetWorld]:
+    world = make_world(shared, monkeypatch, **{constants.UPSTREAM_BUDGETS_ENV: "{name}=6"})
+    # Start just after an hour begins, so the whole test runs in one budget hour.
+    shared.clock.advance(3600 - shared.clock.now() % 3600 + 5)
+    yield world
+    world.close()
+
+
+def test_no_caller_can_spend_the_budget_by_forcing_refreshes(budgeted: FleetWorld, shared: Shared) -> None:
+    """A budget of 6 an hour: forced refreshes may spend 3 of it; renewals and misses keep the rest."""
+    world = budgeted
+    (first,) = run(world, [Call("api")])
+    assert first.status == 200
+    assert requests(world) == 1
+    forced: list[Answer] = []
+    for _ in range(5):
+        shared.clock.advance(31)  # past ForceRefreshInterval each time
+        forced += run(world, [Call("api", force_refresh="true")])
+    assert [a.status for a in forced] == [200, 200, 200, 503, 503], [a.describe() for a in forced]
+    assert requests(world) == 4
+    refused = forced[-1]
+    assert refused.body["error"] == "upstream_unavailable"
+    hour_left = 3600 - shared.clock.now() % 3600
+    assert hour_left - 2 <= int(refused.headers["Retry-After"]) <= hour_left + 1
+    # Callers that do not force are still served the cached token...
+    (served,) = run(world, [Call("api")])
+    assert served.status == 200
+    assert requests(world) == 4
+    # ...and misses still reach the provider, up to the whole budget (4 + 2 = 6)...
+    answers = [run(world, [Call("api", scope=scope)])[0] for scope in ("audit", "write", "audit write")]
+    assert [a.status for a in answers] == [200, 200, 503]
+    assert requests(world) == 6
+    assert "UpstreamBudgetExhausted" in world.logs.getvalue()
+    # ...and the next hour has a new budget.
+    shared.clock.advance(3600 - shared.clock.now() % 3600 + 1)
+    (later,) = run(world, [Call("api", scope="audit write")])
+    assert later.status == 200
+    assert requests(world) == 7
