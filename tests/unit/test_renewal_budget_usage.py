@@ -1,0 +1,193 @@
+"""Per-token renewals, use marks and the hourly budget: their messages, settings and DynamoDB writes (moto)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.conftest import TABLE, load_app
+from tests.unit.test_handlers import EVENTS, PROVIDERS, scope_key_of, seed
+from token_vending.budget import UpstreamBudget, default_budget
+from token_vending.cache import CachedToken, TokenCache
+from token_vending.catalogue import CATALOGUE
+from token_vending.exceptions import Misconfigured
+from token_vending.freshness import RefreshPolicy
+from token_vending.renewal import LEAD_SECONDS, MAX_DELAY_SECONDS, Renewal, renewals_in
+from token_vending.settings import ProviderSettings
+from token_vending.usage import MARK_EVERY, UsageMarks
+
+POLICY = RefreshPolicy(60, 0.1)
+
+
+def token(**overrides: Any) -> CachedToken:
+    now = time.time()
+    values: dict[str, Any] = {"provider": "pyng", "scope_key": "a b", "access_token": "t", "expires_at": int(now) + 900,
+                              "fetched_at": now, "lifetime": 900}
+    return CachedToken(**(values | overrides))
+
+
+# --- renewals --------------------------------------------------------------------------------------------------
+def test_a_renewal_is_due_its_lead_before_the_margin_and_names_its_token() -> None:
+    t = token()
+    renewal = Renewal.of(t, POLICY)
+    assert renewal.due == t.expires_at - 90 - LEAD_SECONDS
+    assert renewal.names(t)
+    assert not renewal.names(token(fetched_at=t.fetched_at + 1))
+    parsed = Renewal.from_body(renewal.body())
+    assert parsed is not None
+    assert parsed.names(t)  # fetched_at survives the millisecond rounding of the message
+    assert (parsed.scope_key, parsed.due) == (renewal.scope_key, renewal.due)
+    assert renewal.delay(renewal.due - 5000) == MAX_DELAY_SECONDS  # SQS's longest; re-armed on receipt
+    assert renewal.delay(renewal.due - 12.2) == 13
+    assert renewal.delay(renewal.due + 3) == 0
+
+
+def test_a_token_shorter_than_its_lead_is_due_at_once_not_in_the_past() -> None:
+    t = token(expires_at=int(time.time()) + 20, lifetime=20)
+    assert Renewal.of(t, POLICY).due == t.fetched_at
+
+
+@settings(max_examples=300)
+@given(raw=st.one_of(st.text(), st.binary(), st.none(), st.integers(),
+                     st.dictionaries(st.text(), st.one_of(st.text(), st.floats(), st.none())).map(json.dumps)))
+def test_any_message_body_parses_without_an_exception_and_only_renewals_parse(raw: Any) -> None:
+    parsed = Renewal.from_body(raw)  # never raises: a stray message must not fail the batch
+    if parsed is not None:
+        document = json.loads(raw)
+        assert parsed.scope_key == document["renew"]
+        assert parsed.due == float(document["due"])
+
+
+@pytest.mark.parametrize("body", ['{"renew": "a", "fetched_at": "NaN", "due": 1}', '{"renew": 1}', "[]", "null",
+                                  '{"renew": "a", "fetched_at": 1}', '{"renew": "a", "fetched_at": [], "due": 1}'])
+def test_malformed_renewals_are_none(body: str) -> None:
+    assert Renewal.from_body(body) is None
+
+
+def test_only_sqs_events_are_renewal_batches() -> None:
+    record = {"messageId": "m", "body": Renewal("", 1.0, 2.0).body(), "eventSource": "aws:sqs"}
+    assert renewals_in({"Records": [record]}) == [("m", Renewal("", 1.0, 2.0))]
+    assert renewals_in({"Records": [record | {"eventSource": "aws:sns"}]}) is None
+    assert renewals_in({"Records": []}) is None
+    assert renewals_in({"scope": "x"}) is None
+
+
+def test_a_provider_function_drops_a_message_that_is_not_a_renewal(moto_table: Any, context: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
+                        "TOKEN_URL": "https://provider.invalid/token", "ALLOWED_SCOPES": "a"}.items():
+        monkeypatch.setenv(name, value)
+    provider = load_app("pyng")
+    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": "not a renewal", "attributes": {},
+                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}]}
+    assert provider.handler(event, context) == {"batchItemFailures": []}
+    # A renewal of a token that does not exist does nothing either (and asks no provider).
+    event["Records"][0]["body"] = Renewal("a", 1.0, 2.0).body()
+    assert provider.handler(event, context) == {"batchItemFailures": []}
+
+
+# --- use marks -------------------------------------------------------------------------------------------------
+def count_writes(client: Any) -> list[str]:
+    writes: list[str] = []
+    client.meta.events.register("before-call.dynamodb.UpdateItem", lambda **_: writes.append("UpdateItem"))
+    return writes
+
+
+def test_a_use_is_marked_only_when_the_mark_is_a_quarter_idle_period_old(moto_table: Any) -> None:
+    cache = TokenCache(TABLE, moto_table)
+    marks = UsageMarks(cache, idle_seconds=3600)
+    writes = count_writes(moto_table)
+    now = time.time()
+    stored = token(used_at=now - 3600 * MARK_EVERY - 1, fetched_at=now - 3000)
+    cache.put(stored)
+    noted = marks.note(stored, now)
+    assert noted.used_at == now
+    assert writes == ["UpdateItem"]
+    assert marks.note(noted, now + 60) is noted  # the environment keeps its mark: no write per hit
+    assert writes == ["UpdateItem"]
+    item = moto_table.get_item(TableName=TABLE, Key={"pk": {"S": "pyng"}, "sk": {"S": "token#a b"}})["Item"]
+    assert float(item["used_at"]["N"]) == pytest.approx(now, abs=0.002)
+    assert item["access_token"]["S"] == "t"  # nothing else is touched
+    assert marks.in_use(noted, now + 3599)
+    assert not marks.in_use(noted, now + 3601)
+
+
+def test_a_use_mark_never_creates_an_item_nor_moves_back(moto_table: Any) -> None:
+    cache = TokenCache(TABLE, moto_table)
+    assert not cache.record_use("pyng", "absent", time.time())
+    assert "Items" not in moto_table.scan(TableName=TABLE) or not moto_table.scan(TableName=TABLE)["Items"]
+    now = time.time()
+    cache.put(token(used_at=now))
+    assert not cache.record_use("pyng", "a b", now - 100)
+
+
+def test_a_token_api_hit_marks_an_old_mark_once(moto_table: Any, context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
+    monkeypatch.setenv("PROVIDERS", json.dumps(PROVIDERS))
+    monkeypatch.setenv("MEMORY_CACHE_SECONDS", "0")
+    api = load_app("token_api")
+    event = json.loads((EVENTS / "api-pyng.json").read_text())
+    key = scope_key_of(event["queryStringParameters"]["scope"], "pyng")
+    seed(moto_table, "pyng", key, "cached", expires_in=86000)  # fetched 600 s ago, no mark yet
+    writes = count_writes(api.api.dynamodb)
+    for _ in range(3):
+        assert api.handler(event, context)["statusCode"] == 200
+    assert writes == []  # the fetch itself is a recent use
+    moto_table.update_item(TableName=TABLE, Key={"pk": {"S": "pyng"}, "sk": {"S": f"token#{key}"}},
+                           UpdateExpression="SET used_at = :old", ExpressionAttributeValues={":old": {"N": "1000"}})
+    for _ in range(3):
+        assert api.handler(event, context)["statusCode"] == 200
+    assert writes == ["UpdateItem"]
+
+
+# --- settings and the budget -----------------------------------------------------------------------------------
+def provider_env(**extra: str) -> dict[str, str]:
+    return {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "TOKEN_URL": "https://provider.invalid/token",
+            "SECRET_ID": "s", "ALLOWED_SCOPES": "a", **extra}
+
+
+def test_the_default_budget_follows_the_documented_lifetime() -> None:
+    assert default_budget(300) == 144
+    assert default_budget(900) == 60
+    assert default_budget(36000) == 60
+    for entry in CATALOGUE:
+        settings_ = ProviderSettings.from_env(entry.name, provider_env(PROVIDER_NAME=entry.name), profile=entry)
+        assert settings_.upstream_budget == default_budget(entry.lifetime)
+
+
+def test_upstream_budgets_override_by_route_and_refuse_typos() -> None:
+    pyng = next(entry for entry in CATALOGUE if entry.name == "pyng")
+    parsed = ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS="autopay=30, pyng=200"), profile=pyng)
+    assert parsed.upstream_budget == 200
+    parsed = ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS="autopay=30"), profile=pyng)
+    assert parsed.upstream_budget == default_budget(pyng.lifetime)
+    for bad in ("pyng", "pyng=0", "pyng=-3", "pyng=ten", "pyngg=30", "pyng=1.5"):
+        with pytest.raises(Misconfigured) as caught:
+            ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS=bad), profile=pyng)
+        assert "UPSTREAM_BUDGETS" in caught.value.description
+
+
+def test_idle_hours_are_a_positive_number() -> None:
+    pyng = next(entry for entry in CATALOGUE if entry.name == "pyng")
+    assert ProviderSettings.from_env("pyng", provider_env(REFRESH_AHEAD_IDLE_HOURS="2"),
+                                     profile=pyng).cache.idle_seconds == 7200
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(Misconfigured):
+            ProviderSettings.from_env("pyng", provider_env(REFRESH_AHEAD_IDLE_HOURS=bad), profile=pyng)
+
+
+def test_forced_refreshes_may_spend_half_the_budget_and_the_rest_stays(moto_table: Any) -> None:
+    budget = UpstreamBudget(TokenCache(TABLE, moto_table), "autopay", per_hour=4)
+    hour = 3600 * 500000
+    assert [budget.spend(forced=True, now=hour + 1) for _ in range(3)] == [None, None, 3599]
+    assert [budget.spend(forced=False, now=hour + 2) for _ in range(3)] == [None, None, 3598]
+    assert budget.spend(forced=False, now=hour + 3600) is None  # a new hour
+    item = moto_table.get_item(TableName=TABLE, Key={"pk": {"S": "autopay"}, "sk": {"S": f"budget#{hour}"}})["Item"]
+    assert (item["spent"]["N"], item["forced"]["N"]) == ("4", "2")
+    assert int(item["purge_at"]["N"]) == hour + 7200
