@@ -5,8 +5,9 @@ fails when the committed files differ from what the template and catalogue give,
 
 ``env.json`` points every function at the embedded AWS of ``make local`` and at the provider emulators
 through ``host.docker.internal`` (where ``sam local`` containers reach the host), with the parameters'
-defaults for everything else. ``events/`` holds, per provider, an API Gateway proxy event for the token
-API function (``api-<route>.json``) and a direct-invocation payload (``invoke-<route>.json``).
+defaults for everything else but the renewal queue (none: ``RENEWAL_QUEUE_URL`` empty). ``events/`` holds,
+per provider, an API Gateway proxy event for the token API function (``api-<route>.json``) and a
+direct-invocation payload (``invoke-<route>.json``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def env_json() -> dict[str, dict[str, str]]:
             **COMMON, "AWS_ENDPOINT_URL_SECRETS_MANAGER": LOCAL_AWS, **settings,
             "TOKEN_URL": f"http://{DOCKER_HOST}:{EMULATOR_PORT_BASE + index}{path}",
             "SECRET_ID": secret_name(provider.route),
+            # No SQS under sam local: no renewal timers (the template's queue URL would name an absent queue);
+            # the schedule's payload renews by its interval instead.
+            "RENEWAL_QUEUE_URL": "",
         }
         table[provider.route] = {"function": provider.function,
                                  "scopes": provider.environment.get("ALLOWED_SCOPES", ""),

@@ -151,6 +151,38 @@ def output_descriptions(outputs: dict[str, Any], provider: Provider) -> None:
     secret["Description"] = f"Secret holding the {provider.key} client credentials (fill it in if the stack created it)"
 
 
+def renewal_timers(old: dict[str, Any], provider: Provider) -> None:
+    """Per-token renewal timers (issue 10): the function is told its own queue (only with refresh ahead on: empty, it
+    arms none) and the providers' hourly budgets, its queue invokes it (one message at a time, failures reported per
+    message, on while refresh ahead is), and its role may send to and receive from that queue alone."""
+    function = old[f"{provider.key}Function"]["Properties"]
+    queue = f"{provider.key}RenewalQueue"
+    function["Environment"]["Variables"] |= {
+        "RENEWAL_QUEUE_URL": {"Fn::If": ["RefreshAheadEnabled", {"Ref": queue}, ""]},
+        "UPSTREAM_BUDGETS": {"Ref": "UpstreamBudgets"},
+    }
+    assert list(function["Events"]) == ["RefreshAhead"]
+    function["Events"]["Renewal"] = {"Type": "SQS", "Properties": {
+        "Queue": {"Fn::GetAtt": [queue, "Arn"]}, "BatchSize": 1, "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "Enabled": {"Fn::If": ["RefreshAheadEnabled", True, False]}}}
+    (policy,) = old[f"{provider.key}FunctionRole"]["Properties"]["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    (partition,) = [statement for statement in statements if statement.get("Sid") == "OwnCachePartition"]
+    statements.insert(statements.index(partition) + 1, {
+        "Sid": "OwnRenewalQueue", "Effect": "Allow",
+        "Action": ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+        "Resource": {"Fn::GetAtt": [queue, "Arn"]}})
+
+
+def budget_and_use_marks_update_the_partition(old: dict[str, Any], provider: Provider) -> None:
+    """dynamodb:UpdateItem joins the role's actions on its own partition (still dynamodb:LeadingKeys): the hourly
+    budget's counter (ADD spent) and the scope sets' use marks (SET used_at)."""
+    (policy,) = old[f"{provider.key}FunctionRole"]["Properties"]["Policies"]
+    (partition,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "OwnCachePartition"]
+    assert partition["Action"] == ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"]
+    partition["Action"].insert(2, "dynamodb:UpdateItem")
+
+
 RESOURCE_CHANGES: list[Callable[[dict[str, Any], Provider], None]] = [
     one_code_folder,
     generic_descriptions,
@@ -159,6 +191,8 @@ RESOURCE_CHANGES: list[Callable[[dict[str, Any], Provider], None]] = [
     unset_settings_have_no_value,
     default_scopes_as_given,
     cfn_lint_metadata,
+    renewal_timers,
+    budget_and_use_marks_update_the_partition,
 ]
 
 
@@ -249,6 +283,25 @@ def invoke_permission_per_provider(old: dict[str, Any], template: dict[str, Any]
     assert sorted(map(json.dumps, now)) == sorted(map(json.dumps, moved["Resource"]))
 
 
+def token_api_marks_use(old: dict[str, Any]) -> None:
+    """The token API, read-only until issue 10, may make one write: SET used_at on a table item (dynamodb:Attributes
+    limited to the key and used_at, no return values), marking a scope set in use; its role's description says so."""
+    role = old[f"{TOKEN_API}Role"]["Properties"]
+    before = "reads the cache, invokes the provider functions"
+    after = "reads the cache, marks use, invokes the provider functions"
+    assert role["Description"] == {"Fn::Sub": f"token API function of ${{AWS::StackName}}: {before}"}
+    role["Description"] = {"Fn::Sub": f"token API function of ${{AWS::StackName}}: {after}"}
+    (policy,) = role["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    assert statements[0]["Sid"] == "ReadCache"
+    statements.insert(1, {
+        "Sid": "MarkScopeSetUsed", "Effect": "Allow", "Action": "dynamodb:UpdateItem",
+        "Resource": {"Fn::GetAtt": ["CacheTable", "Arn"]},
+        "Condition": {"ForAllValues:StringEquals": {"dynamodb:Attributes": ["pk", "sk", "used_at"]},
+                      "Null": {"dynamodb:Attributes": "false"},
+                      "StringEquals": {"dynamodb:ReturnValues": "NONE"}}})
+
+
 def test_shared_resources_are_the_old_ones_but_for_the_intended_changes() -> None:
     template = load_template()
     old = copy.deepcopy(GOLDEN["SharedResources"])
@@ -259,6 +312,7 @@ def test_shared_resources_are_the_old_ones_but_for_the_intended_changes() -> Non
             del variables[name]  # a provider added since: its function joins the token API's table
     functions_named_one_by_one(old)
     invoke_permission_per_provider(old, template)
+    token_api_marks_use(old)
     shorter_checkov_comments(old, new)
     for name in old:
         assert _normalised(new[name]) == _normalised(old[name]), f"{name} differs from the intended changes"
@@ -294,13 +348,15 @@ def test_every_old_output_and_parameter_is_still_there() -> None:
 def test_resources_removed_and_added_are_the_intended_ones() -> None:
     """Removed: the two alarms over every function's metrics (one Lambda alarm lists at most 10 metrics, and a
     loop cannot add to a list). Added: one Errors and one Throttles alarm per function, and the token API's
-    permission to invoke each provider function as a policy of its own."""
+    permission to invoke each provider function as a policy of its own; since issue 10 each provider's renewal
+    queue and the upstream budget's alarm."""
     now, before = set(load_template()["Resources"]), set(GOLDEN["AllResources"])
     assert before - now == {"FunctionErrorsAlarm", "FunctionThrottlesAlarm"}
     functions = ["TokenApi", *GOLDEN_KEYS]
-    added = {f"{key}FunctionInvokePolicy" for key in GOLDEN_KEYS}
+    added = {f"{key}{kind}" for key in GOLDEN_KEYS for kind in ("FunctionInvokePolicy", "RenewalQueue")}
     added |= {f"{function}Function{metric}Alarm" for function in functions for metric in ("Errors", "Throttles")}
+    added |= {"UpstreamBudgetAlarm"}
     for key in set(BY_KEY) - set(GOLDEN_KEYS):  # a provider the catalogue gained since: all of its own
-        added |= {f"{key}{kind}" for kind in PER_PROVIDER} | {f"{key}FunctionInvokePolicy"}
+        added |= {f"{key}{kind}" for kind in (*PER_PROVIDER, "FunctionInvokePolicy", "RenewalQueue")}
         added |= {f"{key}Function{metric}Alarm" for metric in ("Errors", "Throttles")}
     assert now - before == added

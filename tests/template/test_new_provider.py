@@ -155,10 +155,21 @@ def test_the_expanded_template_has_everything_the_provider_needs(copy: Path) -> 
     assert env["SECRET_ID"] == {"Fn::If": [f"Create{KEY}Secret", {"Ref": f"{KEY}Secret"}, {"Ref": f"{KEY}SecretArn"}]}
     assert function["Properties"]["Events"]["RefreshAhead"]["Type"] == "ScheduleV2"
     assert function["Properties"]["Role"] == {"Fn::GetAtt": [f"{KEY}FunctionRole", "Arn"]}
+    # its own renewal queue: the timers' messages, the event that delivers them, the URL it arms them on
+    queue = {"Fn::GetAtt": [f"{KEY}RenewalQueue", "Arn"]}
+    assert resources[f"{KEY}RenewalQueue"]["Type"] == "AWS::SQS::Queue"
+    renewal = function["Properties"]["Events"]["Renewal"]
+    assert (renewal["Type"], renewal["Properties"]["Queue"]) == ("SQS", queue)
+    assert env["RENEWAL_QUEUE_URL"] == {"Fn::If": ["RefreshAheadEnabled", {"Ref": f"{KEY}RenewalQueue"}, ""]}
+    assert env["UPSTREAM_BUDGETS"] == {"Ref": "UpstreamBudgets"}
     statements = resources[f"{KEY}FunctionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     by_sid = {s["Sid"]: s for s in statements if isinstance(s, dict) and "Sid" in s}
     assert by_sid["ReadOwnSecret"]["Resource"] == env["SECRET_ID"]
     assert by_sid["OwnCachePartition"]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [ROUTE]}}
+    assert "dynamodb:UpdateItem" in by_sid["OwnCachePartition"]["Action"]  # its budget counter and use marks
+    assert by_sid["OwnRenewalQueue"]["Resource"] == queue
+    assert set(by_sid["OwnRenewalQueue"]["Action"]) == {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                                        "sqs:GetQueueAttributes"}
     log_group = resources[f"{KEY}FunctionLogGroup"]["Properties"]
     assert log_group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{KEY}Function}}"}
     assert resources[f"{KEY}FunctionLogsPolicy"]["Properties"]["RoleName"] == {"Ref": f"{KEY}FunctionRole"}
@@ -171,7 +182,7 @@ def test_the_expanded_template_has_everything_the_provider_needs(copy: Path) -> 
     for metric in ("Errors", "Throttles"):
         alarm = resources[f"{KEY}Function{metric}Alarm"]["Properties"]
         assert alarm["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": f"{KEY}Function"}}]
-    for name in ("UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm"):
+    for name in ("UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "UpstreamBudgetAlarm"):
         (query,) = resources[name]["Properties"]["Metrics"]
         assert "WHERE" not in query["Expression"].upper(), "the service's alarms cover every provider"
     api_env = resources["TokenApiFunction"]["Properties"]["Environment"]["Variables"]

@@ -294,6 +294,29 @@ def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[
     assert alarmed <= shown, f"alarmed but not on the dashboard: {sorted(alarmed - shown)}"
 
 
+def test_upstream_budget_alarm(translated: dict[str, Any]) -> None:
+    """Any provider's budget refusal in a 5-minute period alarms (one Metrics Insights query over every provider, as
+    UpstreamFailuresAlarm and StaleServesAlarm), and the dashboard shows the refusals per provider."""
+    assert "UpstreamBudgetExhausted" in emitted_metric_names()
+    ev = Stack(translated)
+    alarms = resources(translated, "AWS::CloudWatch::Alarm")
+    props = ev(alarms["UpstreamBudgetAlarm"]["Properties"])
+    (query,) = props["Metrics"]
+    insights = metrics_insights(query["Expression"])
+    assert (insights["function"], insights["metric"], insights["where"], insights["group_by"]) == (
+        "SUM", "UpstreamBudgetExhausted", {}, [])
+    assert (query["Period"], query["ReturnData"]) == (300, True)
+    assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert (props["EvaluationPeriods"], props["DatapointsToAlarm"], props["TreatMissingData"]) == (1, 1, "notBreaching")
+    like = ev(alarms["StaleServesAlarm"]["Properties"])
+    assert (props.get("AlarmActions"), props.get("OKActions")) == (like.get("AlarmActions"), like.get("OKActions"))
+    (dashboard,) = resources(translated, "AWS::CloudWatch::Dashboard").values()
+    shown = [read for read in _dashboard_metrics(json.loads(ev(dashboard["Properties"]["DashboardBody"])))
+             if read.name == "UpstreamBudgetExhausted"]
+    assert shown, "the dashboard does not show the budget refusals"
+    assert all(read.dimensions["provider"] is None for read in shown)
+
+
 def test_the_checks_catch_a_misnamed_api() -> None:
     """The resolution above refuses the old alarm's ApiName (the API has no "-api" suffix)."""
     translated = translate()

@@ -1,9 +1,11 @@
 """Security controls in template.yaml, and the scanners that watch them.
 
-- Least privilege: each provider function reads only its own secret and touches only its own cache
-  partition; the token API function only reads the cache and invokes the provider functions (one policy
-  per provider, from the template's loop); no wildcard where a narrower ARN exists (X-Ray's two actions
-  have none). Every provider is the catalogue's: the template's loops make the same resources for each.
+- Least privilege: each provider function reads only its own secret, touches only its own cache partition and
+  uses only its own renewal queue; the token API function reads the cache, writes nothing but a scope set's
+  use mark (``used_at``, IAM's dynamodb:Attributes checked against the layer's own call) and invokes the
+  provider functions (one policy per provider, from the template's loop); no wildcard where a narrower ARN
+  exists (X-Ray's two actions have none). Every provider is the catalogue's: the template's loops make the
+  same resources for each.
 - Encryption: the optional customer managed key (KmsKeyArn) reaches the table, the placeholder secrets
   and the functions' policies, and nothing else is granted when it is empty.
 - Client assertions: a provider's KMS signing key (<Provider>SigningKeyArn) may be used by that provider's
@@ -91,6 +93,11 @@ STATE_MACHINE_WILDCARDS = {
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
     "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
 }
+RENEWAL_QUEUE_ACTIONS = ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
+"""A provider function's on its own queue: SendMessage (arming a timer) and what Lambda's SQS event source mapping
+needs of the execution role (ReceiveMessage, DeleteMessage, GetQueueAttributes; not ChangeMessageVisibility)."""
+USE_MARK_ATTRIBUTES = ["pk", "sk", "used_at"]
+"""All the token API's one write may name: the table's key and the use mark."""
 ACCOUNTS = ["111111111111", "222222222222"]
 VPC_ENDPOINTS = ["vpce-0123456789abcdef0", "vpce-0fedcba987654321f"]
 
@@ -162,9 +169,18 @@ def test_provider_roles_reach_only_their_own_secret_and_partition(
             {
                 "Sid": "OwnCachePartition",
                 "Effect": "Allow",
-                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+                # UpdateItem: the hourly budget's counter and the use marks (LeadingKeys: its partition only)
+                "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                           "dynamodb:Query"],
                 "Resource": TABLE_ARN,
                 "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [route]}},
+            },
+            {
+                "Sid": "OwnRenewalQueue",
+                "Effect": "Allow",
+                # it arms its renewal timers; its event source mapping receives them (Lambda's three actions)
+                "Action": RENEWAL_QUEUE_ACTIONS,
+                "Resource": f"arn:aws:{prefix}RenewalQueue:Arn",
             },
         ]
         if kms_key:
@@ -347,12 +363,30 @@ def test_a_signing_key_is_granted_only_with_private_key_jwt(
     assert not [name for name, rule in raw_template().get("Rules", {}).items() if "SigningKey" in json.dumps(rule)]
 
 
+MARK_SCOPE_SET_USED: dict[str, Any] = {
+    "Sid": "MarkScopeSetUsed",
+    "Effect": "Allow",
+    "Action": "dynamodb:UpdateItem",
+    "Resource": TABLE_ARN,
+    "Condition": {
+        # every attribute the request names (key, update and condition expressions) must be one of these...
+        "ForAllValues:StringEquals": {"dynamodb:Attributes": USE_MARK_ATTRIBUTES},
+        # ...and it must name some: ForAllValues holds for a request without the key at all
+        "Null": {"dynamodb:Attributes": "false"},
+        # no item comes back (UpdateItem always has ReturnValues: NONE unless asked)
+        "StringEquals": {"dynamodb:ReturnValues": "NONE"},
+    },
+}
+"""The token API's only write: SET used_at on an item of the table."""
+
+
 @pytest.mark.parametrize("kms_key", ["", KMS_KEY], ids=["aws-managed-keys", "customer-managed-key"])
-def test_token_api_role_only_reads_the_cache_and_invokes_the_provider_functions(
+def test_token_api_role_reads_the_cache_marks_use_and_invokes_the_provider_functions(
     template: dict[str, Any], kms_key: str
 ) -> None:
     expected: list[dict[str, Any]] = [
         {"Sid": "ReadCache", "Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": TABLE_ARN},
+        MARK_SCOPE_SET_USED,
     ]
     if kms_key:
         expected.append(
@@ -460,10 +494,83 @@ def test_only_provider_functions_read_secrets_or_write_the_cache(translated: dic
     for write in ("dynamodb:PutItem", "dynamodb:DeleteItem", "kms:Encrypt", "kms:GenerateDataKey"):
         assert readers[write] == provider_roles, write
     assert readers["dynamodb:GetItem"] == provider_roles | {f"{TOKEN_API}Role"}
+    # the token API's UpdateItem sets used_at and nothing else: test_token_api_writes_nothing_but_the_use_mark
+    assert readers["dynamodb:UpdateItem"] == provider_roles | {f"{TOKEN_API}Role"}
     assert readers["lambda:InvokeFunction"] == {f"{TOKEN_API}Role", "GetTokenStateMachineRole"} | {
         f"{provider.function}RefreshAheadRole" for provider in PROVIDERS.values()
     }
-    assert not any(action.startswith(("dynamodb:Scan", "dynamodb:Update", "dynamodb:Batch")) for action in readers)
+    assert not any(action.startswith(("dynamodb:Scan", "dynamodb:Batch", "dynamodb:PartiQL", "dynamodb:Transact"))
+                   for action in readers)
+    for action in RENEWAL_QUEUE_ACTIONS:
+        assert readers[action] == provider_roles, action
+
+
+# Actions that change something (an item, a key's use, a queue, a function, a log): the token API may hold only its
+# use mark, its log stream and the provider functions' invocation. Anything not known to read is a write here.
+READ_ONLY = {"dynamodb:GetItem", "kms:Decrypt", "xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+TOKEN_API_WRITES = {"dynamodb:UpdateItem", "lambda:InvokeFunction", "logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+@pytest.mark.parametrize("kms_key", ["", KMS_KEY], ids=["aws-managed-keys", "customer-managed-key"])
+def test_token_api_writes_nothing_but_the_use_mark(translated: dict[str, Any], kms_key: str) -> None:
+    """Over everything SAM would deploy for the token API's role: its only DynamoDB write is UpdateItem, in one
+    statement, under MARK_SCOPE_SET_USED's conditions (no other write action, no unconditioned UpdateItem)."""
+    evaluate = Evaluator(translated, {"KmsKeyArn": kms_key})
+    statements = [statement for name, document in _policy_documents(translated) if name == f"{TOKEN_API}Role"
+                  for statement in evaluate(document)["Statement"]]
+    actions = {action for statement in statements for action in as_list(statement["Action"])}
+    assert actions - READ_ONLY == TOKEN_API_WRITES, actions - READ_ONLY
+    (update,) = [s for s in statements if "dynamodb:UpdateItem" in as_list(s["Action"])]
+    assert update == MARK_SCOPE_SET_USED
+    assert all(s["Effect"] == "Allow" for s in statements)
+
+
+_EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "BETWEEN", "IN", "attribute_exists",
+                     "attribute_not_exists", "attribute_type", "begins_with", "contains", "size", "if_not_exists",
+                     "list_append"}
+
+
+def _attributes_named(request: dict[str, Any]) -> set[str]:
+    """dynamodb:Attributes of an UpdateItem request as IAM sees it: the key's attributes and every top-level
+    attribute its update and condition expressions name (placeholders ``#n`` resolved, values ``:v`` left out)."""
+    names = set(request["Key"])
+    aliases = request.get("ExpressionAttributeNames", {})
+    for part in ("UpdateExpression", "ConditionExpression"):
+        for word in re.findall(r"(?<![:\w.])#?[A-Za-z_][A-Za-z0-9_]*", request.get(part, "")):
+            if word not in _EXPRESSION_WORDS:
+                names.add(aliases[word] if word.startswith("#") else word)
+    return names
+
+
+def _allowed_by_the_use_mark(request: dict[str, Any]) -> bool:
+    """Whether MARK_SCOPE_SET_USED's conditions let this UpdateItem request through."""
+    allowed = set(MARK_SCOPE_SET_USED["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
+    return (_attributes_named(request) <= allowed and request.get("ReturnValues", "NONE") == "NONE"
+            and "ReturnValuesOnConditionCheckFailure" not in request)
+
+
+def test_the_use_mark_the_token_api_writes_is_what_its_policy_allows() -> None:
+    """The layer's own requests, recorded: the use mark (TokenCache.record_use, the token API's one write) names only
+    pk, sk and used_at and asks nothing back, so IAM lets it through; the hourly budget's counter (provider functions
+    only) names other attributes and would be refused, as would any request naming the token itself."""
+    from token_vending.cache import TokenCache
+
+    client = MagicMock()
+    cache = TokenCache("table", client)
+    cache.record_use("pyng", "billing:batches:read", 1_800_000_000.0)
+    (use,) = [call.kwargs for call in client.update_item.call_args_list]
+    assert _attributes_named(use) == {"pk", "sk", "used_at"}
+    assert _allowed_by_the_use_mark(use)
+    for forced in (None, 30):
+        client.reset_mock()
+        cache.spend_budget("pyng", 1_800_000_000, 60, forced_limit=forced, purge_at=1_800_007_200)
+        (spend,) = [call.kwargs for call in client.update_item.call_args_list]
+        assert not _allowed_by_the_use_mark(spend), spend["UpdateExpression"]
+    for hostile in ({"UpdateExpression": "SET access_token = :t"}, {"UpdateExpression": "SET #a = :t",
+                                                                    "ExpressionAttributeNames": {"#a": "expires_at"}},
+                    {"UpdateExpression": "SET used_at = :t", "ReturnValues": "ALL_OLD"},
+                    {"UpdateExpression": "REMOVE used_at", "ConditionExpression": "begins_with(access_token, :x)"}):
+        assert not _allowed_by_the_use_mark({**use, **hostile}), hostile
 
 
 # --- customer managed key -------------------------------------------------------------------------

@@ -65,8 +65,10 @@ EVENTS = ROOT / "events"
 PROVIDER_TIMEOUT = 25
 TOKEN_API_TIMEOUT = 28
 API_GATEWAY_INTEGRATION_LIMIT = 29
-TEMPLATE_LINE_BUDGET = 1100
-"""template.yaml was 2,504 lines with a copy of every resource per provider; the loops keep it under this."""
+TEMPLATE_LINE_BUDGET = 1200
+"""template.yaml was 2,504 lines with a copy of every resource per provider; the loops keep it under this (1,090
+before the renewal queues, the upstream budget and the use marks of issue 10)."""
+RENEWAL_QUEUE_ACTIONS = ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
 
 # The 12 Aria (Billie Connect) token endpoints: the provider document's table, verbatim.
 ARIA_DOCUMENT_TABLE = """
@@ -310,7 +312,11 @@ def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
             assert env.get(key) == value, f"{logical_id}: env.json's {key} is not passed through by sam local"
         assert env["TOKEN_VENDING_LOCAL_MODE"] == "true"
         # empty means: no scopes / the profile's client authentication / no KMS key (the secret's PEM signs)
-        optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH", "SIGNING_KEY_ID"}
+        optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH", "SIGNING_KEY_ID",
+                          constants.UPSTREAM_BUDGETS_ENV}  # no override: every provider's default budget
+        if logical_id != TOKEN_API:  # no SQS under sam local: no renewal timers (env.json empties the queue URL)
+            assert env[constants.RENEWAL_QUEUE_URL_ENV] == "", logical_id
+            optional_empty.add(constants.RENEWAL_QUEUE_URL_ENV)
         if logical_id == TOKEN_API:  # all of SCOPES_Pyng; no token URL of its own
             optional_empty |= {"DEFAULT_SCOPES_Pyng", constants.TOKEN_URL_ENV}
         empty = {k for k, v in env.items() if v == "" and k not in optional_empty and not UNEXPANDED_LOOP.match(k)}
@@ -489,8 +495,15 @@ def test_each_provider_has_its_own_resources(template: dict[str, Any], route: st
     assert schedule["Type"] == "ScheduleV2"
     assert schedule["Properties"]["Input"] == '{"refresh_ahead": true}'
     assert schedule["Properties"]["GroupName"] == {"Ref": "RefreshAheadScheduleGroup"}
+    queue = f"{key}RenewalQueue"
+    assert res[queue]["Type"] == "AWS::SQS::Queue"
+    assert props["Events"]["Renewal"]["Properties"]["Queue"] == {"Fn::GetAtt": [queue, "Arn"]}
+    assert props["Environment"]["Variables"][constants.RENEWAL_QUEUE_URL_ENV] == {
+        "Fn::If": ["RefreshAheadEnabled", {"Ref": queue}, ""]}
     (policy,) = res[f"{function}Role"]["Properties"]["Policies"]
     statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"] if "Sid" in s}
+    assert statements["OwnRenewalQueue"]["Action"] == RENEWAL_QUEUE_ACTIONS
+    assert statements["OwnRenewalQueue"]["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
     assert statements["ReadOwnSecret"]["Resource"] == {
         "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": f"{key}SecretArn"}]
     }
@@ -521,6 +534,101 @@ def test_timeouts_fit(template: dict[str, Any]) -> None:
     # the whole token request ends before the lease lapses (and before the function's timeout)
     assert one_attempt < lease["Default"], "one whole upstream attempt must fit inside the lease"
     # the token API's own budget (DynamoDB read + provider invoke): tests/template/test_operations.py
+
+
+def test_renewal_queues(template: dict[str, Any]) -> None:
+    """Each provider's renewal timers: a standard queue of its own (per-message DelaySeconds; FIFO queues have none),
+    encrypted, keeping a message longer than the longest delay the layer asks for plus redeliveries, with the
+    visibility timeout Lambda asks of an event source (at least six times the function's timeout), read one message
+    per invocation with failures reported per message. Timers and their mapping run while refresh ahead is on."""
+    from token_vending.renewal import MAX_DELAY_SECONDS
+
+    assert MAX_DELAY_SECONDS == 900, "SQS delays a message 15 minutes at most"
+    res = template["Resources"]
+    assert set(resources(template, "AWS::SQS::Queue")) == {f"{p.key}RenewalQueue" for p in PROVIDERS.values()}
+    for provider in PROVIDERS.values():
+        queue, function = f"{provider.key}RenewalQueue", res[provider.function]["Properties"]
+        props = res[queue]["Properties"]
+        assert props == {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 3600, "VisibilityTimeout": 150}
+        timeout = function.get("Timeout", template["Globals"]["Function"]["Timeout"])
+        assert props["VisibilityTimeout"] >= 6 * timeout
+        assert props["MessageRetentionPeriod"] >= MAX_DELAY_SECONDS + 2 * props["VisibilityTimeout"]
+        assert function["Events"]["Renewal"] == {"Type": "SQS", "Properties": {
+            "Queue": {"Fn::GetAtt": [queue, "Arn"]}, "BatchSize": 1,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "Enabled": {"Fn::If": ["RefreshAheadEnabled", True, False]}}}
+    for enabled in ("true", "false"):
+        on = {"RefreshAheadEnabled": enabled}
+        evaluate = Evaluator(template, on)
+        for provider in PROVIDERS.values():
+            events = res[provider.function]["Properties"]["Events"]
+            assert evaluate(events["Renewal"]["Properties"]["Enabled"]) is (enabled == "true")
+            assert evaluate(events["RefreshAhead"]["Properties"]["State"]) == ("ENABLED" if enabled == "true" else
+                                                                                 "DISABLED")
+            deployed = environment(template, provider.function, on)
+            queue_url = f"{provider.key}RenewalQueue-physical-id" if enabled == "true" else ""  # !Ref: its URL
+            assert deployed[constants.RENEWAL_QUEUE_URL_ENV] == queue_url
+            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
+            assert settings.renewal_queue_url == queue_url
+
+
+def test_translated_renewal_mappings(translated: dict[str, Any]) -> None:
+    """SAM makes one event source mapping per provider function, from its own queue, and no role for it (the
+    function's role holds the queue permissions: test_security.py)."""
+    mappings = resources(translated, "AWS::Lambda::EventSourceMapping")
+    assert {m["Properties"]["FunctionName"]["Ref"]: m["Properties"]["EventSourceArn"] for m in mappings.values()} == {
+        p.function: {"Fn::GetAtt": [f"{p.key}RenewalQueue", "Arn"]} for p in PROVIDERS.values()}
+    for mapping in mappings.values():
+        assert mapping["Properties"]["BatchSize"] == 1
+        assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+UPSTREAM_BUDGETS_GOOD = ["", "autopay=30,pyng=200", "alternative-payments=1", "invoice-cloud=1000000",
+                         "pyng=60,aria=120,autopay=10"]
+UPSTREAM_BUDGETS_BAD = ["pyng=0", "pyng=", "=30", "pyng", "pyng=30,", ",pyng=30", "pyng = 30", "Pyng=30",
+                        "pyng=30;autopay=10", "pyng=-1", "pyng=1.5", "pyng=*", "pyng=12345678", "pyng=30 ",
+                        "invoice_cloud=30", "-pyng=30"]
+
+
+def test_idle_hours_and_upstream_budgets(template: dict[str, Any]) -> None:
+    """RefreshAheadIdleHours reaches every function (the provider functions renew by it, the token API marks use by
+    it); UpstreamBudgets reaches the provider functions, in a form the layer reads (each pair it lets through is the
+    provider's budget; the others keep the default of their documented lifetime). Both sit with the refresh settings."""
+    from token_vending.budget import default_budget
+
+    params = template["Parameters"]
+    idle = params["RefreshAheadIdleHours"]
+    assert (idle["Type"], idle["Default"], idle["MinValue"], idle["MaxValue"]) == (
+        "Number", constants.DEFAULT_REFRESH_AHEAD_IDLE_HOURS, 1, 720)
+    for hours in (idle["MinValue"], idle["Default"], idle["MaxValue"]):
+        given = {"RefreshAheadIdleHours": str(hours)}
+        assert ApiSettings.from_env(environment(template, TOKEN_API, given)).idle_seconds == hours * 3600
+        for provider in PROVIDERS.values():
+            deployed = environment(template, provider.function, given)
+            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
+            assert settings.cache.idle_seconds == hours * 3600, provider.route
+    budgets = params["UpstreamBudgets"]
+    assert (budgets["Type"], budgets["Default"]) == ("String", "")
+    assert budgets.get("ConstraintDescription")
+    for value in UPSTREAM_BUDGETS_BAD:
+        assert not java_like_fullmatch(budgets["AllowedPattern"], value), value
+    for value in UPSTREAM_BUDGETS_GOOD:
+        assert java_like_fullmatch(budgets["AllowedPattern"], value), value
+        named = dict(pair.split("=") for pair in value.split(",") if pair)
+        assert "UPSTREAM_BUDGETS" not in environment(template, TOKEN_API, {"UpstreamBudgets": value})
+        for provider in PROVIDERS.values():
+            deployed = environment(template, provider.function, {"UpstreamBudgets": value})
+            assert deployed[constants.UPSTREAM_BUDGETS_ENV] == value
+            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
+            expected = int(named.get(provider.route, 0)) or default_budget(provider.lifetime)
+            assert settings.upstream_budget == expected, (value, provider.route)
+    for provider in PROVIDERS.values():  # the documented default: max(60, ceil(12 x 3600 / lifetime))
+        assert default_budget(provider.lifetime) == max(60, -(-12 * 3600 // provider.lifetime)), provider.route
+    assert "max(60, ceil(12 x 3600 / its documented lifetime))" in " ".join(budgets["Description"].split())
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    (group,) = [group["Parameters"] for group in groups if "RefreshAheadEnabled" in group["Parameters"]]
+    at = group.index("RefreshAheadEnabled")
+    assert group[at + 1 : at + 3] == ["RefreshAheadIdleHours", "UpstreamBudgets"]
 
 
 # "<who>'s N s": a timeout or limit named in template.yaml's descriptions or comments.
@@ -591,9 +699,10 @@ def test_exactly_one_api_route_with_iam_auth(template: dict[str, Any]) -> None:
     assert len(api_events) == 1, f"exactly one API route expected, got {api_events}"
     ((logical_id, _, event),) = api_events
     assert logical_id == TOKEN_API
-    # the other events: one refresh-ahead schedule per provider function
+    # the other events: one refresh-ahead schedule and one renewal queue per provider function
     others = {(logical_id, name, event["Type"]) for logical_id, name, event in events if event["Type"] != "Api"}
-    assert others == {(provider.function, "RefreshAhead", "ScheduleV2") for provider in PROVIDERS.values()}
+    assert others == {(provider.function, name, kind) for provider in PROVIDERS.values()
+                      for name, kind in (("RefreshAhead", "ScheduleV2"), ("Renewal", "SQS"))}
     assert event["Type"] == "Api"
     assert event["Properties"]["Path"] == "/token/{provider}"
     assert event["Properties"]["Method"].upper() == "GET"
@@ -897,7 +1006,8 @@ def test_environment_fits_lambdas_4_kb_limit(template: dict[str, Any]) -> None:
         def ref(self, name: str) -> Any:
             return self.params.get(name, NO_VALUE if name == "AWS::NoValue" else "x" * 64)
 
-    ev = LongNames(template, {"PyngScopes": PYNG_SCOPES, "PyngDefaultScopes": PYNG_SCOPES})
+    budgets = ",".join(f"{route}=1000000" for route in PROVIDERS)
+    ev = LongNames(template, {"PyngScopes": PYNG_SCOPES, "PyngDefaultScopes": PYNG_SCOPES, "UpstreamBudgets": budgets})
     for logical_id in ALL_FUNCTIONS:
         env = {name: str(value) for name, value in ev(function_env(template, logical_id)).items()}
         size = sum(len(name) + len(value) for name, value in env.items())
@@ -1130,7 +1240,7 @@ def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
     alarms = resources(template, "AWS::CloudWatch::Alarm")
     per_function = {f"{function}{metric}Alarm" for function in ALL_FUNCTIONS for metric in ("Errors", "Throttles")}
     assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "ApiServerErrorsAlarm",
-            "ClientCertificateExpiryAlarm"} | per_function <= set(alarms)
+            "ClientCertificateExpiryAlarm", "UpstreamBudgetAlarm"} | per_function <= set(alarms)
     emitted = emitted_metric_names()
     providers = set(PROVIDERS)
     for name, alarm in alarms.items():
