@@ -399,7 +399,8 @@ def test_the_layers_configs_name_total_attempts() -> None:
     """``max_attempts`` would mean one more attempt than it says (and is rewritten by botocore in place)."""
     from token_vending import clients
 
-    for name in ("DYNAMODB_CONFIG", "API_DYNAMODB_CONFIG", "SECRETS_CONFIG", "LAMBDA_CONFIG", "KMS_CONFIG"):
+    for name in ("DYNAMODB_CONFIG", "API_DYNAMODB_CONFIG", "SECRETS_CONFIG", "LAMBDA_CONFIG", "KMS_CONFIG",
+                 "SQS_CONFIG"):
         retries = getattr(clients, name).retries or {}
         assert "total_max_attempts" in retries, name
         assert "max_attempts" not in retries, name
