@@ -2,8 +2,18 @@
 
 * API (``GET /token/{provider}``)                 http://127.0.0.1:3000
 * Lambda Invoke API (like ``sam local start-lambda``)  http://127.0.0.1:3001
-* embedded AWS: DynamoDB + Secrets Manager (moto)  http://127.0.0.1:4566
+* embedded AWS: DynamoDB + Secrets Manager + SQS (moto)  http://127.0.0.1:4566
 * provider token endpoint emulators                http://127.0.0.1:9001, 9002, ... (one per provider)
+
+Refresh ahead runs as deployed, on by default: the schedule invokes every provider function with
+``{"refresh_ahead": true}`` every 300 s (``--refresh-ahead SECONDS``, 0 for off), and each new token arms its
+own renewal timer: an SQS message delayed to 10 s before the token's refresh margin, on that provider's queue
+in the embedded AWS (``<table>-<provider>-renewals``, with the template's queue properties: a failed renewal
+is delivered again after the 150 s visibility timeout), which an emulated event source mapping (the template's:
+BatchSize 1, ReportBatchItemFailures) hands to the provider function.
+``--no-renewals`` keeps the schedule alone (it then renews by its interval); the timers follow
+``--refresh-ahead`` unless ``--renewals``/``--no-renewals`` says otherwise. A scope set nobody asked for
+during ``REFRESH_AHEAD_IDLE_HOURS`` (24, set it in the environment) is left to expire.
 
 Real provider endpoints can be used instead of an emulator: ``--config local.json`` with
 ``{"pyng": {"token_url": "https://...", "client_id": "...", "client_secret": "..."}}``.
@@ -14,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="sign that provider's client assertions with a KMS key in the embedded AWS "
                              "(its emulator verifies them); repeatable")
     parser.add_argument("--refresh-ahead", type=float, default=300.0, metavar="SECONDS",
-                        help="interval of the local refresh-ahead schedule (0: off)")
+                        help="interval of the local refresh-ahead schedule (default 300; 0: off)")
+    parser.add_argument("--renewals", action=argparse.BooleanOptionalAction, default=None,
+                        help="per-token renewal timers: an SQS queue per provider and its event source mapping "
+                             "(default: on whenever refresh ahead is)")
     args = parser.parse_args(argv)
+    renewals = bool(args.refresh_ahead) if args.renewals is None else args.renewals
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
@@ -64,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
                                    aws_port=args.aws_port, provider_urls=urls, credentials=credentials,
-                                   refresh_ahead_every=args.refresh_ahead or None, client_auth=client_auth,
-                                   function_env={"REFRESH_AHEAD_INTERVAL": str(int(args.refresh_ahead or 300))}))
+                                   refresh_ahead_every=args.refresh_ahead or None, renewals=renewals,
+                                   client_auth=client_auth,
+                                   function_env={"REFRESH_AHEAD_INTERVAL": str(int(args.refresh_ahead or 300)),
+                                                 **_passed_through()}))
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -80,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
               f"  Lambda Invoke   {stack.lambda_url}  (AWS_ENDPOINT_URL_LAMBDA)\n"
               f"  embedded AWS    {stack.aws_url}  (DynamoDB table {stack.config.table_name}, secrets "
               f"token-vending/local/<provider>)\n"
-              f"  providers       {', '.join(f'{r}={u}' for r, u in urls.items())}\n\n"
+              f"  providers       {', '.join(f'{r}={u}' for r, u in urls.items())}\n"
+              f"  refresh ahead   {_refresh_ahead(args.refresh_ahead, stack)}\n\n"
               f"  try: curl -s {stack.api_url}/token/pyng\n", file=sys.stderr, flush=True)
         stopped.wait()
     finally:
@@ -89,6 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         for emulator in emulators:
             emulator.stop()
     return 0
+
+
+def _passed_through() -> dict[str, str]:
+    """Settings a developer may set in the environment for every function (``REFRESH_AHEAD_IDLE_HOURS``)."""
+    return {name: os.environ[name] for name in ("REFRESH_AHEAD_IDLE_HOURS",) if name in os.environ}
+
+
+def _refresh_ahead(every: float, stack: LocalStack) -> str:
+    schedule = f"schedule every {every:g} s" if every else "no schedule"
+    timers = (f"per-token renewal timers (SQS queues {stack.config.table_name}-<provider>-renewals)"
+              if stack.renewal_queues else "no renewal timers")
+    return f"{schedule}; {timers}"
 
 
 if __name__ == "__main__":

@@ -4,11 +4,17 @@ Like ``sam local start-lambda``, but without containers: each execution environm
 Python process with the function's own environment variables and its own memory, so per-environment
 state (in-memory caches, warm clients) behaves as in AWS. Concurrent invocations of one function
 scale out to more environments, up to ``max_concurrency``; idle ones are reused (warm starts).
+
+:class:`SqsEventSource` is Lambda's SQS event source mapping (the provider functions' renewal queues): it
+long-polls a queue, invokes the function with the standard SQS event and deletes what the function did not
+report as failed (``ReportBatchItemFailures``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import queue
 import re
@@ -26,6 +32,7 @@ from local.http import JsonHandler, serve_in_thread
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
 
+LOG = logging.getLogger("local.lambda")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
@@ -43,6 +50,10 @@ class FunctionSpec:
 
 class InvocationTimeout(Exception):
     pass
+
+
+class ServiceStopped(Exception):
+    """The service was stopped: no new execution environment is started."""
 
 
 class Worker:
@@ -119,11 +130,16 @@ class LambdaService:
         self.pools = {spec.name: _Pool(spec) for spec in functions}
         self.log_stream = log_stream
         self._server: ThreadingHTTPServer | None = None
+        self._stopped = threading.Event()
 
     def invoke(self, name: str, event: Any) -> tuple[bytes, str | None]:
         """Returns (payload, function_error) as the Invoke API would."""
         pool = self.pools[name]
-        checked_out = self._checkout(pool)
+        try:
+            checked_out = self._checkout(pool)
+        except ServiceStopped:
+            return json.dumps({"errorType": "ServiceStopped", "errorMessage": "the Lambda service is stopping"}
+                              ).encode(), "Unhandled"
         worker: Worker | None = checked_out
         request_id = str(uuid.uuid4())
         try:
@@ -144,9 +160,13 @@ class LambdaService:
         return json.dumps(reply["result"]).encode(), None
 
     def _checkout(self, pool: _Pool) -> Worker:
+        """An idle execution environment, or a new one; ``ServiceStopped`` once :meth:`stop` was called (a late
+        caller, such as a queue poller or the schedule, must not start processes nobody will stop)."""
         with pool.condition:
-            while not pool.idle and pool.busy >= pool.spec.max_concurrency:
-                pool.condition.wait()
+            while not pool.idle and pool.busy >= pool.spec.max_concurrency and not self._stopped.is_set():
+                pool.condition.wait(timeout=1)
+            if self._stopped.is_set():
+                raise ServiceStopped
             pool.busy += 1
             if pool.idle:
                 return pool.idle.pop()
@@ -154,7 +174,12 @@ class LambdaService:
         try:
             worker = Worker(pool.spec, self.log_stream)
             with pool.condition:
-                pool.everyone.append(worker)
+                stopped = self._stopped.is_set()
+                if not stopped:
+                    pool.everyone.append(worker)
+            if stopped:  # stop() ran while this one started: it did not see it
+                worker.stop()
+                raise ServiceStopped
             return worker
         except BaseException:
             with pool.condition:
@@ -225,11 +250,148 @@ class LambdaService:
         return int(self._server.server_address[1])
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
         for pool in self.pools.values():
             with pool.condition:
                 everyone, pool.everyone, pool.idle = pool.everyone, [], []
+                pool.condition.notify_all()
             for worker in everyone:
                 worker.stop()
+
+
+def sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+    """One record of the event Lambda's SQS event source mapping sends, from a ``ReceiveMessage`` message."""
+    attributes: dict[str, Any] = {}
+    for name, value in (message.get("MessageAttributes") or {}).items():
+        binary = value.get("BinaryValue")
+        attributes[name] = {
+            "stringValue": value.get("StringValue"),
+            "binaryValue": base64.b64encode(binary).decode() if isinstance(binary, bytes) else binary,
+            "stringListValues": list(value.get("StringListValues") or []),
+            "binaryListValues": [base64.b64encode(item).decode() for item in value.get("BinaryListValues") or []],
+            "dataType": value.get("DataType"),
+        }
+    return {
+        "messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"], "body": message.get("Body", ""),
+        "attributes": dict(message.get("Attributes") or {}), "messageAttributes": attributes,
+        "md5OfBody": message.get("MD5OfBody", ""), "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+def failed_items(payload: bytes, function_error: str | None, message_ids: set[str], *,
+                 report_batch_item_failures: bool = True) -> set[str]:
+    """The messages of a batch that go back to the queue, as Lambda decides with ``ReportBatchItemFailures``:
+    every one when the function failed or its answer is not JSON, or when ``batchItemFailures`` is malformed or
+    names a message outside the batch (an empty or null ``itemIdentifier`` included); else the ones it names
+    (none for a null answer, an object without the member or an empty list). Without that response type, only a
+    function error returns the batch."""
+    if function_error:
+        return set(message_ids)
+    if not report_batch_item_failures:
+        return set()
+    try:
+        document = json.loads(payload) if payload.strip() else None
+    except ValueError:
+        return set(message_ids)
+    if not isinstance(document, dict) or document.get("batchItemFailures") is None:
+        return set()
+    failures = document["batchItemFailures"]
+    if not isinstance(failures, list):
+        return set(message_ids)
+    named: set[str] = set()
+    for failure in failures:
+        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+        if not isinstance(identifier, str) or identifier not in message_ids:
+            return set(message_ids)
+        named.add(identifier)
+    return named
+
+
+class SqsEventSource:
+    """Lambda's SQS event source mapping, for one queue and one function: a thread long-polls the queue (short
+    waits, so :meth:`stop` is prompt), invokes the function through ``service`` with the standard SQS event, up
+    to ``batch_size`` records, and deletes every message the function does not report as failed; a failed one
+    stays, and SQS delivers it again once its visibility timeout has passed. Messages are handled one batch at a
+    time (AWS runs several pollers: locally, renewals are few)."""
+
+    def __init__(self, service: LambdaService, function: str, queue_url: str, queue_arn: str, client: Any, *,
+                 region: str = "us-east-1", batch_size: int = 1, report_batch_item_failures: bool = True,
+                 wait_seconds: int = 1) -> None:
+        """``client``: a boto3 SQS client (made by the caller, on one thread: clients are safe to share, their
+        creation is not)."""
+        self.service = service
+        self.function = function
+        self.queue_url = queue_url
+        self.queue_arn = queue_arn
+        self.client = client
+        self.region = region
+        self.batch_size = max(1, min(batch_size, 10))  # one ReceiveMessage; Lambda's batching window is not emulated
+        self.report_batch_item_failures = report_batch_item_failures
+        self.wait_seconds = wait_seconds
+        self.delivered = 0
+        """Messages deleted after the function handled them."""
+        self.redelivered = 0
+        """Messages the function reported as failed (or failed with): left to reappear."""
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> SqsEventSource:
+        self._thread = threading.Thread(target=self._run, name=f"sqs-{self.function}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling; wait up to ``timeout`` for a batch in progress (0: just ask)."""
+        self._stopping.set()
+        if self._thread is not None and timeout > 0:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stopping.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - a poller outlives any failure, as Lambda's does
+                if self._stopping.is_set():
+                    return
+                if not failing:
+                    LOG.warning("event source %s -> %s: %s: %s (retrying)", self.queue_arn, self.function,
+                                type(exc).__name__, exc)
+                failing = True
+                self._stopping.wait(1)
+            else:
+                if failing:
+                    LOG.info("event source %s -> %s: polling again", self.queue_arn, self.function)
+                failing = False
+
+    def poll_once(self) -> int:
+        """Receive one batch (waiting up to ``wait_seconds``), invoke the function, delete what succeeded.
+        Returns the number of messages received."""
+        response = self.client.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=self.batch_size, WaitTimeSeconds=self.wait_seconds,
+            MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"])
+        messages = response.get("Messages") or []
+        if not messages or self._stopping.is_set():
+            return len(messages)  # a batch received while stopping goes back after its visibility timeout
+        records = [sqs_record(message, self.queue_arn, self.region) for message in messages]
+        payload, error = self.service.invoke(self.function, {"Records": records})
+        failed = failed_items(payload, error, {record["messageId"] for record in records},
+                              report_batch_item_failures=self.report_batch_item_failures)
+        if failed:
+            self.redelivered += len(failed)
+            LOG.warning("event source %s -> %s: %d of %d message(s) failed%s; they reappear after the visibility "
+                        "timeout", self.queue_arn, self.function, len(failed), len(records),
+                        f" ({payload[:200].decode(errors='replace')})" if error else "")
+        done = [record for record in records if record["messageId"] not in failed]
+        if done:
+            result = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=[
+                {"Id": str(index), "ReceiptHandle": record["receiptHandle"]} for index, record in enumerate(done)])
+            for failure in result.get("Failed") or []:
+                LOG.warning("event source %s: could not delete a handled message (%s); it will be delivered again",
+                            self.queue_arn, failure.get("Code"))
+            self.delivered += len(done) - len(result.get("Failed") or [])
+        return len(messages)

@@ -3,6 +3,16 @@
 Used by ``make local`` (``python -m local``) and by the integration tests, so the tests exercise
 exactly what a developer runs. DynamoDB can be the embedded moto server or any other endpoint
 (the tests pass DynamoDB Local's).
+
+Refresh ahead as deployed: ``refresh_ahead_every`` runs the rate schedule (EventBridge Scheduler's payload
+``{"refresh_ahead": true}``); ``renewals`` adds the per-token renewal timers -- one SQS queue per provider
+function (on the embedded moto server, which honours ``DelaySeconds`` and visibility timeouts; it is started for
+SQS even when DynamoDB and Secrets Manager are elsewhere), each function's ``RENEWAL_QUEUE_URL`` and
+``AWS_ENDPOINT_URL_SQS`` pointed at it, and Lambda's event source mapping emulated by
+:class:`local.lambda_service.SqsEventSource`. Both are off unless asked for (the tests opt in); ``make local``
+turns both on. The provider functions, their queues' properties and their event sources (BatchSize 1,
+``ReportBatchItemFailures``) are the ones template.yaml deploys; without ``renewals`` ``RENEWAL_QUEUE_URL`` is set
+empty, whatever the template's ``!Ref`` to the queue evaluates to locally.
 """
 
 from __future__ import annotations
@@ -10,17 +20,39 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from local.api_gateway import ApiGateway
-from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService
+from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService, SqsEventSource
 from local.template import Evaluator, expanded_template, function_env, provider_functions
 
 LOG = logging.getLogger("local")
 TABLE_NAME = "token-vending-local"
 API_FUNCTION = "TokenApiFunction"
+PROVIDER_TIMEOUT = 25
+"""The provider functions' timeout (template.yaml's)."""
+API_TIMEOUT = 29
+RENEWAL_VISIBILITY_TIMEOUT = 6 * PROVIDER_TIMEOUT
+"""The renewal queues' visibility timeout unless the template gives one: six times the function's timeout, as AWS
+advises for a queue a Lambda event source mapping reads. A renewal that failed is delivered again after it."""
+_QUEUE_ATTRIBUTES = ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds", "MaximumMessageSize",
+                     "ReceiveMessageWaitTimeSeconds")
+"""The ``AWS::SQS::Queue`` properties that are also ``CreateQueue`` attributes (and matter locally)."""
+
+
+@dataclass(frozen=True)
+class RenewalSource:
+    """A provider function's SQS event source (its renewal queue) as template.yaml declares it: the function's
+    ``Type: SQS`` event and the queue it names. Before the template has one, the defaults describe it."""
+
+    batch_size: int = 1
+    report_batch_item_failures: bool = True
+    queue_attributes: dict[str, str] = field(
+        default_factory=lambda: {"VisibilityTimeout": str(RENEWAL_VISIBILITY_TIMEOUT)})
+    """``CreateQueue`` attributes (strings)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +64,30 @@ class DeployedProvider:
     """The function's logical ID: its name in the local Lambda service."""
     environment: dict[str, str]
     """Its environment with the parameters' defaults (or the values given), before local overrides."""
+    renewal: RenewalSource = field(default_factory=RenewalSource)
+    """Its renewal queue and event source mapping (used with ``StackConfig.renewals``)."""
+
+
+def renewal_source(template: dict[str, Any], logical_id: str, evaluate: Evaluator) -> RenewalSource:
+    """The function's ``Type: SQS`` event and its queue's properties, evaluated; the defaults when it has none.
+    SAM's own default batch size for SQS is 10; the template says 1."""
+    events = template["Resources"][logical_id]["Properties"].get("Events") or {}
+    for event in events.values():
+        if not isinstance(event, dict) or event.get("Type") != "SQS":
+            continue
+        properties = event.get("Properties") or {}
+        queue = properties.get("Queue")
+        target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
+        queue_id = target[0] if isinstance(target, list) and target else None
+        queue_properties = evaluate(template["Resources"][queue_id].get("Properties") or {}) if isinstance(
+            queue_id, str) and queue_id in template["Resources"] else {}
+        attributes = {"VisibilityTimeout": str(RENEWAL_VISIBILITY_TIMEOUT),
+                      **{name: str(queue_properties[name]) for name in _QUEUE_ATTRIBUTES if name in queue_properties}}
+        return RenewalSource(batch_size=int(evaluate(properties.get("BatchSize", 10))),
+                             report_batch_item_failures="ReportBatchItemFailures" in (
+                                 evaluate(properties.get("FunctionResponseTypes")) or []),
+                             queue_attributes=attributes)
+    return RenewalSource()
 
 
 def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, DeployedProvider], dict[str, str]]:
@@ -44,7 +100,8 @@ def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, Deploy
     def environment(logical_id: str) -> dict[str, str]:
         return {name: str(value) for name, value in evaluate(function_env(template, logical_id)).items()}
 
-    providers = {route: DeployedProvider(route, logical_id, environment(logical_id))
+    providers = {route: DeployedProvider(route, logical_id, environment(logical_id),
+                                         renewal_source(template, logical_id, evaluate))
                  for route, logical_id in provider_functions(template).items()}
     return providers, environment(API_FUNCTION)
 
@@ -96,6 +153,13 @@ class StackConfig:
     """Template parameter values other than the defaults (``PyngDefaultScopes``, ...)."""
     refresh_ahead_every: float | None = None
     """Seconds between local refresh-ahead runs (the template's EventBridge schedule); ``None``: off."""
+    renewals: bool = False
+    """Per-token renewal timers: an SQS queue per provider function and the event source mapping that invokes it
+    (see the module's docstring). ``False``: ``RENEWAL_QUEUE_URL`` is empty, tokens are renewed by the schedule's
+    interval (or when callers find them in their margin)."""
+    sqs_endpoint: str | None = None
+    """Where the renewal queues live; ``None``: the embedded moto server (started for them if need be, on
+    ``aws_port``: pass 0 for a free port when DynamoDB and Secrets Manager are external)."""
 
 
 class LocalStack:
@@ -103,6 +167,12 @@ class LocalStack:
         self.config = config
         self._moto: Any = None
         self.aws_url = ""
+        self.sqs_url = ""
+        self.renewal_queues: dict[str, str] = {}
+        """Provider route -> its renewal queue's URL (empty without ``renewals``)."""
+        self.event_sources: list[SqsEventSource] = []
+        self.providers: tuple[DeployedProvider, ...] = PROVIDERS
+        """The provider functions this stack runs (template.yaml's, with ``config.parameters``)."""
         self.lambdas: LambdaService | None = None
         self.api: ApiGateway | None = None
         self.api_url = ""
@@ -112,19 +182,27 @@ class LocalStack:
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> LocalStack:
         config = self.config
-        if config.dynamodb_endpoint is None or config.secrets_endpoint is None:
+        needs_sqs = config.renewals and config.sqs_endpoint is None
+        if config.dynamodb_endpoint is None or config.secrets_endpoint is None or needs_sqs:
             from moto.server import ThreadedMotoServer
 
+            werkzeug = logging.getLogger("werkzeug")  # moto's access log: a line per request (queue polls too)
+            if werkzeug.level == logging.NOTSET:
+                werkzeug.setLevel(logging.WARNING)
             self._moto = ThreadedMotoServer(ip_address=config.host, port=config.aws_port, verbose=False)
             self._moto.start()
             self.aws_url = f"http://{config.host}:{self._moto._server.server_port}"
         self.dynamodb_url = config.dynamodb_endpoint or self.aws_url
         self.secrets_url = config.secrets_endpoint or self.aws_url
+        self.sqs_url = (config.sqs_endpoint or self.aws_url) if config.renewals else ""
+        self.providers = tuple(deployed(config.parameters)[0].values())
         self._signing_keys: dict[str, str] = {}
         if config.create_resources:
             self.create_table()
             self.seed_secrets()
         self.create_signing_keys()
+        if config.renewals:
+            self.create_renewal_queues()
         self.lambdas = LambdaService(self.function_specs(), log_stream=config.log_stream)
         lambda_port = self.lambdas.serve(config.host, config.lambda_port)
         self.lambda_url = f"http://{config.host}:{lambda_port}"
@@ -134,6 +212,8 @@ class LocalStack:
         self.api = ApiGateway(self.lambdas, API_FUNCTION)
         api_port = self.api.serve(config.host, config.api_port)
         self.api_url = f"http://{config.host}:{api_port}"
+        if config.renewals:
+            self.start_event_sources()
         if config.refresh_ahead_every:
             threading.Thread(target=self._schedule, args=(config.refresh_ahead_every,), daemon=True).start()
         return self
@@ -141,7 +221,7 @@ class LocalStack:
     def _schedule(self, every: float) -> None:
         """Invokes every provider function with the schedule's payload, as EventBridge Scheduler does."""
         while not self._stopping.wait(every):
-            for provider in PROVIDERS:
+            for provider in self.providers:
                 if self.lambdas is not None and not self._stopping.is_set():
                     self.lambdas.invoke(provider.function, {"refresh_ahead": True})
 
@@ -149,8 +229,12 @@ class LocalStack:
         self._stopping.set()
         if self.api is not None:
             self.api.stop()
+        for source in self.event_sources:
+            source.stop(timeout=0)  # no new batch; one in progress ends when its environment does
         if self.lambdas is not None:
             self.lambdas.stop()
+        for source in self.event_sources:
+            source.stop()
         if self._moto is not None:
             self._moto.stop()
 
@@ -161,13 +245,13 @@ class LocalStack:
         self.stop()
 
     # -- AWS resources ------------------------------------------------------------------------
-    def client(self, service: str) -> Any:
+    def client(self, service: str, config: Any = None) -> Any:
         import boto3
 
         endpoint = {"dynamodb": self.dynamodb_url, "secretsmanager": self.secrets_url, "kms": self.secrets_url,
-                    "lambda": self.lambda_url}[service]
+                    "lambda": self.lambda_url, "sqs": self.sqs_url}[service]
         return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",  # type: ignore[call-overload]
-                            aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+                            aws_access_key_id="testing", aws_secret_access_key="testing", config=config)  # noqa: S106
 
     def create_table(self) -> None:
         """The same key schema and TTL attribute as the template's table."""
@@ -185,6 +269,36 @@ class LocalStack:
                                                  WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
         dynamodb.update_time_to_live(TableName=self.config.table_name,
                                      TimeToLiveSpecification={"Enabled": True, "AttributeName": "purge_at"})
+
+    def renewal_queue_name(self, route: str) -> str:
+        """``<table>-<route>-renewals`` in SQS's alphabet, at most 80 characters (unique per stack in tests)."""
+        return re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.config.table_name}-{route}-renewals")[-80:]
+
+    def create_renewal_queues(self) -> None:
+        """One queue per provider function with the template's properties, as a deployment has (idempotent: an
+        existing queue is reused)."""
+        sqs = self.client("sqs")
+        for provider in self.providers:
+            url = sqs.create_queue(QueueName=self.renewal_queue_name(provider.route),
+                                   Attributes=provider.renewal.queue_attributes)["QueueUrl"]
+            self.renewal_queues[provider.route] = url
+
+    def start_event_sources(self) -> None:
+        """Lambda's event source mapping of each renewal queue to its provider function (the template's)."""
+        if self.lambdas is None:
+            raise RuntimeError("the Lambda service is not running")
+        from botocore.config import Config
+
+        # One client for every poller, made here (client creation is not thread-safe); its read timeout
+        # outlasts the long poll.
+        sqs = self.client("sqs", config=Config(connect_timeout=2, read_timeout=10,
+                                                retries={"mode": "standard", "total_max_attempts": 2}))
+        for provider in self.providers:
+            url = self.renewal_queues[provider.route]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            self.event_sources.append(SqsEventSource(
+                self.lambdas, provider.function, url, arn, sqs, batch_size=provider.renewal.batch_size,
+                report_batch_item_failures=provider.renewal.report_batch_item_failures).start())
 
     def create_signing_keys(self) -> None:
         """One KMS signing key per provider configured for ``private_key_jwt`` (moto serves KMS too)."""
@@ -243,6 +357,12 @@ class LocalStack:
             **self.config.function_env,
         }
 
+    def renewal_env(self, route: str) -> dict[str, str]:
+        """The renewal queue of ``route``'s function; always set, so that without ``renewals`` the function arms
+        no timer, whatever the template's value evaluates to locally."""
+        queue = self.renewal_queues.get(route, "")
+        return {"RENEWAL_QUEUE_URL": queue, **({"AWS_ENDPOINT_URL_SQS": self.sqs_url} if queue else {})}
+
     def function_specs(self) -> list[FunctionSpec]:
         """The template's functions with its environment, pointed at this stack (tables, secrets, emulators)."""
         common = self.common_env()
@@ -251,9 +371,11 @@ class LocalStack:
         for provider in providers.values():
             url = self.config.provider_urls.get(provider.route)
             env = {**provider.environment, **common, "SECRET_ID": self.secret_name(provider.route),
-                   **({"TOKEN_URL": url} if url else {}), **self.config.provider_env.get(provider.route, {})}
+                   **({"TOKEN_URL": url} if url else {}), **self.renewal_env(provider.route),
+                   **self.config.provider_env.get(provider.route, {})}
             specs.append(FunctionSpec(provider.function, REPO_ROOT / "functions" / "provider" / "app.py", env,
-                                      timeout=25, max_concurrency=self.config.max_concurrency))
+                                      timeout=PROVIDER_TIMEOUT, max_concurrency=self.config.max_concurrency))
         specs.append(FunctionSpec(API_FUNCTION, REPO_ROOT / "functions" / "token_api" / "app.py",
-                                  {**api_env, **common}, timeout=29, max_concurrency=self.config.max_concurrency))
+                                  {**api_env, **common}, timeout=API_TIMEOUT,
+                                  max_concurrency=self.config.max_concurrency))
         return specs
