@@ -179,6 +179,35 @@ def test_the_scheduled_run_re_arms_lost_renewals_and_renews_late_tokens(
     assert len(armed) == 1
 
 
+def test_a_failed_renewal_is_tried_again_when_its_cool_down_lapses_while_the_token_lasts(
+        renewing: FleetWorld, shared: Shared, armed: list[Renewal]) -> None:
+    world = renewing
+    run(world, [Call("api")])
+    renewal = armed[-1]
+    world.switch("fail_503")
+    shared.clock.advance(renewal.due - shared.clock.now())
+    assert deliver(world, renewal) == {"batchItemFailures": []}  # handled: not left to SQS's redelivery
+    assert requests(world) == 2
+    retry = armed[-1]
+    assert retry.fetched_at == pytest.approx(renewal.fetched_at, abs=0.002)
+    assert retry.attempt == 1
+    assert retry.due - shared.clock.now() == pytest.approx(10, abs=2)  # the cool-down (10 s) and the back-off agree
+    # Still failing: backing off (the cool-down doubles to 20 s), one token request per try.
+    shared.clock.advance(retry.due - shared.clock.now())
+    deliver(world, retry)
+    assert requests(world) == 3
+    assert armed[-1].attempt == 2
+    assert armed[-1].due - shared.clock.now() == pytest.approx(20, abs=2)
+    # Back: the next try renews; callers never saw an error meanwhile (the token was still valid).
+    world.switch("normal")
+    shared.clock.advance(armed[-1].due - shared.clock.now())
+    deliver(world, armed[-1])
+    assert requests(world) == 4
+    assert outcomes(world)[-3:] == ["failed", "failed", "renewed"]
+    (served,) = run(world, [Call("api")])
+    assert served.status == 200
+
+
 @pytest.fixture
 def budgeted(shared: Shared, monkeypatch: pytest.MonkeyPatch, armed: list[Renewal]) -> Iterator[FleetWorld]:
     world = make_world(shared, monkeypatch, **{constants.UPSTREAM_BUDGETS_ENV: "{name}=6"})

@@ -18,7 +18,7 @@ from token_vending.catalogue import CATALOGUE
 from token_vending.exceptions import Misconfigured
 from token_vending.freshness import RefreshPolicy
 from token_vending.renewal import LEAD_SECONDS, MAX_DELAY_SECONDS, Renewal, renewals_in
-from token_vending.settings import ProviderSettings
+from token_vending.settings import ProviderSettings, unknown_budget_routes
 from token_vending.usage import MARK_EVERY, UsageMarks
 
 POLICY = RefreshPolicy(60, 0.1)
@@ -161,16 +161,21 @@ def test_the_default_budget_follows_the_documented_lifetime() -> None:
         assert settings_.upstream_budget == default_budget(entry.lifetime)
 
 
-def test_upstream_budgets_override_by_route_and_refuse_typos() -> None:
+def test_upstream_budgets_override_by_route_refuse_malformed_lists_and_warn_of_unknown_routes() -> None:
     pyng = next(entry for entry in CATALOGUE if entry.name == "pyng")
     parsed = ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS="autopay=30, pyng=200"), profile=pyng)
     assert parsed.upstream_budget == 200
     parsed = ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS="autopay=30"), profile=pyng)
     assert parsed.upstream_budget == default_budget(pyng.lifetime)
-    for bad in ("pyng", "pyng=0", "pyng=-3", "pyng=ten", "pyngg=30", "pyng=1.5"):
+    for bad in ("pyng", "pyng=0", "pyng=-3", "pyng=ten", "=30", "pyng=1.5"):
         with pytest.raises(Misconfigured) as caught:
             ProviderSettings.from_env("pyng", provider_env(UPSTREAM_BUDGETS=bad), profile=pyng)
         assert "UPSTREAM_BUDGETS" in caught.value.description
+    # A route no provider has (a typo) does not break this provider, which keeps its default; it is named.
+    typo = provider_env(UPSTREAM_BUDGETS="pyngg=30,autopay=20")
+    assert ProviderSettings.from_env("pyng", typo, profile=pyng).upstream_budget == default_budget(pyng.lifetime)
+    assert unknown_budget_routes(typo) == ["pyngg"]
+    assert unknown_budget_routes(provider_env(UPSTREAM_BUDGETS="pyng=3")) == []
 
 
 def test_idle_hours_are_a_positive_number() -> None:
@@ -191,3 +196,11 @@ def test_forced_refreshes_may_spend_half_the_budget_and_the_rest_stays(moto_tabl
     item = moto_table.get_item(TableName=TABLE, Key={"pk": {"S": "autopay"}, "sk": {"S": f"budget#{hour}"}})["Item"]
     assert (item["spent"]["N"], item["forced"]["N"]) == ("4", "2")
     assert int(item["purge_at"]["N"]) == hour + 7200
+
+
+def test_a_lease_item_without_an_expiry_never_blocks_its_key(moto_table: Any) -> None:
+    """The token API may set ``used_at`` on any item, so it could create ``{pk, sk, used_at}`` under a lease key: such
+    an item must not hold the key forever."""
+    moto_table.put_item(TableName=TABLE, Item={"pk": {"S": "pyng"}, "sk": {"S": "lease#a b"}, "used_at": {"N": "1"}})
+    lease = TokenCache(TABLE, moto_table).acquire_lease("pyng", "a b", "me", 10)
+    assert lease.acquired

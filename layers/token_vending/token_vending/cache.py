@@ -193,7 +193,9 @@ class TokenCache:
                 Item={**_key(provider, LEASE_PREFIX + scope_key), "owner": {"S": owner},
                       "lease_expires_at": {"N": f"{expires:.3f}"},
                       "purge_at": {"N": str(int(expires) + PURGE_AFTER_EXPIRY_SECONDS)}},
-                ConditionExpression="attribute_not_exists(pk) OR lease_expires_at < :now",
+                # A lease item without an expiry (written by nothing here) must not block the key forever.
+                ConditionExpression="attribute_not_exists(pk) OR attribute_not_exists(lease_expires_at) "
+                                    "OR lease_expires_at < :now",
                 ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
                 ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except _error_types() as exc:

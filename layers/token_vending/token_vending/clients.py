@@ -23,5 +23,6 @@ timeout must not re-invoke it. Worst case of the token API: the DynamoDB read (0
 this invoke (1 + 24 s) = 26 s, inside its own 28 s timeout (a read timeout is answered as upstream_timeout)."""
 KMS_CONFIG = Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 2})
 """Signing a client assertion is one small call; it must leave the fetch most of its lease."""
-SQS_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 3})
-"""Arming a renewal is one small send after the token is stored: it must not hold the caller's answer long."""
+SQS_CONFIG = Config(connect_timeout=0.5, read_timeout=1, retries={"mode": "standard", "total_max_attempts": 1})
+"""Arming a renewal is one small send after the token is stored, while the caller waits: one attempt of at most
+1.5 s, started only with ``ARM_RESERVE_SECONDS`` left; a lost one is re-armed by the scheduled run."""

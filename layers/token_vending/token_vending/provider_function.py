@@ -104,6 +104,14 @@ class ProviderFunction:
                 raise Misconfigured(f"setting {PROVIDER_NAME_ENV} names no provider of the catalogue",
                                     provider=self.profile.name)
             settings = ProviderSettings.from_env(self.profile.name, profile=self.profile)
+            from token_vending.settings import unknown_budget_routes
+
+            unknown = unknown_budget_routes()
+            if unknown:  # a typo must not break every provider: warned here, the named provider keeps its default
+                from token_vending.constants import UPSTREAM_BUDGETS_ENV
+
+                self.logger.warning(f"setting {UPSTREAM_BUDGETS_ENV} names routes no provider has",
+                                    extra={"routes": unknown})
             profile = self.profile
             if settings.client_auth:  # the <Provider>ClientAuth parameter overrides the catalogue's method
                 profile = replace(profile, auth=ClientAuth.from_method(settings.client_auth))
@@ -172,7 +180,11 @@ class ProviderFunction:
 
         from token_vending.renewal import Renewal
 
-        vendor = self.vendor()
+        try:
+            vendor = self.vendor()
+        except TokenVendingError as exc:  # a bad setting: redelivering cannot help until a person fixes it
+            self.logger.error("renewals dropped", extra={"error": exc.code, "error_description": exc.description})
+            return {"batchItemFailures": []}
 
         def renew(record: Any) -> str:
             renewal = Renewal.from_body(record.body)

@@ -10,7 +10,9 @@ by its ``fetched_at`` -- which the provider function receives through its event 
 before the margin; a renewal further away than 15 minutes is re-armed on receipt until it is due.
 
 A renewal that finds another token stored (a caller or another timer replaced it), an idle scope set or no
-token at all does nothing: duplicates are harmless, so the scheduled run may re-arm timers it cannot see.
+token at all does nothing: duplicates are harmless, so the scheduled run may re-arm timers it cannot see. A renewal
+that fails (provider down, cool-down, budget spent) is armed again for when the cool-down lapses, backing off
+(10, 20, 40 ... 320 s) while the token lasts, rather than left to SQS's redelivery.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ LEAD_SECONDS = 10.0
 it, so callers never find the token inside its margin (ratio to the ideal: 240/230 for 300 s tokens)."""
 MAX_DELAY_SECONDS = 900
 """SQS's longest ``DelaySeconds``."""
+RETRY_SECONDS = 10.0
+MAX_RETRY_EXPONENT = 5
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,18 @@ class Renewal:
     """Which token this renewal is for: another token stored under the key means it was already replaced."""
     due: float
     """Epoch seconds at which to renew."""
+    attempt: int = 0
+    """Renewals of this token that failed before this one."""
 
     @classmethod
     def of(cls, token: CachedToken, policy: RefreshPolicy) -> Renewal:
         due = token.expires_at - policy.margin(token.lifetime) - LEAD_SECONDS
         return cls(scope_key=token.scope_key, fetched_at=token.fetched_at, due=max(due, token.fetched_at))
+
+    def retry(self, now: float, not_before: float = 0.0) -> Renewal:
+        """The next try after this one failed: when the cool-down lapses, and not before the back-off."""
+        backoff = RETRY_SECONDS * 2 ** min(self.attempt, MAX_RETRY_EXPONENT)
+        return Renewal(self.scope_key, self.fetched_at, max(now + backoff, not_before), self.attempt + 1)
 
     def names(self, token: CachedToken) -> bool:
         """Whether ``token`` is the one this renewal was armed for (``fetched_at`` is stored to the millisecond)."""
@@ -57,8 +68,11 @@ class Renewal:
         return max(0, min(MAX_DELAY_SECONDS, math.ceil(self.due - now)))
 
     def body(self) -> str:
-        return json.dumps({"renew": self.scope_key, "fetched_at": round(self.fetched_at, 3),
-                           "due": round(self.due, 3)}, separators=(",", ":"))
+        document: dict[str, Any] = {"renew": self.scope_key, "fetched_at": round(self.fetched_at, 3),
+                                    "due": round(self.due, 3)}
+        if self.attempt:
+            document["attempt"] = self.attempt
+        return json.dumps(document, separators=(",", ":"))
 
     @classmethod
     def from_body(cls, raw: Any) -> Renewal | None:
@@ -68,11 +82,12 @@ class Renewal:
             if not isinstance(document, dict) or not isinstance(document.get("renew"), str):
                 return None
             fetched_at, due = float(document["fetched_at"]), float(document["due"])
-        except (ValueError, TypeError, KeyError):
+            attempt = int(document.get("attempt", 0))
+        except (ValueError, TypeError, KeyError, OverflowError):
             return None
-        if not (math.isfinite(fetched_at) and math.isfinite(due)):
+        if not (math.isfinite(fetched_at) and math.isfinite(due)) or attempt < 0:
             return None
-        return cls(scope_key=document["renew"], fetched_at=fetched_at, due=due)
+        return cls(scope_key=document["renew"], fetched_at=fetched_at, due=due, attempt=attempt)
 
 
 class RenewalTimer:

@@ -181,26 +181,37 @@ def _token_url(env: Mapping[str, str], provider: str, profile: ClientCredentials
     return profile.endpoints[choice]
 
 
-def _budget(env: Mapping[str, str], provider: str, documented: int) -> int:
-    """This provider's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented lifetime.
-    A malformed list, or one naming a provider the catalogue does not have, is refused (a typo would otherwise
-    silently leave the intended provider on its default)."""
-    from token_vending.budget import default_budget
-    from token_vending.catalogue import by_name
-
+def budget_overrides(env: Mapping[str, str], provider: str | None) -> dict[str, int]:
+    """UPSTREAM_BUDGETS as route -> requests an hour; a malformed list is refused (which entry was meant cannot be
+    known). Routes are not checked against the catalogue here: a typo must not break every provider's misses, so
+    the provider function warns about names no provider has (:func:`unknown_budget_routes`)."""
     raw = env.get(constants.UPSTREAM_BUDGETS_ENV, "").strip()
     overrides: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, _, value = item.partition("=")
-        name = name.strip()
-        if not value.strip().isdigit() or int(value) < 1:
+        if not name.strip() or not value.strip().isdigit() or int(value) < 1:
             raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} must be route=requests pairs "
                                 "(a whole number of at least 1), comma-separated", provider=provider)
-        if name not in by_name() and name != provider:
-            raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} names {name!r}, which is no provider "
-                                "of the catalogue", provider=provider)
-        overrides[name] = int(value)
-    return overrides.get(provider) or default_budget(documented)
+        overrides[name.strip()] = int(value)
+    return overrides
+
+
+def unknown_budget_routes(env: Mapping[str, str] = os.environ) -> list[str]:
+    """Routes UPSTREAM_BUDGETS names that the catalogue does not have (most likely typos)."""
+    from token_vending.catalogue import by_name
+
+    try:
+        names = budget_overrides(env, None)
+    except Misconfigured:
+        return []
+    return sorted(set(names) - set(by_name()))
+
+
+def _budget(env: Mapping[str, str], provider: str, documented: int) -> int:
+    """This provider's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented lifetime."""
+    from token_vending.budget import default_budget
+
+    return budget_overrides(env, provider).get(provider) or default_budget(documented)
 
 
 def _client_auth(env: Mapping[str, str], provider: str) -> str:

@@ -72,6 +72,9 @@ CERTIFICATE_WARNING_DAYS = 21
 """Below this many days left, a client certificate is logged as a warning (and the template's alarm fires)."""
 MIN_ATTEMPT_SECONDS = 1.0
 """A fetch with less time than this left is not started (and is not the provider's fault)."""
+ARM_RESERVE_SECONDS = 2.0
+"""A renewal is armed after a fetch only with this much of the fetch's time left (one SQS attempt of at most 1.5 s):
+the caller's answer must not miss its deadline for it; the scheduled run re-arms what was skipped."""
 SCHEDULE_SLACK = 1.5
 """The scheduled run looks this many intervals ahead (a late run must not miss a token)."""
 
@@ -190,14 +193,28 @@ class TokenVendor:
             outcome = "gone"  # expired or never stored: the next caller fetches one
         elif not renewal.names(token):
             outcome = "replaced"  # a caller or another renewal stored a newer token, which armed its own
+        elif renewal.due > now + 1:  # more than SQS's 15 minutes ahead (use is judged when it is due)
+            outcome = "rearmed" if self._arm(renewal) else "failed"
         elif not self._configured(token.scope_key) or not self.usage.in_use(token, now):
             outcome = "idle"
-        elif renewal.due > now + 1:
-            outcome = "rearmed" if self._arm(renewal) else "failed"  # more than SQS's 15 minutes ahead
         else:
             outcome = self._renew_token(token, deadline)
-        self.logger.info("renewal", extra={"scope_key": renewal.scope_key, "outcome": outcome})
+            if outcome == "failed":
+                self._retry(renewal, token)
+        self.logger.info("renewal", extra={"scope_key": renewal.scope_key, "outcome": outcome,
+                                           "attempt": renewal.attempt})
         return outcome
+
+    def _retry(self, renewal: Renewal, token: CachedToken) -> None:
+        """Arm the failed renewal again while its token lasts: when the failure's cool-down lapses, backing off."""
+        now = time.time()
+        try:
+            lease = self.cache.get_lease(self.profile.name, token.scope_key)
+        except CacheUnavailable:
+            lease = None
+        retry = renewal.retry(now, lease.expires_at if lease is not None and lease.failure is not None else 0.0)
+        if retry.due < token.expires_at:
+            self._arm(retry)
 
     def _renew_token(self, token: CachedToken, deadline: float) -> str:
         """Replace ``token`` (still stored, in use) under the usual lease; a newer one stored meanwhile counts."""
@@ -360,7 +377,11 @@ class TokenVendor:
             token = replace(token, used_at=used if renewal else max(used, time.time()))
             try:
                 if self.cache.put(token):
-                    self._arm(Renewal.of(token, self.policy))
+                    if deadline - time.monotonic() >= ARM_RESERVE_SECONDS:
+                        self._arm(Renewal.of(token, self.policy))
+                    else:
+                        self.logger.info("no time left to arm the renewal; the scheduled run will",
+                                         extra={"scope_key": key})
                 else:
                     token = self.cache.get(self.profile.name, key, consistent=True) or token
             except CacheUnavailable as exc:
