@@ -204,3 +204,18 @@ def test_a_lease_item_without_an_expiry_never_blocks_its_key(moto_table: Any) ->
     moto_table.put_item(TableName=TABLE, Item={"pk": {"S": "pyng"}, "sk": {"S": "lease#a b"}, "used_at": {"N": "1"}})
     lease = TokenCache(TABLE, moto_table).acquire_lease("pyng", "a b", "me", 10)
     assert lease.acquired
+
+
+def test_a_misconfigured_function_drops_renewals_instead_of_failing_the_batch(
+        moto_table: Any, context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redelivery cannot help until a person fixes the setting: SQS would return the message for an hour."""
+    for name, value in {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
+                        "TOKEN_URL": "http://provider.example/token", "ALLOWED_SCOPES": "a"}.items():
+        monkeypatch.setenv(name, value)  # plain http outside local mode: misconfigured
+    provider = load_app("pyng")
+    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": Renewal("a", 1.0, 2.0).body(),
+                          "attributes": {}, "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}]}
+    assert provider.handler(event, context) == {"batchItemFailures": []}
+    with pytest.raises(Exception, match="misconfigured"):
+        provider.handler({}, context)  # a caller still gets the contract's error
