@@ -6,13 +6,26 @@ from ``node_modules``), a moto server for Secrets Manager, the loopback Pyng emu
 (``local.stack``) whose execution environments are separate worker processes
 (``local.lambda_service``), each scenario with its own table. The figures are measured one after
 another in this one run and printed to stdout at the end, one ``name: value`` line each, in the
-order below; progress and diagnostics go to stderr. A figure that could not be measured prints
-``nan`` (the reason is on stderr, and the exit status is 1). ``--only NAME`` measures a subset.
+order below (the order of the ``run.measure`` calls in :func:`plan`); progress and diagnostics go to
+stderr. A figure that could not be measured prints ``nan`` (the reason is on stderr, and the exit
+status is 1). ``--only NAME`` measures a subset (with the figures measured alongside it).
+
+``cold_start_api_ms``, ``cold_start_provider_ms``, ``cold_start_baseline_ms``, ``cold_start_ratio``
+    Init plus the first answer, in milliseconds (medians), of the token API function
+    (``functions/token_api/app.py``, API Gateway proxy event ``events/api-pyng.json``: ``GET /token/pyng``)
+    and of Pyng's provider function (``functions/provider/app.py`` with ``PROVIDER_NAME=pyng``, direct
+    invocation ``events/invoke-pyng.json``), each first answer a DynamoDB hit (token pre-seeded in DynamoDB
+    Local), each sample a fresh interpreter with the function's deployed environment (the template's variables
+    from ``local.stack.deployed()``, the runtime's, tracing active as ``Tracing: Active`` gives: the X-Ray SDK
+    imported, botocore patched, a sampled trace header); and of a baseline handler that makes one boto3
+    DynamoDB client (same configuration and endpoint) and does the same ``GetItem``. Interpreter start-up
+    excluded. 15 samples per side after one warm-up each, in rotating order. ``cold_start_ratio`` is the worse
+    of api / baseline and provider / baseline. See ``benchmarks.cold_start``.
 
 ``upstream_calls_20_cold``
     Token requests the Pyng emulator receives when 20 separate execution environments (20 worker
-    processes, each with its own memory, running ``functions/provider/app.py (as Pyng)``'s handler) miss the same
-    key at the same moment, with an empty table. Each environment is initialised (module imported,
+    processes, each with its own memory, running ``functions/provider/app.py`` as Pyng's handler) miss the
+    same key at the same moment, with an empty table. Each environment is initialised (module imported,
     as in Lambda's init phase) and primed with one invocation that request validation refuses
     before any AWS or provider call, so the measured invocations do not drift apart on first-call
     imports; then a barrier releases the 20 measured invocations together. stderr shows how many
@@ -38,12 +51,15 @@ order below; progress and diagnostics go to stderr. A figure that could not be m
     Median time, in milliseconds, of the same in-process handler serving an in-memory hit (memory
     cache at its shipped default of 5 s), 1000 calls after 50 warm-up calls.
 
-``import_vs_boto3_ratio``
-    Median cold import time of ``functions/provider/app.py (as Pyng)`` (everything its module body does: boto3,
-    Powertools with tracing active as the template's ``Tracing: Active`` gives, the layer modules,
-    and creating its two boto3 clients) divided by the median cold time of ``import boto3`` alone
-    (no client). Each sample is a fresh interpreter with a deployed function's environment; 15 per
-    side, alternating, after one warm-up each. See ``benchmarks.imports``.
+``outage_attempts_per_hour``, ``outage_recovery_seconds``
+    Token requests per scope set that reach a provider answering 503 during one simulated hour (callers
+    through the token API and directly every 2 simulated seconds from several execution environments, the
+    waiters among them, the scheduled refresh-ahead run and the renewal timers together; the cached token
+    expiring 100 s into the hour), the most of any scope set, with and without ``Retry-After`` (1000 s, which
+    the back-off caps); and the simulated seconds from the provider answering again (at the end of the hour)
+    to the first caller served a token fetched after that, the longest. The fleet is the in-process model of
+    ``tests/support/fleet.py`` with Pyng's deployed settings; the wall clock is simulated. See
+    ``benchmarks.outage``.
 
 ``waiting_share_steady_state``
     Share of caller requests (``GET /token/pyng?min_ttl=1`` through the local API) that waited on
@@ -56,6 +72,10 @@ order below; progress and diagnostics go to stderr. A figure that could not be m
 ``waiting_share_no_refresh_ahead``
     The same run without the scheduler: callers find the token inside its refresh margin, one of
     them refreshes it and the others in flight wait for it.
+
+A new figure is one more ``run.measure((NAME, ...), action)`` call in :func:`plan` (``action`` returns
+one value per name; an ``int`` prints as an integer, a float with ``digits`` decimals, 3 unless given;
+raising ``NotMeasured`` prints ``nan`` without failing the run) and its paragraph here.
 """
 
 from __future__ import annotations
@@ -66,6 +86,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from benchmarks.infra import progress
@@ -79,36 +100,33 @@ HIT_WARMUP = 1000
 """Warm-up rounds before hit_vs_getitem_ratio: DynamoDB Local is a JVM; its GetItem latency keeps
 falling (from ~7 ms to ~2 ms on 2 cores) for the first ~1000 requests."""
 
-FIGURES = (
-    "upstream_calls_20_cold",
-    "upstream_calls_20_cold_per_process_cache",
-    "hit_vs_getitem_ratio",
-    "warm_hit_ms",
-    "import_vs_boto3_ratio",
-    "waiting_share_steady_state",
-    "waiting_share_no_refresh_ahead",
-)
+
+class NotMeasured(Exception):
+    """The figure does not apply to this code (the reason is the message): ``nan``, not a failure."""
 
 
-def _format(name: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    if name.startswith("upstream_calls"):
-        return str(int(value))
-    if name.startswith("waiting_share"):
-        return f"{value:.4f}"
-    return f"{value:.3f}"
+@dataclass(frozen=True)
+class Measure:
+    names: tuple[str, ...]
+    action: Callable[[], tuple[float | int | None, ...]]
+    digits: tuple[int, ...]
 
 
 class Run:
-    def __init__(self, selected: set[str]) -> None:
-        self.selected = selected
-        self.values: dict[str, float | None] = {}
+    """The figures of one run: :meth:`measure` declares them in printing order; :meth:`execute` measures the
+    selected ones, one after another."""
+
+    def __init__(self) -> None:
+        self.plan: list[Measure] = []
+        self.values: dict[str, float | int | None] = {}
+        self.digits: dict[str, int] = {}
         self.failed: list[str] = []
+        self.skipped: list[str] = []
         self._aws: LoopbackAws | None = None
 
-    def wants(self, *names: str) -> bool:
-        return any(name in self.selected for name in names)
+    @property
+    def names(self) -> list[str]:
+        return [name for measure in self.plan for name in measure.names]
 
     def aws(self) -> LoopbackAws:
         if self._aws is None:
@@ -117,30 +135,130 @@ class Run:
             self._aws = LoopbackAws.start()
         return self._aws
 
-    def measure(self, names: tuple[str, ...], action: Callable[[], tuple[float | None, ...]]) -> None:
-        if not self.wants(*names):
-            return
-        started = time.monotonic()
-        try:
-            values = action()
-        except Exception:  # noqa: BLE001 - one broken figure must not hide the others
-            progress(f"{', '.join(names)}: FAILED\n{traceback.format_exc()}")
-            self.failed.extend(names)
-            values = (None,) * len(names)
-        for name, value in zip(names, values, strict=True):
-            self.values[name] = value
-        progress(f"{', '.join(names)}: done in {time.monotonic() - started:.1f} s")
+    def measure(self, names: tuple[str, ...], action: Callable[[], tuple[float | int | None, ...]], *,
+                digits: int | tuple[int, ...] = 3) -> None:
+        """Declare figures ``names``, measured together by ``action`` (one value per name); a float prints with
+        ``digits`` decimals (one number for all, or one per name)."""
+        duplicates = set(names) & set(self.names)
+        if duplicates:
+            raise ValueError(f"figures declared twice: {sorted(duplicates)}")
+        per_name = (digits,) * len(names) if isinstance(digits, int) else digits
+        if len(per_name) != len(names):
+            raise ValueError(f"{len(per_name)} digits for {len(names)} figures")
+        self.plan.append(Measure(names, action, per_name))
+
+    def execute(self, selected: set[str]) -> None:
+        for measure in self.plan:
+            if selected.isdisjoint(measure.names):
+                continue
+            label = ", ".join(measure.names)
+            started = time.monotonic()
+            values: tuple[float | int | None, ...]
+            try:
+                values = measure.action()
+                if len(values) != len(measure.names):
+                    raise RuntimeError(f"{len(values)} value(s) for {len(measure.names)} figure(s)")
+            except NotMeasured as exc:
+                progress(f"{label}: not measured: {exc}")
+                self.skipped.extend(measure.names)
+                values = (None,) * len(measure.names)
+            except Exception:  # noqa: BLE001 - one broken figure must not hide the others
+                progress(f"{label}: FAILED\n{traceback.format_exc()}")
+                self.failed.extend(measure.names)
+                values = (None,) * len(measure.names)
+            for name, value, digits in zip(measure.names, values, measure.digits, strict=True):
+                self.values[name] = value
+                self.digits[name] = digits
+            progress(f"{label}: done in {time.monotonic() - started:.1f} s")
+
+    def lines(self) -> list[str]:
+        return [f"{name}: {_format(self.values[name], self.digits[name])}" for name in self.names
+                if name in self.values]
 
     def close(self) -> None:
         if self._aws is not None:
             self._aws.stop()
 
 
+def _format(value: float | int | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def plan(run: Run, args: argparse.Namespace) -> None:
+    """Every figure, in printing order. The cold starts come first, on a quiet machine: nothing else is
+    running yet (DynamoDB Local idles)."""
+    from benchmarks import cold, cold_start, handler_timing, outage, steady
+
+    def cold_starts() -> tuple[float, float, float, float]:
+        result = cold_start.measure(run.aws(), runs=args.cold_runs)
+        progress(f"cold start: {result.describe()}")
+        if result.ratio > cold_start.TARGET_RATIO:
+            for side, packages in cold_start.import_profile(run.aws()).items():
+                shown = ", ".join(f"{package} {ms:.1f}" for package, ms in packages)
+                progress(f"cold start: above {cold_start.TARGET_RATIO}; what {side} imports that the baseline "
+                         f"does not (python -X importtime, own ms per package): {shown}")
+        return result.api_s * 1000, result.provider_s * 1000, result.baseline_s * 1000, result.ratio
+
+    run.measure(("cold_start_api_ms", "cold_start_provider_ms", "cold_start_baseline_ms", "cold_start_ratio"),
+                cold_starts, digits=(1, 1, 1, 3))
+    run.measure(("upstream_calls_20_cold",), lambda: (cold.upstream_calls_cold(run.aws()),))
+    run.measure(("upstream_calls_20_cold_per_process_cache",),
+                lambda: (cold.upstream_calls_cold_per_process_cache(),))
+
+    def hit_ratio() -> tuple[float]:
+        result = handler_timing.measure(run.aws(), "dynamodb", rounds=args.rounds, warmup=HIT_WARMUP)
+        progress(f"hit: handler {result['handler_ms']:.3f} ms (p90 {result['handler_p90_ms']:.3f}), "
+                 f"GetItem {result['getitem_ms']:.3f} ms (p90 {result['getitem_p90_ms']:.3f}), "
+                 f"median paired difference {result['overhead_ms']:.3f} ms; "
+                 f"paths {result['measured_paths']}")
+        if result["measured_paths"]["CacheHitDynamoDB"] != args.rounds:
+            raise RuntimeError(f"not every measured call was a DynamoDB hit: {result['measured_paths']}")
+        return (result["handler_ms"] / result["getitem_ms"],)
+
+    def warm_hit() -> tuple[float]:
+        result = handler_timing.measure(run.aws(), "memory", rounds=1000, warmup=50)
+        progress(f"warm hit: handler {result['handler_ms']:.4f} ms (p90 {result['handler_p90_ms']:.4f}); "
+                 f"paths {result['measured_paths']}")
+        return (result["handler_ms"],)
+
+    run.measure(("hit_vs_getitem_ratio",), hit_ratio)
+    run.measure(("warm_hit_ms",), warm_hit)
+
+    def outage_figures() -> tuple[int, float]:
+        result = outage.measure(run.aws())
+        return result.attempts_per_hour, result.recovery_seconds
+
+    run.measure(("outage_attempts_per_hour", "outage_recovery_seconds"), outage_figures, digits=1)
+
+    def with_refresh_ahead() -> tuple[float]:
+        if not steady.refresh_ahead_available():
+            raise NotMeasured("the product code does not handle {\"refresh_ahead\": true} yet (no "
+                              "'refresh_ahead' in layers/token_vending/token_vending/*.py or "
+                              "functions/provider/app.py)")
+        result = steady.waiting_share(run.aws(), refresh_ahead=True, duration=args.steady_seconds)
+        if result.scheduler_errors or result.scheduler_served_a_token:
+            progress(f"waiting_share_steady_state: WARNING {sum(result.scheduler_errors.values())} "
+                     f"refresh-ahead invocation(s) failed {dict(result.scheduler_errors)} and "
+                     f"{result.scheduler_served_a_token} were served as ordinary token requests")
+        return (result.share,)
+
+    run.measure(("waiting_share_steady_state",), with_refresh_ahead, digits=4)
+    run.measure(("waiting_share_no_refresh_ahead",),
+                lambda: (steady.waiting_share(run.aws(), refresh_ahead=False, duration=args.steady_seconds).share,),
+                digits=4)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", choices=FIGURES, help="measure only this figure (repeatable)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="measure only this figure and those measured with it (repeatable)")
     parser.add_argument("--steady-seconds", type=float, default=30.0, help="length of each steady-state run")
     parser.add_argument("--rounds", type=int, default=300, help="measured rounds of hit_vs_getitem_ratio")
+    parser.add_argument("--cold-runs", type=int, default=15, help="fresh interpreters per side of cold_start_*")
     args = parser.parse_args(argv)
 
     # Figures only on stdout: anything else that writes to fd 1 (libraries, children) lands on stderr.
@@ -153,70 +271,22 @@ def main(argv: list[str] | None = None) -> int:
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(name, value)
 
-    from benchmarks import cold, handler_timing, imports, steady
-
-    run = Run(set(args.only or FIGURES))
+    run = Run()
+    plan(run, args)
+    unknown = sorted(set(args.only or ()) - set(run.names))
+    if unknown:
+        parser.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(run.names)}")
     started = time.monotonic()
-    skipped: list[str] = []
     try:
-        # On a quiet machine first: nothing else is running yet.
-        def import_ratio() -> tuple[float]:
-            ratio, provider_s, boto3_s = imports.import_ratio(os.environ)
-            progress(f"imports: functions/provider/app.py (as Pyng) {provider_s * 1000:.0f} ms, "
-                     f"import boto3 {boto3_s * 1000:.0f} ms (medians)")
-            return (ratio,)
-
-        run.measure(("import_vs_boto3_ratio",), import_ratio)
-        run.measure(("upstream_calls_20_cold",), lambda: (cold.upstream_calls_cold(run.aws()),))
-        run.measure(("upstream_calls_20_cold_per_process_cache",),
-                    lambda: (cold.upstream_calls_cold_per_process_cache(),))
-
-        def hit_ratio() -> tuple[float]:
-            result = handler_timing.measure(run.aws(), "dynamodb", rounds=args.rounds, warmup=HIT_WARMUP)
-            progress(f"hit: handler {result['handler_ms']:.3f} ms (p90 {result['handler_p90_ms']:.3f}), "
-                     f"GetItem {result['getitem_ms']:.3f} ms (p90 {result['getitem_p90_ms']:.3f}), "
-                     f"median paired difference {result['overhead_ms']:.3f} ms; "
-                     f"paths {result['measured_paths']}")
-            if result["measured_paths"]["CacheHitDynamoDB"] != args.rounds:
-                raise RuntimeError(f"not every measured call was a DynamoDB hit: {result['measured_paths']}")
-            return (result["handler_ms"] / result["getitem_ms"],)
-
-        def warm_hit() -> tuple[float]:
-            result = handler_timing.measure(run.aws(), "memory", rounds=1000, warmup=50)
-            progress(f"warm hit: handler {result['handler_ms']:.4f} ms (p90 {result['handler_p90_ms']:.4f}); "
-                     f"paths {result['measured_paths']}")
-            return (result["handler_ms"],)
-
-        run.measure(("hit_vs_getitem_ratio",), hit_ratio)
-        run.measure(("warm_hit_ms",), warm_hit)
-
-        def with_refresh_ahead() -> tuple[float | None]:
-            if not steady.refresh_ahead_available():
-                progress("waiting_share_steady_state: the product code does not handle {\"refresh_ahead\": true} "
-                         "yet (no 'refresh_ahead' in layers/token_vending/token_vending/*.py or "
-                         "functions/provider/app.py (as Pyng)); not measured")
-                skipped.append("waiting_share_steady_state")
-                return (None,)
-            result = steady.waiting_share(run.aws(), refresh_ahead=True, duration=args.steady_seconds)
-            if result.scheduler_errors or result.scheduler_served_a_token:
-                progress(f"waiting_share_steady_state: WARNING {sum(result.scheduler_errors.values())} "
-                         f"refresh-ahead invocation(s) failed {dict(result.scheduler_errors)} and "
-                         f"{result.scheduler_served_a_token} were served as ordinary token requests")
-            return (result.share,)
-
-        run.measure(("waiting_share_steady_state",), with_refresh_ahead)
-        run.measure(("waiting_share_no_refresh_ahead",),
-                    lambda: (steady.waiting_share(run.aws(), refresh_ahead=False,
-                                                  duration=args.steady_seconds).share,))
+        run.execute(set(args.only or run.names))
     finally:
         run.close()
-        for name in FIGURES:
-            if name in run.values:
-                figures_out.write(f"{name}: {_format(name, run.values[name])}\n")
+        for line in run.lines():
+            figures_out.write(line + "\n")
         figures_out.flush()
         progress(f"total {time.monotonic() - started:.1f} s"
                  + (f"; failed: {', '.join(run.failed)}" if run.failed else "")
-                 + (f"; not measured: {', '.join(skipped)}" if skipped else ""))
+                 + (f"; not measured: {', '.join(run.skipped)}" if run.skipped else ""))
     return 1 if run.failed else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import statistics
 import sys
@@ -113,6 +114,7 @@ class LoopbackAws:
         from tests.support.dynamodb_local import DynamoDBLocal, free_port
 
         progress("starting DynamoDB Local and a moto server (Secrets Manager) on 127.0.0.1")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per Secrets Manager request
         dynamodb = DynamoDBLocal()
         port = free_port()
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -138,6 +140,20 @@ class LoopbackAws:
             secret_prefix=f"token-vending/bench-{unique}", max_concurrency=max_concurrency,
             log_stream=log_stream)
         return LocalStack(config).start()
+
+
+def fresh_table(aws: LoopbackAws) -> tuple[Any, str]:
+    """A DynamoDB client on DynamoDB Local (the provider functions' botocore configuration) and a new table with
+    the template's key schema and TTL attribute."""
+    import boto3
+
+    from tests.support.harness import CREDENTIALS, create_table
+    from token_vending.clients import DYNAMODB_CONFIG
+
+    table = f"bench-{uuid.uuid4().hex[:8]}"
+    # botocore's default timeouts: creating a table can outlast the functions' 2 s on a busy machine.
+    create_table(boto3.client("dynamodb", endpoint_url=aws.dynamodb_url, **CREDENTIALS), table)
+    return boto3.client("dynamodb", endpoint_url=aws.dynamodb_url, config=DYNAMODB_CONFIG, **CREDENTIALS), table
 
 
 def pyng_spec(stack: LocalStack) -> FunctionSpec:
