@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from benchmarks.infra import LoopbackAws
+    from token_vending.renewal import Renewal
 
 LIFETIMES = (300, 900, 3600, 86400)
 SCHEDULE_SECONDS = 300
@@ -73,11 +74,11 @@ def _patched_clock() -> Iterator[Any]:
 
     clock = FleetClock()
     real = time.time
-    time.time = clock.now  # type: ignore[assignment]
+    time.time = clock.now
     try:
         yield clock
     finally:
-        time.time = real  # type: ignore[assignment]
+        time.time = real
 
 
 @contextmanager
@@ -96,6 +97,7 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
     """``timers``: per-token renewals on (the deployed default); off, the scheduled run renews by itself."""
     import boto3
 
+    from benchmarks.infra import fresh_table
     from tests.support.fleet import (
         Behaviour,
         FakeContext,
@@ -111,11 +113,8 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
     from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
     from token_vending.freshness import RefreshPolicy
     from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
-    from token_vending.renewal import Renewal
 
-    from benchmarks.infra import fresh_table
-
-    rng = random.Random(seed)  # noqa: S311 - simulation jitter
+    rng = random.Random(seed)  # simulation jitter, not security
     _, table = fresh_table(aws)
     dynamodb = boto3.client("dynamodb", endpoint_url=aws.dynamodb_url, config=DYNAMODB_CONFIG, **CREDENTIALS)
     api_dynamodb = boto3.client("dynamodb", endpoint_url=aws.dynamodb_url, config=API_DYNAMODB_CONFIG, **CREDENTIALS)
@@ -206,7 +205,8 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
                     os.environ[key] = value
     result = LifetimeResult(lifetime=lifetime, ideal_interval=ideal, window=window, requests=requests, calls=calls,
                             waited=waited)
-    progress(f"refresh ahead ({'per-token renewals' if timers else 'the 5-minute schedule alone'}), {lifetime} s tokens: {requests} token requests in {window / 3600:.0f} simulated h "
+    progress(f"refresh ahead ({'per-token renewals' if timers else 'the 5-minute schedule alone'}), {lifetime} s "
+             f"tokens: {requests} token requests in {window / 3600:.0f} simulated h "
              f"(ideal interval {ideal:.0f} s): ratio {result.ratio:.3f}; {waited} of {calls} calls waited")
     return result
 
