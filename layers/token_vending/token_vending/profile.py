@@ -13,8 +13,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlencode
 
-from token_vending.assertion import ASSERTION_TYPE
-
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -187,6 +185,8 @@ class ClientCredentialsProfile:
         if self.auth is ClientAuth.BASIC_HEADER:
             headers["Authorization"] = basic_authorization(client_id, client_secret, self.basic_encoding)
         elif self.auth is ClientAuth.PRIVATE_KEY_JWT:
+            from token_vending.assertion import ASSERTION_TYPE  # off the cold path of the other methods
+
             fields["client_id"] = client_id  # RFC 7523 2.2 allows it; Keycloak and Authlib look it up by it
             fields["client_assertion_type"] = ASSERTION_TYPE
             fields["client_assertion"] = client_assertion

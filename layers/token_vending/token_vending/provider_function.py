@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
 
+    from token_vending.credentials import CredentialStore
     from token_vending.profile import ClientCredentialsProfile
+    from token_vending.upstream import UpstreamClient
     from token_vending.vendor import TokenVendor
 
 DEFAULT_BUDGET_MS = 25_000
@@ -49,6 +51,13 @@ def _secrets_client() -> SecretsManagerClient:
     from token_vending.clients import SECRETS_CONFIG
 
     return boto3.client("secretsmanager", config=SECRETS_CONFIG)
+
+
+def _upstream_client(profile: ClientCredentialsProfile, settings: ProviderSettings) -> UpstreamClient:
+    """urllib3 and the token request's code are imported on the first miss only."""
+    from token_vending.upstream import UpstreamClient
+
+    return UpstreamClient(profile, settings, kms=_kms_client)
 
 
 def _sqs_client() -> SQSClient:
@@ -93,9 +102,7 @@ class ProviderFunction:
             from dataclasses import replace
 
             from token_vending.cache import TokenCache
-            from token_vending.credentials import CredentialStore, required_fields
             from token_vending.profile import ClientAuth
-            from token_vending.upstream import UpstreamClient
             from token_vending.vendor import TokenVendor
 
             if not self.known:
@@ -121,7 +128,6 @@ class ProviderFunction:
 
                 raise Misconfigured(f"setting {SIGNING_KEY_ID_ENV} needs {CLIENT_AUTH_ENV} private_key_jwt",
                                     provider=profile.name)
-            required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
             timer = None
             if settings.renewal_queue_url:
                 from token_vending.renewal import RenewalTimer
@@ -130,11 +136,19 @@ class ProviderFunction:
             self._vendor = TokenVendor(
                 profile=profile, settings=settings,
                 cache=TokenCache(settings.cache.table_name, self.dynamodb),
-                credentials=CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
-                                            self.secretsmanager or _secrets_client, required=required),
-                upstream=UpstreamClient(profile, settings, kms=_kms_client),
+                credentials=lambda: self._credential_store(profile, settings),
+                upstream=lambda: _upstream_client(profile, settings),
                 logger=self.logger, metrics=self.metrics, timer=timer)
         return self._vendor
+
+    def _credential_store(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> CredentialStore:
+        """Made on the first secret read (never while the token is cached): it and its module stay off the cold
+        path of a hit."""
+        from token_vending.credentials import CredentialStore, required_fields
+
+        required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
+        return CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
+                               self.secretsmanager or _secrets_client, required=required)
 
     def handle(self, event: Any, context: LambdaContext | None) -> dict[str, Any]:
         """Return the token body, or raise an exception named after the contract's error code.

@@ -47,6 +47,8 @@ from token_vending.request import fingerprint, replaced
 from token_vending.usage import UsageMarks, last_use
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools import Logger, Metrics
 
     from token_vending.credentials import ClientCredentials, CredentialStore
@@ -81,14 +83,18 @@ SCHEDULE_SLACK = 1.5
 
 class TokenVendor:
     def __init__(self, *, profile: ClientCredentialsProfile, settings: ProviderSettings, cache: TokenCache,
-                 credentials: CredentialStore, upstream: UpstreamClient, logger: Logger,
+                 credentials: Callable[[], CredentialStore], upstream: Callable[[], UpstreamClient], logger: Logger,
                  metrics: Metrics, timer: RenewalTimer | None = None) -> None:
-        """``timer``: arms each new token's renewal (``None``: the scheduled run renews by its interval)."""
+        """``credentials`` and ``upstream`` make the secret store and the HTTP client on first use: a cold start
+        answered from the cache needs neither. ``timer``: arms each new token's renewal (``None``: the scheduled
+        run renews by its interval)."""
         self.profile = profile
         self.settings = settings
         self.cache = cache
-        self.credentials = credentials
-        self.upstream = upstream
+        self._make_credentials = credentials
+        self._make_upstream = upstream
+        self._credentials: CredentialStore | None = None
+        self._upstream: UpstreamClient | None = None
         self.logger = logger
         self.metrics = metrics
         self.policy = RefreshPolicy(settings.cache.refresh_margin_seconds, settings.cache.refresh_margin_ratio)
@@ -101,6 +107,18 @@ class TokenVendor:
         self.timer = timer
         self.budget = UpstreamBudget(cache, profile.name, settings.upstream_budget)
         self.usage = UsageMarks(cache, settings.cache.idle_seconds)
+
+    @property
+    def credentials(self) -> CredentialStore:
+        if self._credentials is None:
+            self._credentials = self._make_credentials()
+        return self._credentials
+
+    @property
+    def upstream(self) -> UpstreamClient:
+        if self._upstream is None:
+            self._upstream = self._make_upstream()
+        return self._upstream
 
     # -- public ---------------------------------------------------------------------------------
     def vend(self, request: TokenRequest, deadline: float) -> CachedToken:
