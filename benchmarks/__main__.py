@@ -43,7 +43,7 @@ status is 1). ``--only NAME`` measures a subset (with the figures measured along
     one bare boto3 ``GetItem`` of the same item through a client with the same configuration and
     endpoint. 300 rounds after 1000 warm-up rounds (DynamoDB Local is a JVM and needs them),
     alternating which side goes first. The handler time is everything the handler does:
-    Powertools' context injection and tracer decorator (tracing disabled, as outside Lambda),
+    Powertools' context injection and metrics decorator (no tracer on a hit: ``token_vending.tracing``),
     request parsing, the ``GetItem``, its JSON log line and EMF metrics (written to a file). See
     ``benchmarks.handler_timing``.
 
@@ -65,13 +65,26 @@ status is 1). ``--only NAME`` measures a subset (with the figures measured along
     Share of caller requests (``GET /token/pyng?min_ttl=1`` through the local API) that waited on
     the provider, i.e. whose Pyng invocation missed the cache or blocked on the lease (read from
     that invocation's EMF metrics), over 30 s of steady traffic from 4 callers with 30 s tokens
-    (refresh margin 3 s), while a scheduler invokes Pyng with ``{"refresh_ahead": true}`` every
-    ``REFRESH_AHEAD_INTERVAL`` = 3 s. ``nan`` if the product code does not know that payload. See
+    (refresh margin 3 s), with refresh ahead as deployed: per-token renewal timers on Pyng's SQS queue
+    (moto, the local event source mapping) and a scheduler invoking Pyng with ``{"refresh_ahead": true}``
+    every ``REFRESH_AHEAD_INTERVAL`` = 3 s. ``nan`` if the product code does not know that payload. See
     ``benchmarks.steady``.
 
 ``waiting_share_no_refresh_ahead``
-    The same run without the scheduler: callers find the token inside its refresh margin, one of
-    them refreshes it and the others in flight wait for it.
+    The same run without refresh ahead (no timers, no scheduler): callers find the token inside its refresh
+    margin, one of them refreshes it and the others in flight wait for it.
+
+``refresh_ahead_upstream_ratio``, ``refresh_ahead_waiting_share``
+    Token requests per scope set over simulated days (at least 24 h and 20 renewals) with refresh ahead as
+    deployed (per-token renewal timers and the 5-minute schedule), times the ideal interval ``lifetime -
+    margin`` per second: 1.0 renews each token exactly as it reaches its margin. The worst of token
+    lifetimes 300, 900, 3600 and 86400 s; and the share of callers (through the token API, every tenth of a
+    lifetime) that needed the provider function. Real code on the in-process fleet model with DynamoDB Local
+    and a simulated wall clock. See ``benchmarks.refresh``.
+
+``refresh_ahead_upstream_ratio_schedule_only``
+    The peer: the same simulation without renewal timers, the 5-minute schedule renewing by itself what would
+    enter the margin before its next run (what the service did before).
 
 A new figure is one more ``run.measure((NAME, ...), action)`` call in :func:`plan` (``action`` returns
 one value per name; an ``int`` prints as an integer, a float with ``digits`` decimals, 3 unless given;
@@ -191,7 +204,7 @@ def _format(value: float | int | None, digits: int) -> str:
 def plan(run: Run, args: argparse.Namespace) -> None:
     """Every figure, in printing order. The cold starts come first, on a quiet machine: nothing else is
     running yet (DynamoDB Local idles)."""
-    from benchmarks import cold, cold_start, handler_timing, outage, steady
+    from benchmarks import cold, cold_start, handler_timing, outage, refresh, steady
 
     def cold_starts() -> tuple[float, float, float, float]:
         result = cold_start.measure(run.aws(), runs=args.cold_runs)
@@ -250,6 +263,10 @@ def plan(run: Run, args: argparse.Namespace) -> None:
     run.measure(("waiting_share_no_refresh_ahead",),
                 lambda: (steady.waiting_share(run.aws(), refresh_ahead=False, duration=args.steady_seconds).share,),
                 digits=4)
+    run.measure(("refresh_ahead_upstream_ratio", "refresh_ahead_waiting_share"),
+                lambda: refresh.refresh_ahead_figures(run.aws()), digits=(3, 4))
+    run.measure(("refresh_ahead_upstream_ratio_schedule_only",),
+                lambda: (refresh.refresh_ahead_figures(run.aws(), timers=False)[0],))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,11 @@ deployment would fill in a value: the table name and DynamoDB endpoint (DynamoDB
 Tracing is as deployed (``Tracing: Active``), kept from the former ``import_vs_boto3_ratio``
 (``benchmarks/imports.py``): no ``POWERTOOLS_TRACE_DISABLED`` (which ``local.stack`` sets), and
 ``AWS_XRAY_DAEMON_ADDRESS``, ``AWS_XRAY_CONTEXT_MISSING=LOG_ERROR`` and ``LAMBDA_TASK_ROOT`` as Lambda sets them,
-so Powertools' Tracer imports the X-Ray SDK and patches botocore (it imports the SDK even when disabled); and, as
-Lambda does per invocation, ``_X_AMZN_TRACE_ID`` carries a sampled trace header, so the first answer also records
-and sends its subsegments (UDP to a sink on 127.0.0.1 standing in for the X-Ray daemon; stderr shows how many
-datagrams each side sent). The baseline pays none of this: it is the floor. Every other AWS endpoint points at a
+so a function that made Powertools' Tracer at init would import the X-Ray SDK and patch botocore there (the
+functions make it on their first miss instead, ``token_vending.tracing``: a hit sends nothing); and, as Lambda
+does per invocation, ``_X_AMZN_TRACE_ID`` carries a sampled trace header, so whatever the first answer traces is
+recorded and sent (UDP to a sink on 127.0.0.1 standing in for the X-Ray daemon; stderr shows how many datagrams
+each side sent). The baseline pays none of this: it is the floor. Every other AWS endpoint points at a
 closed loopback port, so nothing can reach AWS.
 
 The handlers' stdout (Powertools' JSON logs and EMF metrics, which Lambda ships to CloudWatch) goes to a pipe

@@ -130,15 +130,16 @@ class LoopbackAws:
         self.dynamodb.stop()
 
     def stack(self, emulator: ProviderEmulator, *, function_env: dict[str, str] | None = None,
-              log_stream: LogCapture | None = None, max_concurrency: int = 8) -> LocalStack:
-        """A started stack with its own table and secret names, Pyng pointed at ``emulator``."""
+              log_stream: LogCapture | None = None, max_concurrency: int = 8, renewals: bool = False) -> LocalStack:
+        """A started stack with its own table and secret names, Pyng pointed at ``emulator``; ``renewals``: with
+        the per-token renewal timers (an SQS queue per provider on a moto server of the stack's own)."""
         unique = uuid.uuid4().hex[:8]
         config = StackConfig(
             api_port=0, lambda_port=0, dynamodb_endpoint=self.dynamodb_url, secrets_endpoint=self.secrets_url,
             provider_urls={"pyng": emulator.url}, credentials={"pyng": LOCAL_CREDENTIALS["pyng"]},
             function_env=dict(function_env or {}), table_name=f"bench-{unique}",
             secret_prefix=f"token-vending/bench-{unique}", max_concurrency=max_concurrency,
-            log_stream=log_stream)
+            log_stream=log_stream, renewals=renewals, aws_port=0)
         return LocalStack(config).start()
 
 

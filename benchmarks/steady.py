@@ -5,9 +5,11 @@ Pyng functions in worker processes, DynamoDB Local, moto's Secrets Manager) with
 handing out short tokens (``expires_in=30``, the shortest the service accepts; refresh margin
 ``max(2 s, 10 %)`` = 3 s, so without refresh-ahead a caller meets the margin inside the 30 s run). A first request
 caches a token (not counted); then ``CALLERS`` threads call ``GET /token/pyng?min_ttl=1`` back to back
-for ``duration`` seconds. With refresh-ahead on, a scheduler thread also invokes a separate Pyng
-execution environment with ``{"refresh_ahead": true}`` every ``REFRESH_AHEAD_INTERVAL`` (3 s), at a
-fixed rate as an EventBridge ``rate()`` schedule would.
+for ``duration`` seconds. With refresh-ahead on, as deployed: each new token arms its renewal on Pyng's SQS
+renewal queue (moto; the stack's event source mapping invokes the Pyng function when it is due, 10 s before
+the margin), and a scheduler thread also invokes a separate Pyng execution environment with
+``{"refresh_ahead": true}`` every ``REFRESH_AHEAD_INTERVAL`` (3 s), at a fixed rate as an EventBridge
+``rate()`` schedule would (the safety net; stderr shows how many renewals each made).
 
 A caller request *waited on the provider* when the Pyng function invocation it caused (through the
 token API's ``lambda:Invoke``) missed the cache and refreshed or blocked on the lease: Powertools' EMF
@@ -107,7 +109,9 @@ def waiting_share(aws: LoopbackAws, *, refresh_ahead: bool, duration: float) -> 
     scheduler_logs = LogCapture()
     result = SteadyResult()
     with pyng_emulator(expires_in=TOKEN_SECONDS) as emulator:
-        stack = aws.stack(emulator, function_env=FUNCTION_ENV, log_stream=logs, max_concurrency=CALLERS)
+        # Refresh ahead as deployed: the per-token renewal timers and the schedule; without it, neither.
+        stack = aws.stack(emulator, function_env=FUNCTION_ENV, log_stream=logs, max_concurrency=CALLERS,
+                          renewals=refresh_ahead)
         scheduler: Worker | None = None
         try:
             assert stack.lambdas is not None

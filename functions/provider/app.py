@@ -3,7 +3,8 @@
 The function of a provider owns its secret, its DynamoDB partition and its log group (each deployed copy
 has its own role); what the provider's endpoint wants is its entry in ``token_vending.catalogue``.
 Invoked directly (``{"scope": ..., "min_ttl": ..., "force_refresh": ...}``) by the token API, Step
-Functions or any allowed caller, and by its refresh-ahead schedule.
+Functions or any allowed caller, by its renewal queue and by its refresh-ahead schedule. Powertools' Tracer is
+made on the first refresh (``token_vending.tracing``): a cold start answered from the cache does without it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 
 from token_vending.clients import DYNAMODB_CONFIG
 from token_vending.constants import PROVIDER_NAME_ENV
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 logger = Logger()
-tracer = Tracer(patch_modules=("botocore",))  # the token request itself uses urllib3, only on a miss
 metrics = Metrics()
 # The Secrets Manager client is made on the first secret read (never while the token is cached).
 function = ProviderFunction.from_catalogue(os.environ.get(PROVIDER_NAME_ENV, "").strip(),
@@ -31,7 +31,6 @@ function = ProviderFunction.from_catalogue(os.environ.get(PROVIDER_NAME_ENV, "")
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)  # the response holds the token
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     return function.handle(event, context)

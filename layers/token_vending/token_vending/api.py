@@ -155,6 +155,12 @@ class TokenApi:
             self.memory.put(f"{token.provider}#{token.scope_key}", noted)
 
     def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
+        from token_vending.tracing import subsegment
+
+        with subsegment("## provider function", provider=entry.name):
+            return self._invoke_untraced(entry, request)
+
+    def _invoke_untraced(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
         payload = {"scope": request.scope_key or None, "min_ttl": request.min_ttl,

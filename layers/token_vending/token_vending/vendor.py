@@ -317,6 +317,13 @@ class TokenVendor:
     def _refresh(self, request: TokenRequest, deadline: float, stale: CachedToken | None,
                  renewal: bool = False) -> CachedToken:
         """``renewal``: asked by refresh ahead, not a caller (the new token is not a use of its scope set)."""
+        from token_vending.tracing import subsegment
+
+        with subsegment("## refresh", provider=self.profile.name):
+            return self._refresh_under_lease(request, deadline, stale, renewal)
+
+    def _refresh_under_lease(self, request: TokenRequest, deadline: float, stale: CachedToken | None,
+                             renewal: bool) -> CachedToken:
         key = request.scope_key
         poll = POLL_FIRST
         waited = False
@@ -468,6 +475,12 @@ class TokenVendor:
         self.degraded.put(key, token, seconds=max(hold, 0.0))
 
     def _degraded(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
+        from token_vending.tracing import subsegment
+
+        with subsegment("## degraded", provider=self.profile.name):
+            return self._degraded_untraced(request, deadline, reason)
+
+    def _degraded_untraced(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
         """DynamoDB is unavailable: one fetch per environment, kept until its refresh margin in a store
         of its own, read only while DynamoDB fails (so it never shadows the table once it is back). A failed
         fetch starts a cool-down in this environment, as the lease would fleet-wide."""
