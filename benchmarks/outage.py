@@ -187,11 +187,9 @@ class Fleet:
 
         RenewalTimer.arm = self._original_arm  # type: ignore[method-assign]
         self.server.stop()
-        for name, value in self._saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        from tests.support.fleet import restore_environ
+
+        restore_environ(self._saved)
 
     # -- calls: (status, token or None, Retry-After or None) ------------------------------------
     def api(self, hint: int, scope: str) -> tuple[int, str | None, str | None]:

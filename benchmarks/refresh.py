@@ -198,11 +198,9 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
             requests = sum(server.request_count().values()) - requests_before
         finally:
             server.stop()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            from tests.support.fleet import restore_environ
+
+            restore_environ(saved)
     result = LifetimeResult(lifetime=lifetime, ideal_interval=ideal, window=window, requests=requests, calls=calls,
                             waited=waited)
     progress(f"refresh ahead ({'per-token renewals' if timers else 'the 5-minute schedule alone'}), {lifetime} s "

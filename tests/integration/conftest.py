@@ -15,7 +15,7 @@ from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
 from local.stack import LocalStack, StackConfig
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
 from tests.support.fleet import FleetClock, Shared
-from tests.support.harness import LogCapture
+from tests.support.harness import LogCapture, create_table
 from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
 
 if TYPE_CHECKING:
@@ -100,12 +100,7 @@ def fleet_aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> Iterator[dict[
 
     dynamodb = client("dynamodb", dynamodb_local.endpoint, DYNAMODB_CONFIG)
     table = f"fleet-{uuid.uuid4().hex[:8]}"
-    dynamodb.create_table(
-        TableName=table, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                              {"AttributeName": "sk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}])
-    dynamodb.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    create_table(dynamodb, table)
     yield {
         "dynamodb": dynamodb,
         "api_dynamodb": client("dynamodb", dynamodb_local.endpoint, API_DYNAMODB_CONFIG),

@@ -63,6 +63,7 @@ from tests.support.fleet import (
     api_event,
     api_pool,
     provider_pool,
+    restore_environ,
 )
 from token_vending import constants
 from token_vending.exceptions import ERRORS_BY_TYPE
@@ -224,11 +225,7 @@ class FleetWorld:
 
     def close(self) -> None:
         self.server.stop()
-        for name, value in self._saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_environ(self._saved)
 
     @staticmethod
     def _secret_document(secret: str) -> str:
@@ -325,7 +322,8 @@ def check_answer(world: FleetWorld, answer: Answer) -> None:
     if call.interface == "refresh_ahead":
         assert answer.error_type is None, f"invariant 3: refresh ahead raised: {answer.describe()}"
         assert isinstance(answer.body, dict), answer.describe()
-        assert set(answer.body) == {"renewed", "armed", "fresh", "idle", "failed"}, f"refresh ahead answered {answer.describe()}"
+        assert set(answer.body) == {"renewed", "armed", "fresh", "idle", "failed"}, (
+            f"refresh ahead answered {answer.describe()}")
         return
     where = f"[{call.interface}] {answer.describe()}"
     # 3: no internal error, no misconfiguration.

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import secrets
 import select
 import socket
@@ -71,6 +72,15 @@ class Shared:
     api_dynamodb: Any
     secretsmanager: Any
     table: str
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    """Put back the environment variables a fleet set: ``saved`` holds their values before (``None``: absent)."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # --- output capture ---------------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent('''
                     "expires_at": "2030-01-01T00:00:00Z", "scope": "billing:batches:read"}).encode())}
 
         def call(provider, trace):
-            os.environ["_X_AMZN_TRACE_ID"] = f"Root=1-5759e988-bd862e3fe1be46a994272{trace};Parent=53995c3f42cd8ad8;Sampled=1"
+            root = f"1-5759e988-bd862e3fe1be46a994272{trace}"
+            os.environ["_X_AMZN_TRACE_ID"] = f"Root={root};Parent=53995c3f42cd8ad8;Sampled=1"
             event = {"resource": "/token/{provider}", "path": f"/token/{provider}", "httpMethod": "GET",
                      "pathParameters": {"provider": provider}, "queryStringParameters": None,
                      "requestContext": {"requestId": trace}}
