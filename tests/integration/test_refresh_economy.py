@@ -210,15 +210,16 @@ def test_a_failed_renewal_is_tried_again_when_its_cool_down_lapses_while_the_tok
 
 @pytest.fixture
 def budgeted(shared: Shared, monkeypatch: pytest.MonkeyPatch, armed: list[Renewal]) -> Iterator[FleetWorld]:
-    world = make_world(shared, monkeypatch, **{constants.UPSTREAM_BUDGETS_ENV: "{name}=6"})
+    world = make_world(shared, monkeypatch, **{constants.UPSTREAM_BUDGETS_ENV: "{name}=8"})
     # Start just after an hour begins, so the whole test runs in one budget hour.
     shared.clock.advance(3600 - shared.clock.now() % 3600 + 5)
     yield world
     world.close()
 
 
-def test_no_caller_can_spend_the_budget_by_forcing_refreshes(budgeted: FleetWorld, shared: Shared) -> None:
-    """A budget of 6 an hour: forced refreshes may spend 3 of it; renewals and misses keep the rest."""
+def test_callers_cannot_spend_the_budget_renewals_need(budgeted: FleetWorld, shared: Shared,
+                                                      armed: list[Renewal]) -> None:
+    """A budget of 8 an hour: callers may spend 6 of it, forced fetches 4 of those; renewals the rest."""
     world = budgeted
     (first,) = run(world, [Call("api")])
     assert first.status == 200
@@ -227,23 +228,34 @@ def test_no_caller_can_spend_the_budget_by_forcing_refreshes(budgeted: FleetWorl
     for _ in range(5):
         shared.clock.advance(31)  # past ForceRefreshInterval each time
         forced += run(world, [Call("api", force_refresh="true")])
-    assert [a.status for a in forced] == [200, 200, 200, 503, 503], [a.describe() for a in forced]
-    assert requests(world) == 4
+    assert [a.status for a in forced] == [200, 200, 200, 200, 503], [a.describe() for a in forced]
+    assert requests(world) == 5
     refused = forced[-1]
     assert refused.body["error"] == "upstream_unavailable"
     hour_left = 3600 - shared.clock.now() % 3600
     assert hour_left - 2 <= int(refused.headers["Retry-After"]) <= hour_left + 1
+    # Asking for a min_ttl the fresh token cannot keep forces a fetch just as well: the same share.
+    shared.clock.advance(100)
+    (long_ttl,) = run(world, [Call("api", min_ttl=810)])
+    assert long_ttl.status == 503, long_ttl.describe()
+    assert requests(world) == 5
     # Callers that do not force are still served the cached token...
     (served,) = run(world, [Call("api")])
     assert served.status == 200
-    assert requests(world) == 4
-    # ...and misses still reach the provider, up to the whole budget (4 + 2 = 6)...
-    answers = [run(world, [Call("api", scope=scope)])[0] for scope in ("audit", "write", "audit write")]
-    assert [a.status for a in answers] == [200, 200, 503]
+    assert requests(world) == 5
+    # ...misses reach the provider up to the callers' share (6)...
+    answers = [run(world, [Call("api", scope=scope)])[0] for scope in ("audit", "write")]
+    assert [a.status for a in answers] == [200, 503]
     assert requests(world) == 6
     assert "UpstreamBudgetExhausted" in world.logs.getvalue()
-    # ...and the next hour has a new budget.
+    # ...and the default set's renewal still has the rest of the budget.
+    renewal = next(r for r in reversed(armed) if r.scope_key == "read")
+    shared.clock.advance(renewal.due - shared.clock.now())
+    deliver(world, renewal)
+    assert requests(world) == 7
+    assert outcomes(world)[-1] == "renewed"
+    # The next hour has a new budget.
     shared.clock.advance(3600 - shared.clock.now() % 3600 + 1)
     (later,) = run(world, [Call("api", scope="audit write")])
     assert later.status == 200
-    assert requests(world) == 7
+    assert requests(world) == 8

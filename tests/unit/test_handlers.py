@@ -208,3 +208,29 @@ def test_a_forced_refresh_naming_the_cached_token_counts_no_cache_hit(api_app: A
     assert served == "cached"  # (this fake function stored nothing: the table still holds "cached")
     assert "CacheHitDynamoDB" in names
     assert "ProviderInvoke" not in names
+
+
+def test_a_forced_refresh_naming_a_token_is_never_answered_with_an_older_one_from_memory(
+        api_app: Any, moto_table: Any, context: Any) -> None:
+    """An environment still remembers token A; B has replaced it in the table, and the caller was refused with B.
+    A is not "the token that replaced B": the latest stored token is read (consistently), found to be B, and the
+    provider function is asked."""
+    import hashlib
+    import io
+
+    class FreshToken:
+        def invoke(self, **_: Any) -> dict[str, Any]:
+            body = {"provider": "pyng", "access_token": "C", "token_type": "Bearer", "expires_in": 800,
+                    "expires_at": int(time.time()) + 800, "scope": PYNG_SCOPES}
+            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
+
+    api_app.api.lambda_client = FreshToken()
+    event = json.loads((EVENTS / "api-pyng.json").read_text())
+    key = scope_key_of(event["queryStringParameters"]["scope"], "pyng")
+    seed(moto_table, "pyng", key, "A", expires_in=86000)
+    assert json.loads(api_app.handler(event, context)["body"])["access_token"] == "A"  # now in this one's memory
+    seed(moto_table, "pyng", key, "B", expires_in=86000)
+    query = {**event["queryStringParameters"], "force_refresh": hashlib.sha256(b"B").hexdigest()[:8]}
+    response = api_app.handler({**event, "queryStringParameters": query,
+                                "multiValueQueryStringParameters": {k: [v] for k, v in query.items()}}, context)
+    assert json.loads(response["body"])["access_token"] == "C"

@@ -47,8 +47,8 @@ def test_a_renewal_is_due_its_lead_before_the_margin_and_names_its_token() -> No
     assert renewal.delay(renewal.due + 3) == 0
 
 
-def test_a_token_shorter_than_its_lead_is_due_at_once_not_in_the_past() -> None:
-    t = token(expires_at=int(time.time()) + 20, lifetime=20)
+def test_a_token_already_inside_its_margin_is_due_at_once_not_in_the_past() -> None:
+    t = token(expires_at=int(time.time()) + 20, lifetime=300)  # 20 s left of a 300 s token (margin 60 s)
     assert Renewal.of(t, POLICY).due == t.fetched_at
 
 
@@ -187,15 +187,37 @@ def test_idle_hours_are_a_positive_number() -> None:
             ProviderSettings.from_env("pyng", provider_env(REFRESH_AHEAD_IDLE_HOURS=bad), profile=pyng)
 
 
-def test_forced_refreshes_may_spend_half_the_budget_and_the_rest_stays(moto_table: Any) -> None:
-    budget = UpstreamBudget(TokenCache(TABLE, moto_table), "autopay", per_hour=4)
+def test_callers_may_spend_three_quarters_forced_fetches_half_and_renewals_the_rest(moto_table: Any) -> None:
+    budget = UpstreamBudget(TokenCache(TABLE, moto_table), "autopay", per_hour=8)
     hour = 3600 * 500000
-    assert [budget.spend(forced=True, now=hour + 1) for _ in range(3)] == [None, None, 3599]
-    assert [budget.spend(forced=False, now=hour + 2) for _ in range(3)] == [None, None, 3598]
-    assert budget.spend(forced=False, now=hour + 3600) is None  # a new hour
+    assert [budget.spend("forced", now=hour + 1) for _ in range(5)] == [None, None, None, None, 3599]
+    assert [budget.spend("miss", now=hour + 2) for _ in range(3)] == [None, None, 3598]  # callers: 6 of 8
+    assert [budget.spend("renewal", now=hour + 3) for _ in range(3)] == [None, None, 3597]  # the rest
+    assert budget.spend("renewal", now=hour + 3600) is None  # a new hour
     item = moto_table.get_item(TableName=TABLE, Key={"pk": {"S": "autopay"}, "sk": {"S": f"budget#{hour}"}})["Item"]
-    assert (item["spent"]["N"], item["forced"]["N"]) == ("4", "2")
+    assert (item["spent"]["N"], item["forced"]["N"]) == ("8", "4")
     assert int(item["purge_at"]["N"]) == hour + 7200
+
+
+def test_a_short_token_is_renewed_a_fifth_of_its_useful_life_early_not_every_few_seconds() -> None:
+    now = time.time()
+    short = token(expires_at=int(now) + 30, fetched_at=now, lifetime=30)  # margin 15 s (half the lifetime)
+    assert Renewal.of(short, POLICY).due == short.expires_at - 15 - 3
+    long = token(expires_at=int(now) + 3600, fetched_at=now, lifetime=3600)  # margin 360 s
+    assert Renewal.of(long, POLICY).due == long.expires_at - 360 - LEAD_SECONDS
+
+
+def test_a_failed_use_mark_is_not_retried_on_every_hit(moto_table: Any) -> None:
+    cache = TokenCache(TABLE, moto_table)
+    marks = UsageMarks(cache, idle_seconds=3600)
+    writes = count_writes(moto_table)
+    now = time.time()
+    old = token(used_at=now - 3600, fetched_at=now - 3600)  # not stored: the conditional write fails
+    for second in range(5):
+        marks.note(old, now + second)  # each hit sees the old mark again (a fresh copy from DynamoDB)
+    assert writes == ["UpdateItem"]
+    marks.note(old, now + 3600 * MARK_EVERY + 1)  # a quarter idle period later: tried again
+    assert writes == ["UpdateItem", "UpdateItem"]
 
 
 def test_a_lease_item_without_an_expiry_never_blocks_its_key(moto_table: Any) -> None:

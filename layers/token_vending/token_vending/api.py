@@ -128,15 +128,18 @@ class TokenApi:
         return entry
 
     def _cached(self, request: TokenRequest) -> tuple[CachedToken, str] | None:
-        """A token fresh for ``request`` and the metric of where it came from (counted only if served)."""
+        """A token fresh for ``request`` and the metric of where it came from (counted only if served). For a
+        forced refresh naming the refused token, only the latest stored token will do (a consistent read, not this
+        environment's memory): another token than the refused one is then the one that replaced it, not an older
+        one."""
         key = f"{request.provider}#{request.scope_key}"
-        remembered = self.memory.get(key)
+        remembered = self.memory.get(key) if request.refused is None else None
         if remembered is not None and self.policy.is_fresh(remembered, request.min_ttl, time.time()):
             return remembered, "CacheHitMemory"
         if self.cache is None:
             return None
         try:
-            cached = self.cache.get(request.provider, request.scope_key)
+            cached = self.cache.get(request.provider, request.scope_key, consistent=request.refused is not None)
         except CacheUnavailable as exc:
             # Not fatal here: the provider function has its own fallbacks.
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})

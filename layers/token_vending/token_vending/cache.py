@@ -155,7 +155,8 @@ class TokenCache:
                 TableName=self.table_name, Key=_key(provider, TOKEN_PREFIX + scope_key),
                 UpdateExpression="SET used_at = :now",
                 ConditionExpression="attribute_exists(sk) AND (attribute_not_exists(used_at) OR used_at < :now)",
-                ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}})
+                ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
+                ReturnValues="NONE")  # named: the token API's policy requires dynamodb:ReturnValues NONE
         except _error_types():
             return False
         return True

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 LEAD_SECONDS = 10.0
 """Renew this long before the token enters its margin: SQS delivery, a cold start and the token request fit in
-it, so callers never find the token inside its margin (ratio to the ideal: 240/230 for 300 s tokens)."""
+it, so callers never find the token inside its margin (ratio to the ideal: 240/230 for 300 s tokens)..."""
+LEAD_SHARE = 0.2
+"""... but never more than this share of the token's useful life (``lifetime - margin``): a 30 s token is not
+renewed every 5 s."""
 MAX_DELAY_SECONDS = 900
 """SQS's longest ``DelaySeconds``."""
 RETRY_SECONDS = 10.0
@@ -52,7 +55,8 @@ class Renewal:
 
     @classmethod
     def of(cls, token: CachedToken, policy: RefreshPolicy) -> Renewal:
-        due = token.expires_at - policy.margin(token.lifetime) - LEAD_SECONDS
+        useful = token.lifetime - policy.margin(token.lifetime)
+        due = token.expires_at - policy.margin(token.lifetime) - min(LEAD_SECONDS, LEAD_SHARE * useful)
         return cls(scope_key=token.scope_key, fetched_at=token.fetched_at, due=max(due, token.fetched_at))
 
     def retry(self, now: float, not_before: float = 0.0) -> Renewal:

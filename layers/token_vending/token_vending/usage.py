@@ -23,18 +23,30 @@ def last_use(token: CachedToken) -> float:
     return token.used_at or token.fetched_at
 
 
+MAX_REMEMBERED = 1000
+"""Scope sets whose last mark this environment remembers (more are forgotten all at once: at worst a write more)."""
+
+
 class UsageMarks:
     def __init__(self, cache: TokenCache, idle_seconds: float) -> None:
         self.cache = cache
         self.idle_seconds = idle_seconds
+        self._attempted: dict[tuple[str, str], float] = {}
+        """(provider, scope key) -> when this environment last tried to mark it, written or not."""
 
     def in_use(self, token: CachedToken, now: float) -> bool:
         return last_use(token) >= now - self.idle_seconds
 
     def note(self, token: CachedToken, now: float) -> CachedToken:
-        """``token`` was just served to a caller: mark it if its mark is old, and return the copy to keep."""
-        if now - last_use(token) < self.idle_seconds * MARK_EVERY:
+        """``token`` was just served to a caller: mark it if its mark is old, and return the copy to keep. One
+        attempt per quarter idle period per scope set in this environment, written or not (denied, throttled, or
+        a newer mark there): a failing write is not retried on every hit."""
+        every = self.idle_seconds * MARK_EVERY
+        key = (token.provider, token.scope_key)
+        if now - last_use(token) < every or now - self._attempted.get(key, float("-inf")) < every:
             return token
+        if len(self._attempted) >= MAX_REMEMBERED:
+            self._attempted.clear()
+        self._attempted[key] = now
         self.cache.record_use(token.provider, token.scope_key, now)
-        # Kept even when not written (denied, or a newer mark): the next attempt waits a quarter period.
         return replace(token, used_at=now)

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools import Logger, Metrics
 
+    from token_vending.budget import Kind
     from token_vending.credentials import ClientCredentials, CredentialStore
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.renewal import RenewalTimer
@@ -131,7 +132,8 @@ class TokenVendor:
                 self._note_use(remembered)
                 return remembered
         try:
-            cached = self.cache.get(self.profile.name, key)
+            # Naming the refused token: only the latest stored one may be served in its place.
+            cached = self.cache.get(self.profile.name, key, consistent=request.refused is not None)
         except CacheUnavailable as exc:
             return self._degraded(request, deadline, str(exc))
         if cached is not None and self._acceptable_or_refuse(cached, request):
@@ -389,7 +391,8 @@ class TokenVendor:
                 return latest
             stale = latest or stale
             try:
-                token = self._fetch(request, deadline, retries=0 if streak else None, forced=request.force_refresh)
+                token = self._fetch(request, deadline, retries=0 if streak else None,
+                                    kind=self._kind(request, stale, renewal))
             except TokenVendingError as exc:
                 until = self._cool_down(exc, streak)
                 if until is not None:
@@ -498,7 +501,7 @@ class TokenVendor:
             if self.upstream.time_left(deadline) < MIN_ATTEMPT_SECONDS:
                 return self._serve_stale_or_raise(request, remembered, self._no_time())
             try:
-                token = self._fetch(request, deadline, forced=None)
+                token = self._fetch(request, deadline, kind=None)
             except TokenVendingError as exc:
                 cooled = self._cool_down(exc)
                 if cooled is not None:
@@ -508,16 +511,25 @@ class TokenVendor:
             return self._serve_new(token, request)
 
     # -- upstream -------------------------------------------------------------------------------
+    def _kind(self, request: TokenRequest, stale: CachedToken | None, renewal: bool) -> Kind:
+        """What a fetch spends the budget as: a caller replacing a token that is still fresh (``force_refresh``,
+        or a ``min_ttl`` it cannot keep) forces it, however it asks."""
+        if renewal:
+            return "renewal"
+        if request.force_refresh or (stale is not None and self.policy.is_fresh(stale, 0, time.time())):
+            return "forced"
+        return "miss"
+
     def _fetch(self, request: TokenRequest, deadline: float, retries: int | None = None,
-               forced: bool | None = False) -> CachedToken:
+               kind: Kind | None = "miss") -> CachedToken:
         """One upstream request; on a credentials error, re-read the secret and retry once if it
         changed (rotation). Retrying with credentials already refused would only count against us.
-        ``retries``: instead of the configured number (none while backing off). ``forced``: whether the request
-        spends the budget's forced share; ``None``: no budget (DynamoDB is down, so it cannot be counted)."""
+        ``retries``: instead of the configured number (none while backing off). ``kind``: what it spends the
+        budget as (:mod:`token_vending.budget`); ``None``: no budget (DynamoDB is down, so it cannot count)."""
         credentials = self.credentials.get()
         self._report_certificate(credentials)
         try:
-            return self._call(credentials, request, deadline, retries, forced)
+            return self._call(credentials, request, deadline, retries, kind)
         except UpstreamRejected as exc:
             if not self.profile.is_credential_error(exc.upstream_status or 0, exc.upstream_error):
                 raise
@@ -526,32 +538,32 @@ class TokenVendor:
                 raise
             self.logger.info("credentials were rejected and the secret has changed; retrying once")
             self._count("SecretReloaded")
-            return self._call(rotated, request, deadline, retries, forced)
+            return self._call(rotated, request, deadline, retries, kind)
 
-    def _spend(self, forced: bool) -> None:
-        """Spend one token request of the provider's hourly budget, or raise a 503 (not the provider's fault: no
-        cool-down) whose ``Retry-After`` is the next hour. When DynamoDB cannot count, the request goes ahead: the
-        token is the product, and the lease still bounds the fleet."""
+    def _spend(self, kind: Kind) -> None:
+        """Spend one fetch of the provider's hourly budget, or raise a 503 (not the provider's fault: no cool-down)
+        whose ``Retry-After`` is the next hour. When DynamoDB cannot count, the fetch goes ahead: the token is the
+        product, and the lease still bounds the fleet."""
         try:
-            retry_after = self.budget.spend(forced=forced)
+            retry_after = self.budget.spend(kind)
         except CacheUnavailable as exc:
             self.logger.warning("could not count the token request against the budget", extra={"reason": str(exc)})
             return
         if retry_after is None:
             return
         self._count("UpstreamBudgetExhausted")
-        limit = self.budget.limit(forced=forced)
-        self.logger.warning("the provider's hourly token budget is spent", extra={"budget": limit, "forced": forced})
-        share = "forced refreshes' share of " if forced else ""
+        self.logger.warning("the provider's hourly token budget is spent",
+                            extra={"budget": self.budget.per_hour, "kind": kind, "limit": self.budget.limit(kind)})
+        share = {"renewal": "", "miss": "callers' share of ", "forced": "forced refreshes' share of "}[kind]
         raise UpstreamUnavailable(f"{share}the provider's budget of {self.budget.per_hour} token requests an hour is "
                                   "spent", retry_after=retry_after, provider=self.profile.name, provider_fault=False)
 
     def _call(self, credentials: ClientCredentials, request: TokenRequest, deadline: float,
-              retries: int | None = None, forced: bool | None = False) -> CachedToken:
+              retries: int | None = None, kind: Kind | None = "miss") -> CachedToken:
         from aws_lambda_powertools.metrics import MetricUnit
 
-        if forced is not None:
-            self._spend(forced)
+        if kind is not None:
+            self._spend(kind)
         self._count("UpstreamRequest")
         started = time.perf_counter()
         try:
