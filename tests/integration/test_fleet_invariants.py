@@ -6,8 +6,9 @@ of the token API (whose fake Lambda client runs the provider function in an idle
 against DynamoDB Local (real conditional writes: single flight relies on them), Secrets Manager on the moto server,
 a wall clock the steps advance and a scripted hostile provider on 127.0.0.1 (``tests.support.fleet``).
 
-Rules: a burst of 1-5 concurrent calls (direct ``handle()``, the API's ``GET /token/{provider}``, or the scheduled
-refresh ahead) with a scope set, a ``min_ttl`` (boundary and invalid values included) and ``force_refresh``;
+Rules: a burst of 1-5 concurrent calls (direct ``handle()``, the API's ``GET /token/{provider}``, the scheduled
+refresh ahead, or the delivery of every per-token renewal the functions armed, due or not) with a scope set, a
+``min_ttl`` (boundary and invalid values included) and ``force_refresh``;
 switching the provider's behaviour (slow, failing with and without ``Retry-After``, trickling its body past the
 lease, JWTs expired or about to expire whatever ``expires_in`` says, short lifetimes, invalid bodies and tokens);
 advancing the clock; rotating the secret (in Secrets Manager and at the provider together, or only at the
@@ -68,6 +69,7 @@ from tests.support.fleet import (
 from token_vending import constants
 from token_vending.exceptions import ERRORS_BY_TYPE
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.renewal import Renewal, RenewalTimer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -101,7 +103,8 @@ class Call:
     """One caller's request. ``None`` means the parameter is not sent."""
 
     interface: str
-    """``direct`` (invoke the provider function), ``api`` (GET /token/{provider}) or ``refresh_ahead``."""
+    """``direct`` (invoke the provider function), ``api`` (GET /token/{provider}), ``refresh_ahead`` (the
+    schedule) or ``renewal`` (every renewal the functions armed, delivered as one SQS batch, due or not)."""
     hint: int = 0
     """Which environment to prefer (an idle one is taken if it is busy)."""
     scope: str | None = None
@@ -179,7 +182,10 @@ def effective_min_ttl(call: Call) -> int:
 class FleetWorld:
     """One provider deployed fresh (own partition, own secret, own provider server, own environments)."""
 
-    def __init__(self, shared: Shared, *, scope_mode: ScopeMode, default_scopes: str, retries: int) -> None:
+    def __init__(self, shared: Shared, *, scope_mode: ScopeMode, default_scopes: str, retries: int,
+                 renewals: bool = False) -> None:
+        """``renewals``: the functions arm per-token renewals (collected in ``armed`` instead of sent to SQS,
+        whose delays run on real time); a ``renewal`` call delivers them as the event source mapping would."""
         self.shared = shared
         self.clock = shared.clock
         self.name = f"fleet-{uuid.uuid4().hex[:10]}"
@@ -209,6 +215,12 @@ class FleetWorld:
                 "function": self.function_name, "scopes": " ".join(ALLOWED), "default_scopes": default_scopes,
                 "lifetime": LIFETIME}}),
         }
+        self.armed: list[Renewal] = []
+        self._arm = RenewalTimer.arm
+        if renewals:
+            self.env[constants.RENEWAL_QUEUE_URL_ENV] = "https://sqs.us-east-1.amazonaws.com/123456789012/fleet"
+            armed = self.armed
+            RenewalTimer.arm = lambda _timer, renewal, now=None: armed.append(renewal)  # type: ignore[method-assign,assignment]
         self._saved = {name: os.environ.get(name) for name in self.env}
         os.environ.update(self.env)
         self.profile = ClientCredentialsProfile(name=self.name, auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM,
@@ -224,6 +236,7 @@ class FleetWorld:
                              sink=self.logs, initial=2)
 
     def close(self) -> None:
+        RenewalTimer.arm = self._arm  # type: ignore[method-assign]
         self.server.stop()
         restore_environ(self._saved)
 
@@ -289,7 +302,11 @@ class FleetWorld:
             answer = Answer(call, started, served_at, int(response.get("statusCode", 0)), body,
                             headers=dict(response.get("headers") or {}))
         else:
-            event = {"refresh_ahead": True} if call.interface == "refresh_ahead" else call.payload()
+            if call.interface == "renewal":
+                event = sqs_event(self.armed[:])
+                self.armed.clear()
+            else:
+                event = {"refresh_ahead": True} if call.interface == "refresh_ahead" else call.payload()
             with self.providers.environment(call.hint) as env:
                 try:
                     result = env.target.handle(event, FakeContext(CONTEXT_SECONDS))
@@ -305,7 +322,7 @@ class FleetWorld:
                                     error_type=error_type, text=f"{error_type}: {exc} {exc!r}")
                 else:
                     served_at = self.clock.now()
-                    status = 0 if call.interface == "refresh_ahead" else 200
+                    status = 0 if call.interface in ("refresh_ahead", "renewal") else 200
                     answer = Answer(call, started, served_at, status, result)
         if not answer.text:
             shown = dict(answer.body) if isinstance(answer.body, dict) else answer.body
@@ -316,9 +333,22 @@ class FleetWorld:
         return answer
 
 
+def sqs_event(renewals: list[Renewal]) -> dict[str, Any]:
+    """What the event source mapping would hand the function for these messages (empty: an empty batch is never
+    delivered, so one stray message stands in)."""
+    bodies = [renewal.body() for renewal in renewals] or ["not a renewal"]
+    return {"Records": [{"messageId": str(uuid.uuid4()), "receiptHandle": "handle", "body": body, "attributes": {},
+                         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:fleet"} for body in bodies]}
+
+
 # --- invariants -------------------------------------------------------------------------------------------------
 def check_answer(world: FleetWorld, answer: Answer) -> None:
     call = answer.call
+    if call.interface == "renewal":
+        assert answer.error_type is None, f"invariant 3: a renewal raised: {answer.describe()}"
+        assert answer.body == {"batchItemFailures": []}, f"a renewal was left to SQS: {answer.describe()}"
+        return
     if call.interface == "refresh_ahead":
         assert answer.error_type is None, f"invariant 3: refresh ahead raised: {answer.describe()}"
         assert isinstance(answer.body, dict), answer.describe()
@@ -432,6 +462,7 @@ CALLS = st.one_of(
     st.builds(Call, interface=st.just("direct"), hint=st.integers(0, 4)),
     st.builds(Call, interface=st.just("api"), hint=st.integers(0, 4)),
     st.builds(Call, interface=st.just("refresh_ahead"), hint=st.integers(0, 4)),
+    st.builds(Call, interface=st.just("renewal"), hint=st.integers(0, 4)),
 )
 
 
@@ -447,7 +478,8 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
                     default_scopes=st.sampled_from(["read", ""]), retries=st.sampled_from([0, 1]),
                     behaviour=BEHAVIOUR_NAMES)
         def deploy(self, scope_mode: ScopeMode, default_scopes: str, retries: int, behaviour: str) -> None:
-            self.world = FleetWorld(shared, scope_mode=scope_mode, default_scopes=default_scopes, retries=retries)
+            self.world = FleetWorld(shared, scope_mode=scope_mode, default_scopes=default_scopes, retries=retries,
+                                    renewals=True)
             self.world.switch(behaviour)
 
         def _burst(self, calls: list[Call]) -> None:
@@ -471,6 +503,15 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
         @rule(calls=st.lists(CALLS, min_size=1, max_size=3))
         def small_burst(self, calls: list[Call]) -> None:
             self._burst(calls)
+
+        @rule(hint=st.integers(0, 4), concurrent=st.sampled_from([None, "api", "direct"]))
+        def renewals_go_off(self, hint: int, concurrent: str | None) -> None:
+            """The clock moves to the earliest armed renewal's time (as SQS delays it) and every armed renewal is
+            delivered, optionally while a caller asks."""
+            assert self.world is not None
+            if self.world.armed:
+                shared.clock.advance(max(0.0, min(r.due for r in self.world.armed) - shared.clock.now()))
+            self._burst([Call("renewal", hint=hint)] + ([Call(concurrent, hint=hint + 1)] if concurrent else []))
 
         @rule(name=BEHAVIOUR_NAMES, expire=st.booleans())
         def switch_behaviour(self, name: str, expire: bool) -> None:
