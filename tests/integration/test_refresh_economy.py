@@ -259,3 +259,26 @@ def test_callers_cannot_spend_the_budget_renewals_need(budgeted: FleetWorld, sha
     (later,) = run(world, [Call("api", scope="audit write")])
     assert later.status == 200
     assert requests(world) == 8
+
+
+def test_a_spent_budget_does_not_reset_an_outages_back_off(budgeted: FleetWorld, shared: Shared) -> None:
+    """The budget's refusal is not the provider's answer: when the next hour's budget lets callers ask again, the
+    back-off goes on where it was (150 s), not from 10 s with retries."""
+    world = budgeted
+    world.switch("fail_503")
+    waits = []
+    for _ in range(6):  # the callers' share of a budget of 8
+        (answer,) = run(world, [Call("api")])
+        assert answer.status == 503
+        waits.append(int(answer.headers["Retry-After"]))
+        shared.clock.advance(waits[-1] + 1)
+    assert waits == [10, 20, 40, 80, 150, 150]
+    assert requests(world) == 6
+    (refused,) = run(world, [Call("api")])
+    assert "budget" in refused.body["error_description"]
+    assert requests(world) == 6
+    shared.clock.advance(3600 - shared.clock.now() % 3600 + 1)  # a new budget
+    (again,) = run(world, [Call("api")])
+    assert again.status == 503
+    assert requests(world) == 7
+    assert int(again.headers["Retry-After"]) == 150

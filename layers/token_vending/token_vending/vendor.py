@@ -399,6 +399,12 @@ class TokenVendor:
                     self.cache.record_failure(self.profile.name, key, self.owner, until, exc.body(),
                                               failures=streak + 1)
                     release = False  # the lease stays as the cool-down record
+                elif streak:
+                    # Not the provider's fault (the budget, our own time, Secrets Manager): it says nothing about
+                    # the provider, so the back-off is kept as it was -- a lapsed record with the same streak.
+                    self.cache.record_failure(self.profile.name, key, self.owner, time.time(), exc.body(),
+                                              failures=streak)
+                    release = False
                 return self._serve_stale_or_raise(request, stale, exc)
             # A renewal carries the scope set's last use over; a caller's fetch is a use.
             used = last_use(stale) if stale is not None else 0.0
