@@ -16,10 +16,12 @@ status is 1). ``--only NAME`` measures a subset (with the figures measured along
     and of Pyng's provider function (``functions/provider/app.py`` with ``PROVIDER_NAME=pyng``, direct
     invocation ``events/invoke-pyng.json``), each first answer a DynamoDB hit (token pre-seeded in DynamoDB
     Local), each sample a fresh interpreter with the function's deployed environment (the template's variables
-    from ``local.stack.deployed()``, the runtime's, tracing active as ``Tracing: Active`` gives: the X-Ray SDK
-    imported, botocore patched, a sampled trace header); and of a baseline handler that makes one boto3
-    DynamoDB client (same configuration and endpoint) and does the same ``GetItem``. Interpreter start-up
-    excluded. 15 samples per side after one warm-up each, in rotating order. ``cold_start_ratio`` is the worse
+    from ``local.stack.deployed()``, the runtime's, tracing active as ``Tracing: Active`` gives: a sampled
+    trace header, the X-Ray daemon address; the functions make Powertools' Tracer on their first miss, so a
+    hit imports no X-Ray SDK); and of a baseline handler that makes one boto3 DynamoDB client (same
+    configuration and endpoint) and does the same ``GetItem``. Interpreter start-up excluded. 25 samples per
+    side (with fewer, one noisy spell on 2 shared cores moves the medians) after one warm-up each, in rotating
+    order. ``cold_start_ratio`` is the worse
     of api / baseline and provider / baseline. See ``benchmarks.cold_start``.
 
 ``upstream_calls_20_cold``
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure only this figure and those measured with it (repeatable)")
     parser.add_argument("--steady-seconds", type=float, default=30.0, help="length of each steady-state run")
     parser.add_argument("--rounds", type=int, default=300, help="measured rounds of hit_vs_getitem_ratio")
-    parser.add_argument("--cold-runs", type=int, default=15, help="fresh interpreters per side of cold_start_*")
+    parser.add_argument("--cold-runs", type=int, default=25, help="fresh interpreters per side of cold_start_*")
     args = parser.parse_args(argv)
 
     # Figures only on stdout: anything else that writes to fd 1 (libraries, children) lands on stderr.
