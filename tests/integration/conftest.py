@@ -15,7 +15,7 @@ from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
 from local.stack import LocalStack, StackConfig
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
 from tests.support.fleet import FleetClock, Shared
-from tests.support.harness import LogCapture, create_table
+from tests.support.harness import LogCapture, aws_clients, create_table
 from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
 
 if TYPE_CHECKING:
@@ -119,3 +119,9 @@ def shared(fleet_aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Shared
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return Shared(clock=clock, **fleet_aws)
+
+
+@pytest.fixture(scope="module")
+def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> dict[str, Any]:
+    """The provider functions' boto3 clients on loopback (DynamoDB Local, moto for Secrets Manager and KMS)."""
+    return aws_clients(dynamodb_local.endpoint, moto_server)

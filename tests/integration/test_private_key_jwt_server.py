@@ -20,7 +20,6 @@ import socket
 import time
 import types
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -29,15 +28,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk
 
+from tests.support import harness
 from tests.support.authlib_server import AuthlibTokenServer, Incoming, RegisteredClient
-from tests.support.harness import Environment, Outputs, aws_clients, create_table, put_secret
+from tests.support.harness import create_table
 from tests.support.pki import key_leak_forms, key_pem, leaks, token_leak_forms
-from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.profile import ClientAuth
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from tests.support.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.integration
 
@@ -86,27 +85,11 @@ def jws_parts(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return decode(header), decode(payload)
 
 
-# --- AWS on loopback -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> dict[str, Any]:
-    return aws_clients(dynamodb_local.endpoint, moto_server)
-
-
-# --- one deployment and its execution environments -----------------------------------------------------------
-@dataclass
-class Deployment:
-    aws: dict[str, Any]
+# --- one deployment and its execution environments (the AWS clients: the integration conftest's ``aws``) -------
+class Deployment(harness.Deployment):
+    provider = PROVIDER
+    auth = ClientAuth.PRIVATE_KEY_JWT
     server: AuthlibTokenServer
-    table: str
-    secret_id: str
-    outputs: Outputs = field(default_factory=Outputs)
-
-    def environment(self, auth: ClientAuth = ClientAuth.PRIVATE_KEY_JWT) -> Environment:
-        profile = ClientCredentialsProfile(name=PROVIDER, auth=auth, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL)
-        return Environment.start(profile, self.aws, self.outputs)
-
-    def put_secret(self, **fields: str) -> None:
-        put_secret(self.aws["secretsmanager"], self.secret_id, **fields)
 
     def assertions(self) -> list[str]:
         """Every client assertion the server received."""

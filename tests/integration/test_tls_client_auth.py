@@ -26,21 +26,21 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support.harness import Environment, Outputs, aws_clients, create_table, put_secret
+from tests.support import harness
+from tests.support.harness import create_table
 from tests.support.mtls_server import MtlsTokenServer
 from tests.support.pki import CertificateAuthority, Issued, key_leak_forms, leaks, pem_body
-from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.profile import ClientAuth
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.support.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.integration
 
@@ -66,27 +66,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca, CertificateAuthority("Some Other CA"), ca.write_bundle(tmp_path_factory.mktemp("ca") / "ca.pem"))
 
 
-@pytest.fixture(scope="module")
-def aws(dynamodb_local: DynamoDBLocal, moto_server: str) -> dict[str, Any]:
-    return aws_clients(dynamodb_local.endpoint, moto_server)
-
-
-# --- one deployment and its execution environments -----------------------------------------------------------
-@dataclass
-class Deployment:
-    aws: dict[str, Any]
+# --- one deployment and its execution environments (the AWS clients: the integration conftest's ``aws``) -------
+class Deployment(harness.Deployment):
+    provider = PROVIDER
+    auth = ClientAuth.TLS_CLIENT_AUTH
     server: MtlsTokenServer
-    table: str
-    secret_id: str
-    outputs: Outputs = field(default_factory=Outputs)
-
-    def environment(self, auth: ClientAuth = ClientAuth.TLS_CLIENT_AUTH) -> Environment:
-        """A fresh execution environment with the Logger/Metrics/boto3 wiring of ``functions/provider/app.py``."""
-        profile = ClientCredentialsProfile(name=PROVIDER, auth=auth, body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL)
-        return Environment.start(profile, self.aws, self.outputs)
-
-    def put_secret(self, **fields: str) -> None:
-        put_secret(self.aws["secretsmanager"], self.secret_id, **fields)
 
     def put_certificate(self, issued: Issued, client_id: str = CLIENT_ID) -> None:
         self.put_secret(client_id=client_id, certificate=issued.certificate_pem, private_key=issued.key_pem)
@@ -358,7 +342,8 @@ def test_tls_client_auth_unusable_pems_are_misconfigured_naming_the_field(deploy
 
 CHILD = """
 import json, os, sys
-from tests.integration.test_tls_client_auth import Deployment, aws_clients
+from tests.integration.test_tls_client_auth import Deployment
+from tests.support.harness import aws_clients
 config = json.loads(os.environ["MTLS_CHILD"])
 deployment = Deployment(aws_clients(config["dynamodb"], config["moto"]), None, config["table"],  # no server
                         config["secret_id"])

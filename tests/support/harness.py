@@ -10,7 +10,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import boto3
 
@@ -18,7 +18,7 @@ from token_vending.clients import DYNAMODB_CONFIG, SECRETS_CONFIG
 from token_vending.exceptions import TokenVendingError
 
 if TYPE_CHECKING:
-    from token_vending.profile import ClientCredentialsProfile
+    from token_vending.profile import ClientAuth, ClientCredentialsProfile
     from token_vending.provider_function import ProviderFunction
 
 CREDENTIALS: dict[str, Any] = {"region_name": "us-east-1", "aws_access_key_id": "testing",
@@ -135,3 +135,30 @@ class Environment:
             self.metrics.clear_metrics()
         self.outputs.answers.append(json.dumps(answer))
         return answer
+
+
+@dataclass
+class Deployment:
+    """One provider function deployed against loopback AWS (its table, its secret) and a token server: what the
+    integration tests of a client authentication method share. Subclasses name the provider and its default
+    method (``provider``, ``auth``) and add what their method needs."""
+
+    provider: ClassVar[str] = "provider"
+    auth: ClassVar[ClientAuth | None] = None
+
+    aws: dict[str, Any]
+    server: Any
+    table: str
+    secret_id: str
+    outputs: Outputs = field(default_factory=Outputs)
+
+    def environment(self, auth: ClientAuth | None = None) -> Environment:
+        """A fresh execution environment with the Logger/Metrics/boto3 wiring of ``functions/provider/app.py``."""
+        from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+
+        profile = ClientCredentialsProfile(name=self.provider, auth=auth or self.auth or ClientAuth.BASIC_HEADER,
+                                           body=BodyEncoding.FORM, scope=ScopeMode.OPTIONAL)
+        return Environment.start(profile, self.aws, self.outputs)
+
+    def put_secret(self, **fields: str) -> None:
+        put_secret(self.aws["secretsmanager"], self.secret_id, **fields)
