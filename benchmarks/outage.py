@@ -63,6 +63,8 @@ from benchmarks import REPO_ROOT
 from benchmarks.infra import child_env, progress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from benchmarks.infra import LoopbackAws
     from tests.support.fleet import FleetClock, Pool, ScriptedProvider
 
@@ -159,22 +161,17 @@ class Fleet:
         self.renewals: list[tuple[float, str]] = []
         """(delivery instant, message body) of the armed renewal timers not delivered yet."""
         self._renewals_lock = threading.Lock()
-        self._original_arm = self._arm_renewals()
+        self._stop_recording = self._arm_renewals()
 
-    def _arm_renewals(self) -> Any:
-        """Record what the functions arm instead of sending it to SQS; returns the original method."""
-        from token_vending.renewal import RenewalTimer
+    def _arm_renewals(self) -> Callable[[], None]:
+        """Record what the functions arm instead of sending it to SQS; returns what puts the original back."""
+        from tests.support.fleet import record_renewals
 
-        original = RenewalTimer.arm
-        fleet = self
+        def arm(renewal: Any, now: float) -> None:
+            with self._renewals_lock:
+                self.renewals.append((now + renewal.delay(now) + DELIVERY_LATENCY, renewal.body()))
 
-        def arm(timer: RenewalTimer, renewal: Any, now: float | None = None) -> None:
-            now = time.time() if now is None else now
-            with fleet._renewals_lock:
-                fleet.renewals.append((now + renewal.delay(now) + DELIVERY_LATENCY, renewal.body()))
-
-        RenewalTimer.arm = arm  # type: ignore[method-assign,assignment]
-        return original
+        return record_renewals(arm)
 
     def due_renewals(self, now: float) -> list[str]:
         with self._renewals_lock:
@@ -183,9 +180,7 @@ class Fleet:
         return due
 
     def close(self) -> None:
-        from token_vending.renewal import RenewalTimer
-
-        RenewalTimer.arm = self._original_arm  # type: ignore[method-assign]
+        self._stop_recording()
         self.server.stop()
         from tests.support.fleet import restore_environ
 
@@ -230,13 +225,10 @@ class Fleet:
 
     def deliver(self, hint: int, body: str) -> dict[str, Any]:
         """One renewal message, as the SQS event source mapping delivers it."""
-        from tests.support.fleet import FakeContext
+        from tests.support.fleet import FakeContext, sqs_event
 
-        record = {"messageId": str(uuid.uuid4()), "receiptHandle": "bench", "body": body, "attributes": {},
-                  "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-                  "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench-outage"}
         with self.providers.environment(hint) as env:
-            result: dict[str, Any] = env.target.handle({"Records": [record]}, FakeContext(CONTEXT_SECONDS))
+            result: dict[str, Any] = env.target.handle(sqs_event([body], "bench-outage"), FakeContext(CONTEXT_SECONDS))
         return result
 
     def issued_after(self, token: str | None, instant: float) -> bool:

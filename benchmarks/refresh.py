@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.infra import progress
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from benchmarks.infra import LoopbackAws
     from token_vending.renewal import Renewal
@@ -81,18 +81,6 @@ def _patched_clock() -> Iterator[Any]:
         time.time = real
 
 
-@contextmanager
-def _recorded_renewals(sink: Callable[[Any, float], None]) -> Iterator[None]:
-    from token_vending.renewal import RenewalTimer
-
-    original = RenewalTimer.arm
-    RenewalTimer.arm = lambda self, renewal, now=None: sink(renewal, time.time())  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        RenewalTimer.arm = original  # type: ignore[method-assign]
-
-
 def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int = 7) -> LifetimeResult:
     """``timers``: per-token renewals on (the deployed default); off, the scheduled run renews by itself."""
     import boto3
@@ -107,6 +95,8 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
         api_event,
         api_pool,
         provider_pool,
+        record_renewals,
+        sqs_event,
     )
     from tests.support.harness import CREDENTIALS
     from token_vending import constants
@@ -164,7 +154,8 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
             calls = waited = 0
             first_token_at: float | None = None
             requests_before = 0
-            with _recorded_renewals(armed):
+            stop_recording = record_renewals(armed)
+            try:
                 while events:
                     event = heapq.heappop(events)
                     if first_token_at is not None and event.at > first_token_at + window:
@@ -185,16 +176,14 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
                         period = max(20.0, lifetime / 10)
                         push(clock.now() + period * rng.uniform(0.5, 1.5), "call")
                     elif event.kind == "renewal":
-                        record = {"messageId": str(uuid.uuid4()), "receiptHandle": "r", "body": event.payload.body(),
-                                  "attributes": {}, "messageAttributes": {}, "md5OfBody": "",
-                                  "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-                                  "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench"}
                         with providers.environment(1) as fn:
-                            fn.target.handle({"Records": [record]}, FakeContext(8.0))
+                            fn.target.handle(sqs_event([event.payload.body()], "bench"), FakeContext(8.0))
                     else:
                         with providers.environment(0) as fn:
                             fn.target.handle({"refresh_ahead": True}, FakeContext(8.0))
                         push(clock.now() + SCHEDULE_SECONDS, "schedule")
+            finally:
+                stop_recording()
             requests = sum(server.request_count().values()) - requests_before
         finally:
             server.stop()

@@ -64,15 +64,18 @@ from tests.support.fleet import (
     api_event,
     api_pool,
     provider_pool,
+    record_renewals,
     restore_environ,
+    sqs_event,
 )
 from token_vending import constants
 from token_vending.exceptions import ERRORS_BY_TYPE
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
-from token_vending.renewal import Renewal, RenewalTimer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    from token_vending.renewal import Renewal
 
 
 pytestmark = pytest.mark.integration
@@ -216,11 +219,10 @@ class FleetWorld:
                 "lifetime": LIFETIME}}),
         }
         self.armed: list[Renewal] = []
-        self._arm = RenewalTimer.arm
+        self._stop_recording: Callable[[], None] = lambda: None
         if renewals:
             self.env[constants.RENEWAL_QUEUE_URL_ENV] = "https://sqs.us-east-1.amazonaws.com/123456789012/fleet"
-            armed = self.armed
-            RenewalTimer.arm = lambda _timer, renewal, now=None: armed.append(renewal)  # type: ignore[method-assign,assignment]
+            self._stop_recording = record_renewals(lambda renewal, _now: self.armed.append(renewal))
         self._saved = {name: os.environ.get(name) for name in self.env}
         os.environ.update(self.env)
         self.profile = ClientCredentialsProfile(name=self.name, auth=ClientAuth.FORM_BODY, body=BodyEncoding.FORM,
@@ -236,7 +238,7 @@ class FleetWorld:
                              sink=self.logs, initial=2)
 
     def close(self) -> None:
-        RenewalTimer.arm = self._arm  # type: ignore[method-assign]
+        self._stop_recording()
         self.server.stop()
         restore_environ(self._saved)
 
@@ -303,7 +305,8 @@ class FleetWorld:
                             headers=dict(response.get("headers") or {}))
         else:
             if call.interface == "renewal":
-                event = sqs_event(self.armed[:])
+                # An empty batch is never delivered: one stray message stands in for none.
+                event = sqs_event([renewal.body() for renewal in self.armed] or ["not a renewal"], "fleet")
                 self.armed.clear()
             else:
                 event = {"refresh_ahead": True} if call.interface == "refresh_ahead" else call.payload()
@@ -331,15 +334,6 @@ class FleetWorld:
             answer.text = json.dumps(shown) + json.dumps(answer.headers)
         self.received.write(answer.text + "\n")
         return answer
-
-
-def sqs_event(renewals: list[Renewal]) -> dict[str, Any]:
-    """What the event source mapping would hand the function for these messages (empty: an empty batch is never
-    delivered, so one stray message stands in)."""
-    bodies = [renewal.body() for renewal in renewals] or ["not a renewal"]
-    return {"Records": [{"messageId": str(uuid.uuid4()), "receiptHandle": "handle", "body": body, "attributes": {},
-                         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-                         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:fleet"} for body in bodies]}
 
 
 # --- invariants -------------------------------------------------------------------------------------------------

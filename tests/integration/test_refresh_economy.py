@@ -12,14 +12,13 @@ Behaviour, not timing: how many token requests the provider received, what calle
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.integration.test_fleet_invariants import LIFETIME, Answer, Call, FleetWorld, run
-from tests.support.fleet import FakeContext, Shared
+from tests.support.fleet import FakeContext, Shared, sqs_event
 from token_vending import constants
 from token_vending.profile import ScopeMode
 from token_vending.renewal import LEAD_SECONDS, Renewal, RenewalTimer
@@ -60,11 +59,7 @@ def renewing(shared: Shared, monkeypatch: pytest.MonkeyPatch, armed: list[Renewa
 
 def deliver(world: FleetWorld, renewal: Renewal, hint: int = 0) -> dict[str, Any]:
     """The event source mapping's invocation: the standard SQS event with one record."""
-    event = {"Records": [{
-        "messageId": str(uuid.uuid4()), "receiptHandle": "handle", "body": renewal.body(),
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"}, "messageAttributes": {},
-        "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:renewals"}]}
+    event = sqs_event([renewal.body()])
     with world.providers.environment(hint) as env:
         result: dict[str, Any] = env.target.handle(event, FakeContext(8.0))
     return result

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from token_vending.profile import ClientCredentialsProfile
+    from token_vending.renewal import Renewal
 
 REAL_TIME = time.time
 """The real wall clock, kept before any test patches ``time.time``."""
@@ -72,6 +73,32 @@ class Shared:
     api_dynamodb: Any
     secretsmanager: Any
     table: str
+
+
+def sqs_event(bodies: list[str], queue: str = "renewals") -> dict[str, Any]:
+    """The event the SQS event source mapping hands a function for these message bodies."""
+    return {"Records": [{"messageId": str(uuid.uuid4()), "receiptHandle": "handle", "body": body,
+                         "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
+                         "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                         "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}"} for body in bodies]}
+
+
+def record_renewals(sink: Callable[[Renewal, float], None]) -> Callable[[], None]:
+    """Hand what the provider functions arm to ``sink(renewal, now)`` instead of SQS (whose delays run on real
+    time, not a fleet's clock); returns what puts ``RenewalTimer.arm`` back."""
+    from token_vending.renewal import RenewalTimer
+
+    original = RenewalTimer.arm
+
+    def arm(_timer: RenewalTimer, renewal: Renewal, now: float | None = None) -> None:
+        sink(renewal, time.time() if now is None else now)
+
+    RenewalTimer.arm = arm  # type: ignore[method-assign,assignment]
+
+    def restore() -> None:
+        RenewalTimer.arm = original  # type: ignore[method-assign]
+
+    return restore
 
 
 def restore_environ(saved: dict[str, str | None]) -> None:

@@ -29,6 +29,20 @@ def seed(client: Any, route: str, scope_key: str, token: str, expires_in: int = 
         "fetched_at": {"N": str(now - 600)}, "lifetime": {"N": "3600"}, "purge_at": {"N": str(int(now) + 9999)}})
 
 
+class PyngFunction:
+    """A Lambda client whose every invoke is Pyng's function answering with ``token``, fresh for 800 s."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def invoke(self, **_: Any) -> dict[str, Any]:
+        import io
+
+        body = {"provider": "pyng", "access_token": self.token, "token_type": "Bearer", "expires_in": 800,
+                "expires_at": int(time.time()) + 800, "scope": PYNG_SCOPES}
+        return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
+
+
 def scope_key_of(raw: str | None, route: str) -> str:
     scopes = (raw or (PYNG_SCOPES if route == "pyng" else "")).split()
     return " ".join(sorted(set(scopes)))
@@ -177,15 +191,8 @@ def test_a_forced_refresh_naming_the_cached_token_counts_no_cache_hit(api_app: A
     """Naming the token still cached delegates to the provider function: that request is a ProviderInvoke, not
     a cache hit; naming another token is served from the cache and counted as a hit."""
     import hashlib
-    import io
 
-    class FreshToken:
-        def invoke(self, **_: Any) -> dict[str, Any]:
-            body = {"provider": "pyng", "access_token": "fresh", "token_type": "Bearer", "expires_in": 800,
-                    "expires_at": int(time.time()) + 800, "scope": PYNG_SCOPES}
-            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
-
-    api_app.api.lambda_client = FreshToken()
+    api_app.api.lambda_client = PyngFunction("fresh")
     event = json.loads((EVENTS / "api-pyng.json").read_text())
     seed(moto_table, "pyng", scope_key_of(event["queryStringParameters"]["scope"], "pyng"), "cached", expires_in=86000)
 
@@ -216,15 +223,8 @@ def test_a_forced_refresh_naming_a_token_is_never_answered_with_an_older_one_fro
     A is not "the token that replaced B": the latest stored token is read (consistently), found to be B, and the
     provider function is asked."""
     import hashlib
-    import io
 
-    class FreshToken:
-        def invoke(self, **_: Any) -> dict[str, Any]:
-            body = {"provider": "pyng", "access_token": "C", "token_type": "Bearer", "expires_in": 800,
-                    "expires_at": int(time.time()) + 800, "scope": PYNG_SCOPES}
-            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
-
-    api_app.api.lambda_client = FreshToken()
+    api_app.api.lambda_client = PyngFunction("C")
     event = json.loads((EVENTS / "api-pyng.json").read_text())
     key = scope_key_of(event["queryStringParameters"]["scope"], "pyng")
     seed(moto_table, "pyng", key, "A", expires_in=86000)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.fleet import sqs_event
 from tests.unit.conftest import TABLE, load_app
 from tests.unit.test_handlers import EVENTS, PROVIDERS, scope_key_of, seed
 from token_vending.budget import UpstreamBudget, default_budget
@@ -17,7 +18,7 @@ from token_vending.cache import CachedToken, TokenCache
 from token_vending.catalogue import CATALOGUE
 from token_vending.exceptions import Misconfigured
 from token_vending.freshness import RefreshPolicy
-from token_vending.renewal import LEAD_SECONDS, MAX_DELAY_SECONDS, Renewal, renewals_in
+from token_vending.renewal import LEAD_SECONDS, MAX_DELAY_SECONDS, Renewal, is_sqs_event
 from token_vending.settings import ProviderSettings, unknown_budget_routes
 from token_vending.usage import MARK_EVERY, UsageMarks
 
@@ -70,11 +71,11 @@ def test_malformed_renewals_are_none(body: str) -> None:
 
 
 def test_only_sqs_events_are_renewal_batches() -> None:
-    record = {"messageId": "m", "body": Renewal("", 1.0, 2.0).body(), "eventSource": "aws:sqs"}
-    assert renewals_in({"Records": [record]}) == [("m", Renewal("", 1.0, 2.0))]
-    assert renewals_in({"Records": [record | {"eventSource": "aws:sns"}]}) is None
-    assert renewals_in({"Records": []}) is None
-    assert renewals_in({"scope": "x"}) is None
+    event = sqs_event([Renewal("", 1.0, 2.0).body(), "not a renewal"])
+    assert is_sqs_event(event)
+    assert not is_sqs_event({"Records": [*event["Records"], event["Records"][0] | {"eventSource": "aws:sns"}]})
+    assert not is_sqs_event({"Records": []})
+    assert not is_sqs_event({"scope": "x"})
 
 
 def test_a_provider_function_drops_a_message_that_is_not_a_renewal(moto_table: Any, context: Any,
@@ -83,12 +84,10 @@ def test_a_provider_function_drops_a_message_that_is_not_a_renewal(moto_table: A
                         "TOKEN_URL": "https://provider.invalid/token", "ALLOWED_SCOPES": "a"}.items():
         monkeypatch.setenv(name, value)
     provider = load_app("pyng")
-    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": "not a renewal", "attributes": {},
-                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}]}
+    event = sqs_event(["not a renewal"])
     assert provider.handler(event, context) == {"batchItemFailures": []}
     # A renewal of a token that does not exist does nothing either (and asks no provider).
-    event["Records"][0]["body"] = Renewal("a", 1.0, 2.0).body()
+    event = sqs_event([Renewal("a", 1.0, 2.0).body()])
     assert provider.handler(event, context) == {"batchItemFailures": []}
 
 
@@ -235,9 +234,7 @@ def test_a_misconfigured_function_drops_renewals_instead_of_failing_the_batch(
                         "TOKEN_URL": "http://provider.example/token", "ALLOWED_SCOPES": "a"}.items():
         monkeypatch.setenv(name, value)  # plain http outside local mode: misconfigured
     provider = load_app("pyng")
-    event = {"Records": [{"messageId": "m1", "receiptHandle": "r", "body": Renewal("a", 1.0, 2.0).body(),
-                          "attributes": {}, "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                          "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}]}
+    event = sqs_event([Renewal("a", 1.0, 2.0).body()])
     assert provider.handler(event, context) == {"batchItemFailures": []}
     with pytest.raises(Exception, match="misconfigured"):
         provider.handler({}, context)  # a caller still gets the contract's error

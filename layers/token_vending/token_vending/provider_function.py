@@ -163,9 +163,9 @@ class ProviderFunction:
         if event == REFRESH_AHEAD_EVENT:
             return self.vendor().refresh_ahead(deadline=deadline)
         if isinstance(event, dict) and "Records" in event:
-            from token_vending.renewal import renewals_in
+            from token_vending.renewal import is_sqs_event
 
-            if renewals_in(event) is not None:
+            if is_sqs_event(event):
                 return self._renew(event, context, deadline)
         try:
             vendor = self.vendor()

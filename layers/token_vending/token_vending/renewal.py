@@ -113,10 +113,8 @@ class RenewalTimer:
                                   DelaySeconds=renewal.delay(now))
 
 
-def renewals_in(event: Any) -> list[tuple[str, Renewal | None]] | None:
-    """The (message id, renewal) pairs of an SQS event, or ``None`` when ``event`` is not one."""
+def is_sqs_event(event: Any) -> bool:
+    """Whether ``event`` is a batch from an SQS event source mapping (the renewal queue's)."""
     records = event.get("Records") if isinstance(event, dict) else None
-    if not isinstance(records, list) or not records or not all(
-            isinstance(record, dict) and record.get("eventSource") == "aws:sqs" for record in records):
-        return None
-    return [(str(record.get("messageId", "")), Renewal.from_body(record.get("body"))) for record in records]
+    return isinstance(records, list) and bool(records) and all(
+        isinstance(record, dict) and record.get("eventSource") == "aws:sqs" for record in records)
