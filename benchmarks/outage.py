@@ -37,7 +37,7 @@ caps), each with a fresh table, secret and provider:
    provider issued after that moment.
 
 ``outage_attempts_per_hour`` is the most any scope set saw in any variant; ``outage_recovery_seconds`` the
-longest recovery. The back-off bounds them: 10 s doubling to a 150 s cap (``token_vending.vendor._cool_down``),
+longest recovery. The back-off bounds them: 10 s doubling to a 150 s cap (``token_vending.cooldown.cool_down``),
 so about 30 requests an hour and, in the worst phase, 150 s plus one caller interval. stderr shows when each
 attempt came (simulated seconds into the hour) and what callers were answered.
 

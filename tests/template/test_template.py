@@ -54,9 +54,9 @@ from tests.template.cfn import (
     without_cfn_lint_ignores,
 )
 from token_vending import constants
+from token_vending.fetch import CERTIFICATE_WARNING_DAYS
 from token_vending.profile import AUTH_METHODS, ScopeMode
 from token_vending.settings import ApiSettings, ProviderSettings
-from token_vending.vendor import CERTIFICATE_WARNING_DAYS
 
 SAMCONFIG = ROOT / "samconfig.toml"
 ENV_JSON = ROOT / "env.json"

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from aws_lambda_powertools import Logger, Metrics
     from mypy_boto3_sqs import SQSClient
 
     from token_vending.cache import CachedToken
@@ -111,6 +112,25 @@ class RenewalTimer:
         now = time.time() if now is None else now
         self._client.send_message(QueueUrl=self.queue_url, MessageBody=renewal.body(),
                                   DelaySeconds=renewal.delay(now))
+
+
+def arm(timer: RenewalTimer | None, renewal: Renewal, *, logger: Logger, metrics: Metrics) -> bool:
+    """Arm ``renewal`` on the queue; ``False`` without a queue or when SQS refused (logged and counted: the
+    scheduled run arms it again)."""
+    if timer is None:
+        return False
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from token_vending.counting import count
+
+    try:
+        timer.arm(renewal)
+    except (BotoCoreError, ClientError) as exc:
+        count(metrics, "RefreshAheadFailure")
+        logger.warning("could not arm the renewal", extra={"scope_key": renewal.scope_key,
+                                                           "reason": type(exc).__name__})
+        return False
+    return True
 
 
 def is_sqs_event(event: Any) -> bool:

@@ -1,0 +1,167 @@
+"""Renewals: each stored token is replaced before callers find it inside its refresh margin.
+
+Why a job of its own: renewals are not callers. A renewal timer (:mod:`token_vending.renewal`) renews its token only
+if it is still the stored one and its scope set is in use (:mod:`token_vending.usage`); the scheduled run is the
+safety net under the timers -- it re-arms any renewal that falls before its next run and renews what is already
+due. Both go through the same lease as callers (:mod:`token_vending.refresh`), so a renewal never doubles a
+caller's fetch, and a renewal that fails is armed again while its token lives.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from token_vending.cache import CacheUnavailable
+from token_vending.counting import count
+from token_vending.exceptions import TokenVendingError
+from token_vending.profile import ClientAuth
+from token_vending.renewal import Renewal, arm
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger, Metrics
+
+    from token_vending.cache import CachedToken, TokenCache
+    from token_vending.fetch import Fetcher
+    from token_vending.freshness import RefreshPolicy
+    from token_vending.profile import ClientCredentialsProfile
+    from token_vending.refresh import LeasedRefresh
+    from token_vending.renewal import RenewalTimer
+    from token_vending.serving import ServeRules
+    from token_vending.settings import ProviderSettings
+    from token_vending.usage import UsageMarks
+
+SCHEDULE_SLACK = 1.5
+"""The scheduled run looks this many intervals ahead (a late run must not miss a token)."""
+
+
+class Renewer:
+    def __init__(self, *, profile: ClientCredentialsProfile, settings: ProviderSettings, policy: RefreshPolicy,
+                 cache: TokenCache, usage: UsageMarks, refresher: LeasedRefresh, rules: ServeRules, fetcher: Fetcher,
+                 timer: RenewalTimer | None, logger: Logger, metrics: Metrics) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.policy = policy
+        self.cache = cache
+        self.usage = usage
+        self.refresher = refresher
+        self.rules = rules
+        self.fetcher = fetcher
+        self.timer = timer
+        self.logger = logger
+        self.metrics = metrics
+
+    def refresh_ahead(self, deadline: float) -> dict[str, int]:
+        """The scheduled run, a safety net under the per-token renewals: every live token of a scope set in use
+        whose renewal falls before the next run gets its renewal armed again (a lost one is replaced; a duplicate
+        does nothing), and one already due is renewed now. Without a renewal queue the run renews, itself, every
+        token that would enter its margin before the next run. Scope sets nobody used for the idle period are
+        left to expire; so are sets no longer configured."""
+        summary = {"renewed": 0, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
+        if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH:
+            try:
+                self.fetcher.report_certificate(self.fetcher.credentials.get())
+            except TokenVendingError as exc:
+                self.logger.warning("could not read the client certificate", extra={"error": exc.code})
+        now = time.time()
+        interval = self.settings.cache.refresh_ahead_interval
+        try:
+            live = [token for token in self.cache.list_tokens(self.profile.name) if token.remaining(now) > 0]
+        except CacheUnavailable as exc:
+            count(self.metrics, "RefreshAheadFailure")
+            self.logger.warning("refresh ahead could not list tokens", extra={"reason": str(exc)})
+            summary["failed"] += 1
+            return summary
+        for token in live:
+            if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
+                summary["idle"] += 1
+                continue
+            renewal = Renewal.of(token, self.policy)
+            if self.timer is None:
+                # Fresh enough to last until the run after next, with room for a late schedule.
+                margin = self.policy.margin(token.lifetime)
+                min_ttl = int(min(margin + SCHEDULE_SLACK * interval, token.lifetime - margin))
+                if self.policy.is_fresh(token, min_ttl, now):
+                    summary["fresh"] += 1
+                    continue
+            elif renewal.due > now:
+                if renewal.due >= now + SCHEDULE_SLACK * interval:
+                    summary["fresh"] += 1
+                elif self._arm(renewal):
+                    summary["armed"] += 1
+                else:
+                    summary["failed"] += 1
+                continue
+            outcome = self._renew_token(token, deadline)
+            summary["renewed" if outcome == "renewed" else "failed"] += 1
+        self.logger.info("refresh ahead done", extra=summary)
+        return summary
+
+    def renew(self, renewal: Renewal, deadline: float) -> str:
+        """A renewal timer went off: renew its token if it is still the stored one and its scope set is in use.
+        Returns what happened (``renewed``, ``replaced``, ``idle``, ``gone``, ``rearmed`` or ``failed``)."""
+        try:
+            token = self.cache.get(self.profile.name, renewal.scope_key, consistent=True)
+        except CacheUnavailable as exc:
+            count(self.metrics, "RefreshAheadFailure")
+            self.logger.warning("renewal could not read the token", extra={"reason": str(exc)})
+            return "failed"
+        now = time.time()
+        if token is None:
+            outcome = "gone"  # expired or never stored: the next caller fetches one
+        elif not renewal.names(token):
+            outcome = "replaced"  # a caller or another renewal stored a newer token, which armed its own
+        elif renewal.due > now + 1:  # more than SQS's 15 minutes ahead (use is judged when it is due)
+            outcome = "rearmed" if self._arm(renewal) else "failed"
+        elif not self._configured(token.scope_key) or not self.usage.in_use(token, now):
+            outcome = "idle"
+        else:
+            outcome = self._renew_token(token, deadline)
+            if outcome == "failed":
+                self._retry(renewal, token)
+        self.logger.info("renewal", extra={"scope_key": renewal.scope_key, "outcome": outcome,
+                                           "attempt": renewal.attempt})
+        return outcome
+
+    def _retry(self, renewal: Renewal, token: CachedToken) -> None:
+        """Arm the failed renewal again while its token lasts: when the failure's cool-down lapses, backing off."""
+        now = time.time()
+        try:
+            lease = self.cache.get_lease(self.profile.name, token.scope_key)
+        except CacheUnavailable:
+            lease = None
+        retry = renewal.retry(now, lease.expires_at if lease is not None and lease.failure is not None else 0.0)
+        if retry.due < token.expires_at:
+            self._arm(retry)
+
+    def _renew_token(self, token: CachedToken, deadline: float) -> str:
+        """Replace ``token`` (still stored, in use) under the usual lease; a newer one stored meanwhile counts."""
+        from token_vending.request import TokenRequest
+        from token_vending.scopes import parse_scope_set
+
+        request = TokenRequest(provider=self.profile.name, scopes=parse_scope_set(token.scope_key), min_ttl=0,
+                               force_refresh=False)
+        try:
+            renewed = self.refresher.refresh(request, deadline, stale=token, renewal=True)
+        except (TokenVendingError, CacheUnavailable) as exc:
+            renewed = None
+            error = getattr(exc, "code", type(exc).__name__)
+        else:
+            error = "stale served"
+        if renewed is not None and self.rules.newer(renewed, token):
+            return "renewed"
+        count(self.metrics, "RefreshAheadFailure")
+        self.logger.warning("refresh ahead failed", extra={"scope_key": token.scope_key, "error": error})
+        return "failed"
+
+    def _arm(self, renewal: Renewal) -> bool:
+        return arm(self.timer, renewal, logger=self.logger, metrics=self.metrics)
+
+    def _configured(self, key: str) -> bool:
+        """A stored scope set that is no longer configured is never requested again (left to expire)."""
+        from token_vending.scopes import parse_scope_set
+
+        try:
+            return parse_scope_set(key) <= self.settings.allowed_scopes
+        except ValueError:
+            return False
