@@ -102,6 +102,30 @@ def test_a_forced_refresh_naming_a_replaced_token_serves_the_replacement(make_st
     assert emulators["pyng"].token_requests == 3
 
 
+@pytest.mark.parametrize("outage", [True, False], ids=["provider down", "provider up"])
+def test_a_forced_refresh_naming_a_replaced_token_serves_the_replacement_inside_its_margin(
+        make_stack: Any, emulators: Any, outage: bool) -> None:
+    """The refused token is gone and its replacement, inside its refresh margin, still meets min_ttl: both
+    interfaces serve the replacement without asking the provider (down or up) and without spending the budget."""
+    stack = make_stack(provider_env={"invoice-cloud": {"UPSTREAM_RETRIES": "0"}})
+    put_token(stack, "invoice-cloud", "replacement", expires_in=200)  # margin 360: inside it, valid for min_ttl 60
+    if outage:
+        emulators["invoice-cloud"].enqueue(*[Fault(status=503)] * 10)
+    refused = fingerprint("the-refused-token")
+    response = get_token(stack, "invoice-cloud", force_refresh=refused)
+    assert response.status_code == 200, response.text
+    assert response.json()["access_token"] == "replacement"
+    body, error = invoke(stack, "InvoiceCloudFunction", {"force_refresh": refused})
+    assert error is None, body
+    assert body["access_token"] == "replacement"
+    assert emulators["invoice-cloud"].token_requests == 0
+    assert not [item for item in table_items(stack) if item["sk"]["S"].startswith(("budget#", "lease#"))]
+    # Naming the stored token itself still replaces it (or, with the provider down, is a 503).
+    response = get_token(stack, "invoice-cloud", force_refresh=fingerprint("replacement"))
+    assert response.status_code == (503 if outage else 200), response.text
+    assert emulators["invoice-cloud"].token_requests == 1
+
+
 def test_stale_token_is_served_when_the_refresh_fails(stack: Any, emulators: Any) -> None:
     put_token(stack, "invoice-cloud", "still-valid", expires_in=200)  # inside the margin, valid for min_ttl 60
     emulators["invoice-cloud"].enqueue(*[Fault(status=503)] * 3)

@@ -28,6 +28,7 @@ from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
 from token_vending.request import parse_request, replaced
 from token_vending.response import api_response, error_response, token_body
+from token_vending.serving import serves_refused
 from token_vending.settings import ApiSettings
 from token_vending.usage import UsageMarks
 
@@ -144,9 +145,12 @@ class TokenApi:
             # Not fatal here: the provider function has its own fallbacks.
             self.logger.warning("token cache unavailable; delegating", extra={"reason": str(exc)})
             return None
-        if cached is not None and self.policy.is_fresh(cached, request.min_ttl, time.time()):  # after the read
+        now = time.time()  # after the read
+        if cached is not None and self.policy.is_fresh(cached, request.min_ttl, now):
             self.memory.put(key, cached)
             return cached, "CacheHitDynamoDB"
+        if cached is not None and serves_refused(cached, request, now):
+            return cached, "CacheHitDynamoDB"  # the refused token's replacement, inside its margin
         return None
 
     def _note_use(self, token: CachedToken) -> None:

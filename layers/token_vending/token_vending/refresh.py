@@ -19,6 +19,7 @@ from token_vending.cooldown import MIN_ATTEMPT_SECONDS, cool_down, no_time, stor
 from token_vending.counting import count
 from token_vending.exceptions import TokenVendingError, UpstreamUnavailable
 from token_vending.renewal import Renewal, arm
+from token_vending.serving import discards
 from token_vending.usage import last_use
 
 if TYPE_CHECKING:
@@ -177,6 +178,8 @@ class LeasedRefresh:
         or a ``min_ttl`` it cannot keep) forces it, however it asks."""
         if renewal:
             return "renewal"
-        if request.force_refresh or (stale is not None and self.policy.is_fresh(stale, 0, time.time())):
+        if stale is None:
+            return "forced" if request.force_refresh else "miss"
+        if discards(stale, request) or self.policy.is_fresh(stale, 0, time.time()):
             return "forced"
         return "miss"

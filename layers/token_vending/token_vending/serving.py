@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from token_vending.counting import count
 from token_vending.exceptions import UpstreamInvalidResponse
+from token_vending.freshness import RefreshPolicy
 from token_vending.request import fingerprint, replaced
 
 if TYPE_CHECKING:
@@ -21,9 +22,22 @@ if TYPE_CHECKING:
 
     from token_vending.cache import CachedToken
     from token_vending.exceptions import TokenVendingError
-    from token_vending.freshness import RefreshPolicy
     from token_vending.request import TokenRequest
     from token_vending.settings import ProviderSettings
+
+
+def serves_refused(token: CachedToken, request: TokenRequest, now: float) -> bool:
+    """A forced refresh names the refused token, and ``token`` is another one: it already replaced the refused one,
+    so it is served as long as it meets ``min_ttl`` -- inside its refresh margin too (its renewal is the one to
+    replace it), whether or not the provider is up. The provider is not asked and no budget is spent: the caller's
+    401 was for a token that is gone. Shared by the token API's own read and the provider function."""
+    return replaced(token.access_token, request) and RefreshPolicy.is_usable(token, request.min_ttl, now)
+
+
+def discards(token: CachedToken, request: TokenRequest) -> bool:
+    """The caller wants ``token`` gone: a forced refresh, unless it names another token (then ``token`` replaced
+    that one, and a fetch for it is not a forced refresh)."""
+    return request.force_refresh and not replaced(token.access_token, request)
 
 
 class ServeRules:
@@ -41,13 +55,12 @@ class ServeRules:
         one upstream call, not one each."""
         if self.forced(token, request, now):
             return False
-        return self.policy.is_fresh(token, request.min_ttl, now)
+        return self.policy.is_fresh(token, request.min_ttl, now) or serves_refused(token, request, now)
 
     def forced(self, token: CachedToken, request: TokenRequest, now: float) -> bool:
         """A forced refresh discards ``token``: unless it was fetched within the force-refresh interval, or it
         is not the token the caller names as refused (it already replaced that one)."""
-        return (request.force_refresh and not replaced(token.access_token, request)
-                and now - token.fetched_at >= self.settings.cache.force_refresh_interval)
+        return discards(token, request) and now - token.fetched_at >= self.settings.cache.force_refresh_interval
 
     def acceptable_or_refuse(self, token: CachedToken, request: TokenRequest) -> bool:
         """Whether ``token`` may be served for ``request``; raises when it is current yet still cannot keep
@@ -77,7 +90,7 @@ class ServeRules:
 
     def serve_stale_or_raise(self, request: TokenRequest, stale: CachedToken | None,
                              error: TokenVendingError) -> CachedToken:
-        if (stale is not None and not request.force_refresh
+        if (stale is not None and not discards(stale, request)
                 and self.policy.is_usable(stale, request.min_ttl, time.time())):
             count(self.metrics, "StaleServed")
             self.logger.warning("refresh failed; serving the cached token",
