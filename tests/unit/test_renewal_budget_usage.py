@@ -91,6 +91,53 @@ def test_a_provider_function_drops_a_message_that_is_not_a_renewal(moto_table: A
     assert provider.handler(event, context) == {"batchItemFailures": []}
 
 
+def throttle(client: Any, operation: str) -> None:
+    """Every ``operation`` of ``client`` is throttled, as DynamoDB answers when a partition is hot."""
+    from botocore.exceptions import ClientError
+
+    def refuse(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                          operation)
+
+    client.meta.events.register(f"before-call.dynamodb.{operation}", refuse)
+
+
+@pytest.mark.parametrize("sqs_up", [True, False], ids=["armed again", "redelivered"])
+def test_a_renewal_whose_read_is_throttled_is_not_lost(moto_table: Any, context: Any, monkeypatch: pytest.MonkeyPatch,
+                                                      sqs_up: bool) -> None:
+    """The renewal's one DynamoDB read is throttled: it is armed again with a back-off, or, when SQS refuses that too,
+    the batch reports its message so that SQS delivers it again. Never a silent success."""
+    from botocore.exceptions import ClientError
+
+    from token_vending.renewal import RenewalTimer
+
+    armed: list[Renewal] = []
+
+    def arm(_timer: RenewalTimer, renewal: Renewal, now: float | None = None) -> None:
+        if not sqs_up:
+            raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessage")
+        armed.append(renewal)
+
+    monkeypatch.setattr(RenewalTimer, "arm", arm)
+    for name, value in {**provider_env(), "RENEWAL_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/r"}.items():
+        monkeypatch.setenv(name, value)
+    now = time.time()
+    stored = token(scope_key="a", expires_at=int(now) + 100, fetched_at=now - 800, used_at=now)
+    TokenCache(TABLE, moto_table).put(stored)
+    provider = load_app("pyng")
+    throttle(provider.function.dynamodb, "GetItem")
+    event = sqs_event([Renewal.of(stored, POLICY).body()])
+    failures = provider.handler(event, context)["batchItemFailures"]
+    if sqs_up:
+        assert failures == []
+        [again] = armed
+        assert again.names(stored)
+        assert again.attempt == 1
+        assert now < again.due < stored.expires_at
+    else:
+        assert failures == [{"itemIdentifier": event["Records"][0]["messageId"]}]
+
+
 # --- use marks -------------------------------------------------------------------------------------------------
 def count_writes(client: Any) -> list[str]:
     writes: list[str] = []

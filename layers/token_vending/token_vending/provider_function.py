@@ -189,7 +189,8 @@ class ProviderFunction:
 
     def _renew(self, event: dict[str, Any], context: LambdaContext | None, deadline: float) -> dict[str, Any]:
         """Renewal timers went off (Powertools' batch utility reports the records that raised: SQS delivers them
-        again). A message this code did not write is logged and dropped."""
+        again). A renewal that fails is armed again with a back-off, or, when SQS refuses that too, reported for
+        redelivery. A message this code did not write is logged and dropped."""
         from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 
         from token_vending.renewal import Renewal
@@ -207,6 +208,8 @@ class ProviderFunction:
                 return "dropped"
             return vendor.renew(renewal, deadline=deadline)
 
-        response = process_partial_response(event=event, record_handler=renew,
-                                            processor=BatchProcessor(event_type=EventType.SQS), context=context)
+        # A renewal that raised (failed and not armed again) is reported, even when it is the whole batch: SQS then
+        # delivers it again, and the invocation itself does not fail.
+        processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+        response = process_partial_response(event=event, record_handler=renew, processor=processor, context=context)
         return dict(response)

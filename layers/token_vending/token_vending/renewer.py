@@ -10,6 +10,7 @@ caller's fetch, and a renewal that fails is armed again while its token lives.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from token_vending.cache import CacheUnavailable
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 
 SCHEDULE_SLACK = 1.5
 """The scheduled run looks this many intervals ahead (a late run must not miss a token)."""
+
+
+class RenewalNotArmed(Exception):
+    """A renewal failed and could not be armed again (SQS refused): the batch reports its message as failed, so SQS
+    delivers it again after its visibility timeout, well within the queue's retention."""
 
 
 class Renewer:
@@ -99,40 +105,56 @@ class Renewer:
 
     def renew(self, renewal: Renewal, deadline: float) -> str:
         """A renewal timer went off: renew its token if it is still the stored one and its scope set is in use.
-        Returns what happened (``renewed``, ``replaced``, ``idle``, ``gone``, ``rearmed`` or ``failed``)."""
+        Returns what happened (``renewed``, ``replaced``, ``idle``, ``gone``, ``rearmed`` or ``failed``).
+        Raises :class:`RenewalNotArmed` when it failed and could not be armed again: the batch then reports the
+        message, which SQS delivers again."""
         try:
             token = self.cache.get(self.profile.name, renewal.scope_key, consistent=True)
         except CacheUnavailable as exc:
             count(self.metrics, "RefreshAheadFailure")
             self.logger.warning("renewal could not read the token", extra={"reason": str(exc)})
-            return "failed"
-        now = time.time()
-        if token is None:
-            outcome = "gone"  # expired or never stored: the next caller fetches one
-        elif not renewal.names(token):
-            outcome = "replaced"  # a caller or another renewal stored a newer token, which armed its own
-        elif renewal.due > now + 1:  # more than SQS's 15 minutes ahead (use is judged when it is due)
-            outcome = "rearmed" if self._arm(renewal) else "failed"
-        elif not self._configured(token.scope_key) or not self.usage.in_use(token, now):
-            outcome = "idle"
+            outcome = "failed"
+            self._retry(renewal, None)  # whether the token lives is unknown: try again, backing off
         else:
-            outcome = self._renew_token(token, deadline)
-            if outcome == "failed":
-                self._retry(renewal, token)
+            outcome = self._decide(renewal, token, deadline)
         self.logger.info("renewal", extra={"scope_key": renewal.scope_key, "outcome": outcome,
                                            "attempt": renewal.attempt})
         return outcome
 
-    def _retry(self, renewal: Renewal, token: CachedToken) -> None:
-        """Arm the failed renewal again while its token lasts: when the failure's cool-down lapses, backing off."""
+    def _decide(self, renewal: Renewal, token: CachedToken | None, deadline: float) -> str:
+        now = time.time()
+        if token is None:
+            return "gone"  # expired or never stored: the next caller fetches one
+        if not renewal.names(token):
+            return "replaced"  # a caller or another renewal stored a newer token, which armed its own
+        if renewal.due > now + 1:  # more than SQS's 15 minutes ahead (use is judged when it is due)
+            if not self._arm(renewal):
+                raise RenewalNotArmed(renewal.scope_key)
+            return "rearmed"
+        if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
+            return "idle"
+        outcome = self._renew_token(token, deadline)
+        if outcome == "failed":
+            self._retry(renewal, token)
+        return outcome
+
+    def _retry(self, renewal: Renewal, token: CachedToken | None) -> None:
+        """Arm the failed renewal again while its token lives: when the failure's cool-down lapses, backing off, and
+        before the token expires. Raises :class:`RenewalNotArmed` when SQS refuses (the message is then delivered
+        again): a renewal is never dropped while its token may live."""
         now = time.time()
         try:
-            lease = self.cache.get_lease(self.profile.name, token.scope_key)
+            lease = self.cache.get_lease(self.profile.name, renewal.scope_key)
         except CacheUnavailable:
             lease = None
         retry = renewal.retry(now, lease.expires_at if lease is not None and lease.failure is not None else 0.0)
-        if retry.due < token.expires_at:
-            self._arm(retry)
+        if token is not None:
+            last_chance = token.expires_at - 1.0
+            if last_chance <= now:
+                return  # the token is gone by then: the next caller fetches one
+            retry = replace(retry, due=min(retry.due, last_chance))
+        if not self._arm(retry):
+            raise RenewalNotArmed(renewal.scope_key)
 
     def _renew_token(self, token: CachedToken, deadline: float) -> str:
         """Replace ``token`` (still stored, in use) under the usual lease; a newer one stored meanwhile counts."""
