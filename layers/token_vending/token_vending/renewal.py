@@ -11,8 +11,9 @@ before the margin; a renewal further away than 15 minutes is re-armed on receipt
 
 A renewal that finds another token stored (a caller or another timer replaced it), an idle scope set or no
 token at all does nothing: duplicates are harmless, so the scheduled run may re-arm timers it cannot see. A renewal
-that fails (provider down, cool-down, budget spent) is armed again for when the cool-down lapses, backing off
-(10, 20, 40 ... 320 s) while the token lasts, rather than left to SQS's redelivery.
+that fails (provider down, cool-down, budget spent, DynamoDB throttled) is armed again for when the cool-down
+lapses, backing off (10, 20, 40 ... 320 s) while the token lasts, rather than left to SQS's fixed redelivery; only
+when SQS refuses that message too is the renewal reported failed, so that SQS delivers it again.
 """
 
 from __future__ import annotations
