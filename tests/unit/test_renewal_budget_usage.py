@@ -148,10 +148,10 @@ def count_writes(client: Any) -> list[str]:
 def test_a_use_is_marked_only_when_the_mark_is_a_quarter_idle_period_old(moto_table: Any) -> None:
     cache = TokenCache(TABLE, moto_table)
     marks = UsageMarks(cache, idle_seconds=3600)
-    writes = count_writes(moto_table)
     now = time.time()
     stored = token(used_at=now - 3600 * MARK_EVERY - 1, fetched_at=now - 3000)
-    cache.put(stored)
+    cache.put(stored)  # itself an UpdateItem
+    writes = count_writes(moto_table)
     noted = marks.note(stored, now)
     assert noted.used_at == now
     assert writes == ["UpdateItem"]
@@ -171,6 +171,32 @@ def test_a_use_mark_never_creates_an_item_nor_moves_back(moto_table: Any) -> Non
     now = time.time()
     cache.put(token(used_at=now))
     assert not cache.record_use("pyng", "a b", now - 100)
+
+
+def test_storing_a_renewed_token_never_moves_the_use_mark_back(moto_table: Any) -> None:
+    """A renewal carries the mark it read before its fetch; a caller's hit marked the set during the fetch (the token
+    API's one write). The renewed token is stored and the later mark kept: the set in use is not judged idle."""
+    cache = TokenCache(TABLE, moto_table)
+    now = time.time()
+    old = token(access_token="old", scope="a b", used_at=now - 5000, fetched_at=now - 800)
+    assert cache.put(old)
+    assert cache.record_use("pyng", "a b", now)  # during the renewal's fetch
+    renewed = token(access_token="new", scope=None, used_at=old.used_at, fetched_at=now + 1)
+    assert cache.put(renewed)
+    stored = cache.get("pyng", "a b", consistent=True)
+    assert stored is not None
+    assert (stored.access_token, stored.scope, stored.fetched_at) == ("new", None, pytest.approx(now + 1, abs=0.002))
+    assert stored.used_at == pytest.approx(now, abs=0.002)
+    # A later mark carried by the token is stored; a token fetched earlier than the stored one is not.
+    assert cache.put(token(access_token="newer", used_at=now + 50, fetched_at=now + 2))
+    assert not cache.put(token(access_token="older", used_at=now + 99, fetched_at=now))
+    stored = cache.get("pyng", "a b", consistent=True)
+    assert stored is not None
+    assert (stored.access_token, stored.used_at) == ("newer", pytest.approx(now + 50, abs=0.002))
+    assert cache.put(token(access_token="unmarked", fetched_at=now + 3))  # no mark: the stored one stays
+    stored = cache.get("pyng", "a b", consistent=True)
+    assert stored is not None
+    assert (stored.access_token, stored.used_at) == ("unmarked", pytest.approx(now + 50, abs=0.002))
 
 
 def test_a_token_api_hit_marks_an_old_mark_once(moto_table: Any, context: Any, monkeypatch: pytest.MonkeyPatch) -> None:

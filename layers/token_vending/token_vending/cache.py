@@ -19,6 +19,7 @@ DynamoDB deletes expired items lazily (up to days later), so every read checks `
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -121,29 +122,52 @@ class TokenCache:
             raise CacheUnavailable(_describe(exc)) from None
 
     def put(self, token: CachedToken) -> bool:
-        """Store unless a token fetched later is already there; ``False`` when that one was kept."""
-        item: dict[str, Any] = {
-            **_key(token.provider, TOKEN_PREFIX + token.scope_key),
-            "access_token": {"S": token.access_token},
-            "token_type": {"S": token.token_type},
-            "expires_at": {"N": str(token.expires_at)},
-            "fetched_at": {"N": f"{token.fetched_at:.3f}"},
-            "lifetime": {"N": str(token.lifetime)},
-            "purge_at": {"N": str(token.expires_at + PURGE_AFTER_EXPIRY_SECONDS)},
+        """Store unless a token fetched later is already there; ``False`` when that one was kept.
+
+        Never moves the scope set's use mark back: the token carries the mark read before its fetch, and a caller's
+        hit may have written a later one meanwhile (the token API's ``SET used_at``), which is then kept. One
+        ``UpdateItem`` (a ``PutItem`` would replace the mark); a second one, without the mark, only when a later mark
+        is there. A token without a mark (``used_at`` 0) leaves the stored one as it is."""
+        names = {"#access": "access_token", "#type": "token_type", "#expires": "expires_at", "#fetched": "fetched_at",
+                 "#lifetime": "lifetime", "#purge": "purge_at", "#scope": "scope", "#used": "used_at"}
+        values: dict[str, Any] = {
+            ":access": {"S": token.access_token}, ":type": {"S": token.token_type},
+            ":expires": {"N": str(token.expires_at)}, ":fetched": {"N": f"{token.fetched_at:.3f}"},
+            ":lifetime": {"N": str(token.lifetime)},
+            ":purge": {"N": str(token.expires_at + PURGE_AFTER_EXPIRY_SECONDS)},
         }
+        sets = ["#access = :access", "#type = :type", "#expires = :expires", "#fetched = :fetched",
+                "#lifetime = :lifetime", "#purge = :purge"]
         if token.scope is not None:
-            item["scope"] = {"S": token.scope}
+            values[":scope"] = {"S": token.scope}
+            sets.append("#scope = :scope")
+        later = "attribute_not_exists(#fetched) OR #fetched <= :fetched"
         if token.used_at:
-            item["used_at"] = {"N": f"{token.used_at:.3f}"}
+            values[":used"] = {"N": f"{token.used_at:.3f}"}
+            marked = self._update_token(token, [*sets, "#used = :used"], names, values,
+                                        f"({later}) AND (attribute_not_exists(#used) OR #used <= :used)")
+            if marked is not None:
+                return marked
+            del values[":used"]  # a later mark is there: store the token and keep that mark
+        return self._update_token(token, sets, names, values, later) is True
+
+    def _update_token(self, token: CachedToken, sets: list[str], names: dict[str, str], values: dict[str, Any],
+                      condition: str) -> bool | None:
+        """``True`` when written; ``False`` when a later-fetched token is there; ``None`` when only the use mark's
+        condition failed (a later mark is there)."""
+        expression = "SET " + ", ".join(sets) + ("" if token.scope is not None else " REMOVE #scope")
+        named = set(re.findall(r"#\w+", f"{expression} {condition}"))  # DynamoDB refuses unused names
+        used = {key: value for key, value in names.items() if key in named}
         try:
-            self.client.put_item(
-                TableName=self.table_name, Item=item,
-                ConditionExpression="attribute_not_exists(fetched_at) OR fetched_at <= :fetched",
-                ExpressionAttributeValues={":fetched": {"N": f"{token.fetched_at:.3f}"}})
+            self.client.update_item(
+                TableName=self.table_name, Key=_key(token.provider, TOKEN_PREFIX + token.scope_key),
+                UpdateExpression=expression, ConditionExpression=condition, ExpressionAttributeNames=used,
+                ExpressionAttributeValues=values, ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except _error_types() as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise CacheUnavailable(_describe(exc)) from None
+            if not _is_condition_failure(exc):
+                raise CacheUnavailable(_describe(exc)) from None
+            old = getattr(exc, "response", {}).get("Item") or {}
+            return None if _number(old.get("fetched_at"), float("-inf")) <= round(token.fetched_at, 3) else False
         return True
 
     def record_use(self, provider: str, scope_key: str, now: float) -> bool:
