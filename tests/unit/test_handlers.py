@@ -234,3 +234,35 @@ def test_a_forced_refresh_naming_a_token_is_never_answered_with_an_older_one_fro
     response = api_app.handler({**event, "queryStringParameters": query,
                                 "multiValueQueryStringParameters": {k: [v] for k, v in query.items()}}, context)
     assert json.loads(response["body"])["access_token"] == "C"
+
+
+def test_an_incomplete_secret_is_read_again_within_seconds_once_filled_not_after_its_max_age(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A placeholder secret is ``misconfigured`` until it is filled: read again 5 s after it was found incomplete
+    (not SecretMaxAge, 300 s), and meanwhile answered without a read on every request."""
+    import types
+
+    import boto3
+    from moto import mock_aws
+
+    from token_vending import credentials as module
+    from token_vending.credentials import CredentialStore
+    from token_vending.exceptions import Misconfigured
+
+    clock = [1000.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]), raising=False)
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name="pyng", SecretString=json.dumps({"client_id": "", "client_secret": ""}))
+        reads: list[str] = []
+        client.meta.events.register("before-call.secrets-manager.GetSecretValue", lambda **_: reads.append("read"))
+        store = CredentialStore("pyng", "pyng", max_age=300, client=client)
+        for _ in range(5):
+            with pytest.raises(Misconfigured, match="client_id is missing or empty"):
+                store.get()
+        assert reads == ["read"]  # a broken secret is not read on every request
+        client.put_secret_value(SecretId="pyng", SecretString=json.dumps({"client_id": "id", "client_secret": "s"}))
+        clock[0] += 5  # the README's promise: used within 5 s of being filled
+        assert store.get().client_id == "id"
+        assert store.get().client_id == "id"
+        assert reads == ["read", "read"]  # then cached for its max age again

@@ -1,8 +1,16 @@
-"""Client credentials from Secrets Manager, cached by Powertools Parameters."""
+"""Client credentials from Secrets Manager, cached by Powertools Parameters.
+
+A secret that is read but incomplete (a placeholder, a missing field) or cannot be read (deleted, denied) is the
+contract's ``misconfigured``, until a person fixes it. Powertools would keep the incomplete value for
+``SecretMaxAge``; instead, each execution environment reads it again :data:`MISCONFIGURED_REREAD_SECONDS` after
+finding it wrong, and answers the same error without a read meanwhile: a filled secret is used within seconds, a
+broken one costs at most one read per that interval.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +39,9 @@ def required_fields(auth: ClientAuth, *, kms_signing: bool) -> tuple[str, ...]:
         return ("client_id", "certificate", "private_key")
     return REQUIRED_FIELDS
 
+
+MISCONFIGURED_REREAD_SECONDS = 5.0
+"""After the secret was found incomplete or unreadable, it is read again after this long (not ``SecretMaxAge``)."""
 
 MISCONFIGURATION_CODES = frozenset({
     "ResourceNotFoundException", "AccessDeniedException", "AccessDenied", "DecryptionFailure",
@@ -69,6 +80,8 @@ class CredentialStore:
         self.required = required
         self._client = client
         self._secrets: SecretsProvider | None = None
+        self._refused: tuple[float, str] | None = None
+        """When (monotonic) and why the secret was last found incomplete or unreadable."""
 
     def _provider(self) -> SecretsProvider:
         if self._secrets is None:
@@ -79,7 +92,23 @@ class CredentialStore:
         return self._secrets
 
     def get(self, *, force_fetch: bool = False) -> ClientCredentials:
-        """``force_fetch`` bypasses the cache: used once after the provider says ``invalid_client``."""
+        """``force_fetch`` bypasses the cache: used once after the provider says ``invalid_client``. A secret found
+        wrong is answered as wrong, without a read, for :data:`MISCONFIGURED_REREAD_SECONDS`, then read again."""
+        now = time.monotonic()
+        if self._refused is not None:
+            found_at, description = self._refused
+            if now - found_at < MISCONFIGURED_REREAD_SECONDS:
+                raise Misconfigured(description, provider=self.provider)
+            force_fetch = True  # the cached value is the wrong one
+        try:
+            credentials = self._read(force_fetch)
+        except Misconfigured as exc:
+            self._refused = (now, exc.description)
+            raise
+        self._refused = None
+        return credentials
+
+    def _read(self, force_fetch: bool) -> ClientCredentials:
         from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 
         try:
