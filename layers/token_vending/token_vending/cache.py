@@ -166,7 +166,7 @@ class TokenCache:
         except _error_types() as exc:
             if not _is_condition_failure(exc):
                 raise CacheUnavailable(_describe(exc)) from None
-            old = getattr(exc, "response", {}).get("Item") or {}
+            old = _response(exc).get("Item") or {}
             return None if _number(old.get("fetched_at"), float("-inf")) <= round(token.fetched_at, 3) else False
         return True
 
@@ -225,7 +225,7 @@ class TokenCache:
                 ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except _error_types() as exc:
             if _is_condition_failure(exc):
-                old = getattr(exc, "response", {}).get("Item") or {}
+                old = _response(exc).get("Item") or {}
                 return _lease_from_item(old, default_expiry=now + seconds)
             raise CacheUnavailable(_describe(exc)) from None
         # A lapsed cool-down we replaced tells how many refreshes failed in a row before ours.
@@ -310,11 +310,18 @@ def _token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> Cac
                        used_at=_number(item.get("used_at"), 0.0))
 
 
+def _response(exc: Exception) -> dict[str, Any]:
+    """The error's parsed response: a ``ClientError``'s, or ``{}`` for botocore's own errors (a read timeout has
+    ``response`` ``None``)."""
+    response = getattr(exc, "response", None)
+    return response if isinstance(response, dict) else {}
+
+
 def _is_condition_failure(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    code = _response(exc).get("Error", {}).get("Code")
     return bool(code == "ConditionalCheckFailedException")
 
 
 def _describe(exc: Exception) -> str:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    code = _response(exc).get("Error", {}).get("Code")
     return code or type(exc).__name__
