@@ -155,23 +155,32 @@ class LeasedRefresh:
             token = replace(token, used_at=used if renewal else max(used, time.time()))
             try:
                 if self.cache.put(token):
-                    if deadline - time.monotonic() >= ARM_RESERVE_SECONDS:
-                        arm(self.timer, Renewal.of(token, self.policy), logger=self.logger, metrics=self.metrics)
-                    else:
-                        self.logger.info("no time left to arm the renewal; the scheduled run will",
-                                         extra={"scope_key": key})
+                    self._arm(token, deadline)
                 else:
                     token = self.cache.get(self.provider, key, consistent=True) or token
             except CacheUnavailable as exc:
-                # Keep what we paid for: this environment serves it from its degraded store.
+                # Keep what we paid for: this environment serves it from its degraded store. The write may have
+                # landed all the same (a timeout): the token's renewal is armed either way (a renewal of a token
+                # not stored does nothing).
                 count(self.metrics, "CacheUnavailable")
                 self.logger.warning("could not store the new token", extra={"reason": str(exc)})
                 self.degraded.remember(key, token)
+                self._arm(token, deadline)
+                if renewal:
+                    raise  # the stored token may still be the old one: the renewal failed, and is tried again
             self.memory.put(key, token)
             return self.rules.serve_new(token, request)
         finally:
             if release:
                 self.cache.release_lease(self.provider, key, self.owner)
+
+    def _arm(self, token: CachedToken, deadline: float) -> None:
+        """Arm the renewal of ``token``, just stored, if the caller's answer can afford one SQS call."""
+        if deadline - time.monotonic() >= ARM_RESERVE_SECONDS:
+            arm(self.timer, Renewal.of(token, self.policy), logger=self.logger, metrics=self.metrics)
+        else:
+            self.logger.info("no time left to arm the renewal; the scheduled run will",
+                             extra={"scope_key": token.scope_key})
 
     def _kind(self, request: TokenRequest, stale: CachedToken | None, renewal: bool) -> Kind:
         """What a fetch spends the budget as: a caller replacing a token that is still fresh (``force_refresh``,
