@@ -56,6 +56,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tests.support.fleet import (
     BEHAVIOURS,
+    DYNAMODB_FAULTS,
+    DynamoFaults,
     FakeContext,
     FakeLambdaClient,
     ScriptedProvider,
@@ -69,8 +71,10 @@ from tests.support.fleet import (
     sqs_event,
 )
 from token_vending import constants
+from token_vending.cache import TokenCache
 from token_vending.exceptions import ERRORS_BY_TYPE
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile, ScopeMode
+from token_vending.request import fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -98,6 +102,10 @@ CONTRACT_ERROR_TYPES = {"InvalidRequest", "UpstreamRejected", "UpstreamInvalidRe
                         "UpstreamTimeout"}
 """Error types a caller may see here: nothing is misconfigured and every fault is outside the service."""
 SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")
+FINGERPRINT = re.compile(r"^[0-9a-f]{8}$")
+"""The contract's ``force_refresh=<fingerprint>``: 8 lowercase hex digits of the refused token's SHA-256."""
+IDLE_SECONDS = 24 * 3600
+"""REFRESH_AHEAD_IDLE_HOURS' default: a scope set used within it is in use (and renewed)."""
 
 
 # --- requests and answers ---------------------------------------------------------------------------------------
@@ -172,7 +180,7 @@ def contract_valid(call: Call) -> bool:
         if isinstance(raw, bool) or not 0 <= raw <= MIN_TTL_LIMIT:
             return False
     if call.force_refresh is not None and not isinstance(call.force_refresh, bool):
-        return call.force_refresh.lower() in ("true", "false")
+        return call.force_refresh.lower() in ("true", "false") or bool(FINGERPRINT.fullmatch(call.force_refresh))
     return True
 
 
@@ -219,6 +227,13 @@ class FleetWorld:
                 "lifetime": LIFETIME}}),
         }
         self.armed: list[Renewal] = []
+        self.delivered: list[Renewal] = []
+        """The renewals the last ``renewal`` call delivered."""
+        self.marks: dict[str, float] = {}
+        """Sort key -> the latest use mark known to have been written on that token item (stored or by a step)."""
+        self.faults = DynamoFaults(shared.dynamodb)
+        self.cache = TokenCache(shared.table, shared.api_dynamodb)
+        """Reads (and use marks) as the token API's client makes them: never faulted."""
         self._stop_recording: Callable[[], None] = lambda: None
         if renewals:
             self.env[constants.RENEWAL_QUEUE_URL_ENV] = "https://sqs.us-east-1.amazonaws.com/123456789012/fleet"
@@ -238,6 +253,7 @@ class FleetWorld:
                              sink=self.logs, initial=2)
 
     def close(self) -> None:
+        self.faults.remove()
         self._stop_recording()
         self.server.stop()
         restore_environ(self._saved)
@@ -264,6 +280,21 @@ class FleetWorld:
         secret = f"s3cret-{uuid.uuid4().hex}{uuid.uuid4().hex}"
         self.secrets_seen.add(secret)
         self.server.secret = secret
+
+    def token_items(self) -> dict[str, dict[str, Any]]:
+        """Every token item of this provider, read consistently by a client no fault touches."""
+        response = self.shared.api_dynamodb.query(
+            TableName=self.shared.table, ConsistentRead=True, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": self.name}})
+        return {item["sk"]["S"]: item for item in response.get("Items", []) if item["sk"]["S"].startswith("token#")}
+
+    def stored(self, scope_key: str) -> tuple[str, float, int, float] | None:
+        """(access token, fetched_at, expires_at, used_at) of the token item, whatever its expiry."""
+        item = self.token_items().get(f"token#{scope_key}")
+        if item is None:
+            return None
+        return (item["access_token"]["S"], float(item["fetched_at"]["N"]), int(item["expires_at"]["N"]),
+                float(item.get("used_at", {}).get("N", "0")))
 
     def burst(self, calls: list[Call]) -> list[Answer]:
         """Run the calls at once, each in its own thread (and environment); wait for all of them."""
@@ -307,6 +338,7 @@ class FleetWorld:
             if call.interface == "renewal":
                 # An empty batch is never delivered: one stray message stands in for none.
                 event = sqs_event([renewal.body() for renewal in self.armed] or ["not a renewal"], "fleet")
+                self.delivered = list(self.armed)
                 self.armed.clear()
             else:
                 event = {"refresh_ahead": True} if call.interface == "refresh_ahead" else call.payload()
@@ -431,6 +463,48 @@ def check_single_flight(world: FleetWorld) -> None:
     assert all(n <= 1 for n in world.server.max_in_flight.values()), world.server.max_in_flight
 
 
+def check_use_marks(world: FleetWorld) -> None:
+    """A scope set in use is never judged idle: no write moves a token item's use mark (``used_at``) back, neither
+    the token a renewal stores (it carries the mark it read before its fetch) nor anything else."""
+    for sort_key, item in world.token_items().items():
+        used_at = float(item.get("used_at", {}).get("N", "0"))
+        known = world.marks.get(sort_key, 0.0)
+        assert used_at >= known - 0.002, (
+            f"a use mark moved back by {known - used_at:.1f} s on {sort_key!r}: the scope set may be judged idle")
+        world.marks[sort_key] = max(known, used_at)
+
+
+def check_no_renewal_lost(world: FleetWorld) -> None:
+    """Every renewal delivered whose token is still the stored one, lives and is in use was armed again (a renewal
+    that failed, for the provider or for DynamoDB, is tried again while its token lives)."""
+    now = world.clock.now()
+    for renewal in world.delivered:
+        stored = world.stored(renewal.scope_key)
+        if stored is None or not renewal.names(_token_of(world, renewal.scope_key, stored)):
+            continue  # gone or replaced: its successor armed its own
+        _, fetched_at, expires_at, used_at = stored
+        if expires_at - 1 <= now or (used_at or fetched_at) < now - IDLE_SECONDS:
+            continue  # expired by now, or idle: left to expire
+        assert any(again.scope_key == renewal.scope_key and abs(again.fetched_at - renewal.fetched_at) < 0.0015
+                   for again in world.armed), (
+            f"a renewal was lost while its token lives ({expires_at - now:.0f} s left): {renewal}")
+
+
+def _token_of(world: FleetWorld, scope_key: str, stored: tuple[str, float, int, float]) -> Any:
+    from token_vending.cache import CachedToken
+
+    return CachedToken(provider=world.name, scope_key=scope_key, access_token=stored[0], fetched_at=stored[1],
+                       expires_at=stored[2], used_at=stored[3])
+
+
+def mark_use(world: FleetWorld, scope_key: str) -> None:
+    """A caller's hit marks the scope set in use now, as the token API writes it (remembered for the invariant)."""
+    now = world.clock.now()
+    if world.cache.record_use(world.name, scope_key, now):
+        sort_key = f"token#{scope_key}"
+        world.marks[sort_key] = max(world.marks.get(sort_key, 0.0), now)
+
+
 def check_no_leaks(world: FleetWorld) -> None:
     """Invariant 5: no secret, no whole token, in anything but a 200's access_token."""
     outputs = {"logs and metrics": world.logs.text(), "answers": world.received.text()}
@@ -476,14 +550,22 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
                                     renewals=True)
             self.world.switch(behaviour)
 
-        def _burst(self, calls: list[Call]) -> None:
+        def _burst(self, calls: list[Call]) -> list[Answer]:
             assert self.world is not None
             mark = self.world.server.mark()
-            for answer in self.world.burst(calls):
+            answers = self.world.burst(calls)
+            for answer in answers:
                 event(f"{answer.call.interface} {answer.status} {answer.code or ''} "
                       f"({self.world.server.behaviour.name})")
                 check_answer(self.world, answer)
             check_burst_bound(self.world, mark, calls)
+            return answers
+
+        def _renewals_due(self) -> None:
+            """The clock moves to the earliest armed renewal's time, as SQS delays it."""
+            assert self.world is not None
+            if self.world.armed:
+                shared.clock.advance(max(0.0, min(r.due for r in self.world.armed) - shared.clock.now()))
 
         # Three identical burst rules: hypothesis picks rules uniformly, and bursts are where invariants break.
         @rule(calls=st.lists(CALLS, min_size=1, max_size=5))
@@ -503,9 +585,67 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
             """The clock moves to the earliest armed renewal's time (as SQS delays it) and every armed renewal is
             delivered, optionally while a caller asks."""
             assert self.world is not None
-            if self.world.armed:
-                shared.clock.advance(max(0.0, min(r.due for r in self.world.armed) - shared.clock.now()))
+            self._renewals_due()
             self._burst([Call("renewal", hint=hint)] + ([Call(concurrent, hint=hint + 1)] if concurrent else []))
+            check_no_renewal_lost(self.world)
+
+        @rule(fault=st.sampled_from(DYNAMODB_FAULTS),
+              operations=st.sampled_from([("GetItem",), ("PutItem",), ("UpdateItem",),
+                                          ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query")]),
+              hint=st.integers(0, 4), concurrent=st.sampled_from([None, "api", "direct"]))
+        def renewals_under_dynamodb_faults(self, fault: str, operations: tuple[str, ...], hint: int,
+                                           concurrent: str | None) -> None:
+            """The renewals go off while DynamoDB throttles or times out the provider functions' calls (the renewal's
+            consistent read, the lease, the budget, the token's store -- a write that lands and times out too),
+            optionally while a caller asks: none is lost while its token lives, and no caller gets more than the
+            contract's errors."""
+            assert self.world is not None
+            self._renewals_due()
+            with self.world.faults.during(fault, operations):
+                self._burst([Call("renewal", hint=hint)] + ([Call(concurrent, hint=hint + 1)] if concurrent else []))
+            check_no_renewal_lost(self.world)
+
+        @rule(hint=st.integers(0, 4))
+        def a_use_is_marked_during_a_renewal(self, hint: int) -> None:
+            """While a renewal's token request is at the provider, a caller's hit marks the scope set in use (the token
+            API's one write): the renewed token must keep that mark (invariant: use marks never move back)."""
+            world = self.world
+            assert world is not None
+            world.server.on_request = lambda key: mark_use(world, key)
+            try:
+                self._renewals_due()
+                self._burst([Call("renewal", hint=hint)])
+            finally:
+                world.server.on_request = None
+            check_no_renewal_lost(world)
+
+        @rule(outage=st.booleans(), interface=st.sampled_from(["direct", "api"]), hint=st.integers(0, 4),
+              inside_margin=st.booleans())
+        def forced_refresh_naming_a_replaced_token(self, outage: bool, interface: str, hint: int,
+                                                   inside_margin: bool) -> None:
+            """A caller got a 401 for a token that has since been replaced and names it (its fingerprint), with the
+            provider down or up: the stored token is served while it meets min_ttl, inside its refresh margin too,
+            and the provider is not asked."""
+            world = self.world
+            assert world is not None
+            scope_key = " ".join(sorted(world.default))
+            stored = world.stored(scope_key)
+            if stored is not None and inside_margin:
+                shared.clock.advance(max(0.0, stored[2] - shared.clock.now() - 80))  # margin 90 s, min_ttl 60
+            behaviour = world.server.behaviour
+            if outage:
+                world.switch("fail_503")
+            usable = stored is not None and stored[2] - shared.clock.now() >= 62
+            mark = world.server.mark()
+            try:
+                (answer,) = self._burst([Call(interface, hint=hint, force_refresh=fingerprint("since replaced"))])
+            finally:
+                world.server.behaviour = behaviour
+            if usable:
+                assert stored is not None
+                assert answer.status == 200, f"the replacement was not served: {answer.describe()}"
+                assert answer.body["access_token"] == stored[0], f"not the stored token: {answer.describe()}"
+                assert world.server.request_count(since=mark) == {}, "the provider was asked"
 
         @rule(name=BEHAVIOUR_NAMES, expire=st.booleans())
         def switch_behaviour(self, name: str, expire: bool) -> None:
@@ -532,6 +672,11 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
         def single_flight(self) -> None:
             if self.world is not None:
                 check_single_flight(self.world)
+
+        @invariant()
+        def use_marks_never_move_back(self) -> None:
+            if self.world is not None:
+                check_use_marks(self.world)
 
         @invariant()
         def no_leaks(self) -> None:
@@ -679,3 +824,51 @@ def test_an_outage_backs_off_exponentially_and_a_recovery_resets_it(world: Fleet
     (again,) = run(world, [Call("api")])
     assert again.status == 503, again.describe()
     assert int(again.headers["Retry-After"]) == 10, again.headers
+
+
+@pytest.mark.parametrize("fault", DYNAMODB_FAULTS)
+def test_dynamodb_faults_are_never_an_internal_error(world: FleetWorld, fault: str) -> None:
+    """DynamoDB throttles or times out the provider function's reads: callers of both interfaces get a token (the
+    degraded mode), never ``internal_error``. Found by the machine: a read timeout (botocore's ``ReadTimeoutError``,
+    whose ``response`` is ``None``) was an ``AttributeError`` while the cache described it, so a 500."""
+    with world.faults.during(fault, ("GetItem",)):  # one caller a burst: degraded, each environment fetches once
+        answers = run(world, [Call("api", hint=1)]) + run(world, [Call("direct", hint=2)])
+    assert {a.status for a in answers} == {200}, [a.describe() for a in answers]
+    assert world.faults.injected >= 2
+
+
+@pytest.mark.parametrize("fault", ["throttle", "timeout_after_write"])
+def test_a_renewal_whose_token_cannot_be_stored_is_not_lost(shared: Shared, fault: str) -> None:
+    """The renewal's token is fetched but its write is throttled (the old token stays stored) or lands and times out
+    (the new one is stored, unknown to the renewal): either way the stored token has a renewal armed."""
+    world = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0, renewals=True)
+    try:
+        run(world, [Call("direct")])
+        [renewal] = world.armed
+        shared.clock.advance(renewal.due - shared.clock.now())
+        with world.faults.during(fault, ("UpdateItem",)):
+            run(world, [Call("renewal")])
+        assert world.faults.injected
+        check_no_renewal_lost(world)
+        stored = world.stored("read")
+        assert stored is not None
+        assert any(again.names(_token_of(world, "read", stored)) for again in world.armed), (stored, world.armed)
+    finally:
+        world.close()
+
+
+def test_a_use_marked_during_a_renewal_is_kept(shared: Shared) -> None:
+    """While the renewal's token request is at the provider a caller's hit marks the scope set in use: the renewed
+    token, which carries the mark read before the fetch, must not erase it (the set would be judged idle)."""
+    world = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0, renewals=True)
+    try:
+        run(world, [Call("direct")])
+        check_use_marks(world)
+        [renewal] = world.armed
+        shared.clock.advance(renewal.due - shared.clock.now())
+        world.server.on_request = lambda key: mark_use(world, key)
+        run(world, [Call("renewal")])
+        assert world.marks["token#read"] > renewal.fetched_at + 1
+        check_use_marks(world)
+    finally:
+        world.close()

@@ -115,6 +115,58 @@ Sink = LogCapture
 """What an environment would send to CloudWatch Logs (logs and EMF lines)."""
 
 
+# --- DynamoDB faults ---------------------------------------------------------------------------------------------
+DYNAMODB_FAULTS = ("throttle", "timeout", "timeout_after_write")
+"""``throttle``: ProvisionedThroughputExceededException before the call; ``timeout``: botocore's read timeout before
+it; ``timeout_after_write``: the call is made (a write lands) and then times out, so its outcome is unknown."""
+
+
+class DynamoFaults:
+    """Faults of DynamoDB as the provider functions' client sees them, switched on per operation by a step (the
+    token API's client and the invariants' reads are left alone). Installed on a client once per world; a fault
+    applies while ``active`` names its operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.active: dict[str, str] = {}
+        """Operation name (``GetItem``, ``PutItem``, ``UpdateItem``, ...) -> fault (one of ``DYNAMODB_FAULTS``)."""
+        self.injected = 0
+        self._id = f"fleet-faults-{uuid.uuid4().hex}"
+        client.meta.events.register("before-call.dynamodb", self._before, unique_id=f"{self._id}-before")
+        client.meta.events.register("after-call.dynamodb", self._after, unique_id=f"{self._id}-after")
+
+    def remove(self) -> None:
+        self.client.meta.events.unregister("before-call.dynamodb", unique_id=f"{self._id}-before")
+        self.client.meta.events.unregister("after-call.dynamodb", unique_id=f"{self._id}-after")
+
+    @contextlib.contextmanager
+    def during(self, fault: str, operations: tuple[str, ...]) -> Iterator[None]:
+        self.active = dict.fromkeys(operations, fault)
+        try:
+            yield
+        finally:
+            self.active = {}
+
+    def _raise(self, fault: str, operation: str) -> None:
+        from botocore.exceptions import ClientError, ReadTimeoutError
+
+        self.injected += 1
+        if fault == "throttle":
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
+                                         "Message": "Rate of requests exceeds the allowed throughput."}}, operation)
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1/dynamodb")
+
+    def _before(self, model: Any, **_: Any) -> None:
+        fault = self.active.get(model.name)
+        if fault in ("throttle", "timeout"):
+            self._raise(fault, model.name)
+
+    def _after(self, model: Any, **_: Any) -> None:
+        fault = self.active.get(model.name)
+        if fault == "timeout_after_write":
+            self._raise(fault, model.name)
+
+
 # --- the scripted provider --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Behaviour:
@@ -225,6 +277,8 @@ class ScriptedProvider:
         self.max_in_flight: dict[str, int] = {}
         self.overlaps: list[str] = []
         self.invalid_client_answers: list[str] = []
+        self.on_request: Callable[[str], None] | None = None
+        """Called with the scope key when a token request with good credentials arrives (a step's doings meanwhile)."""
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         provider = self
@@ -307,6 +361,8 @@ class ScriptedProvider:
                 exchange.answer(401, {"error": "invalid_client",
                                       "error_description": f"client authentication failed for {raw}"})
                 return
+            if self.on_request is not None:
+                self.on_request(key)
             if behaviour.delay and not exchange.pause(behaviour.delay):
                 record.outcome = "client_gone"
                 return
