@@ -12,7 +12,10 @@ refresh ahead, or the delivery of every per-token renewal the functions armed, d
 switching the provider's behaviour (slow, failing with and without ``Retry-After``, trickling its body past the
 lease, JWTs expired or about to expire whatever ``expires_in`` says, short lifetimes, invalid bodies and tokens);
 advancing the clock; rotating the secret (in Secrets Manager and at the provider together, or only at the
-provider so the credentials are plainly wrong).
+provider so the credentials are plainly wrong); renewals going off while DynamoDB throttles or times out the
+provider functions' reads and writes (a write that lands and then times out too); a caller's use mark written while
+a renewal's token request is at the provider; a forced refresh naming a token since replaced (its fingerprint),
+with the provider down or up and the stored token inside its refresh margin or not.
 
 Invariants, after every step:
 
@@ -29,6 +32,10 @@ Invariants, after every step:
    parameters) never gets a 4xx.
 5. No client secret (current, previous or the provider's unknown one) and no whole access token in any log line,
    EMF metric, error body or exception, nor anywhere in a 200 body but its ``access_token``.
+
+6. A scope set in use is never judged idle: no write moves a token item's use mark (``used_at``) back.
+7. No renewal lost while its token lives: a renewal delivered whose token is still stored, alive and in use is
+   armed again (after a failure, for the provider or for DynamoDB), never dropped.
 
 Every API answer must also be a contract response (JSON error document naming the provider, ``Cache-Control:
 no-store``, ``Pragma: no-cache``; a 503 carries ``Retry-After``).
