@@ -121,7 +121,8 @@ def test_load_1000_requests_from_50_callers_with_a_cold_cache(make_stack: Any, e
 
 
 class FailingWrites(FakeDynamoDB):
-    """Forwards to DynamoDB Local but throttles the token PutItem: the table fails right after a fetch."""
+    """Forwards to DynamoDB Local but throttles the token's write (an UpdateItem naming ``access_token``): the table
+    fails right after a fetch."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -131,7 +132,7 @@ class FailingWrites(FakeDynamoDB):
         import urllib.error
         import urllib.request
 
-        if headers.get("X-Amz-Target", "").endswith(".PutItem") and b'"token#' in raw:
+        if headers.get("X-Amz-Target", "").endswith((".PutItem", ".UpdateItem")) and b'"access_token"' in raw:
             return super().answer(headers, raw)
         forward = urllib.request.Request(self.upstream, data=raw, method="POST", headers=headers)
         try:
