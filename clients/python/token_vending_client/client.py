@@ -1,4 +1,4 @@
-"""Getting a token from the service, once per process and scope set, and keeping it while it is good.
+"""Getting a token from the service, once per process, scope set and identity, and keeping it while it is good.
 
 Two ways in, as the service offers them: its HTTP API (``GET /token/{provider}``, SigV4-signed with the
 caller's own AWS credentials) or a direct ``lambda:Invoke`` of the provider function (from inside the
@@ -329,7 +329,9 @@ def get_token(provider: str, *, api_url: str | None = None, function_name: str |
               session: Any = None) -> Token:
     """A token for ``provider`` valid for at least ``min_ttl`` seconds, for code that is not an HTTP client.
 
-    Kept in memory until less than ``min_ttl`` is left. Raises the contract's errors
+    ``api_url`` is the stack's ``ApiUrl`` output (:func:`api_base`); ``function_name`` invokes the provider
+    function instead. Kept in memory until less than ``min_ttl`` is left, shared by every session with the
+    same :func:`identity`. Raises the contract's errors
     (:class:`~token_vending_client.errors.UpstreamUnavailable`, ...).
     """
     return source(provider, api_url=api_url, function_name=function_name, scope=scope,
