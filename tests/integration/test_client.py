@@ -46,6 +46,15 @@ def test_both_ways_in_vend_the_same_cached_token(stack: Any, emulators: Any, ses
     assert emulators["pyng"].token_requests == 1
 
 
+def test_the_api_url_output_and_a_scope_set(stack: Any, emulators: Any, session: boto3.Session) -> None:
+    """The stack's ``ApiUrl`` output as given (``{base}/token/``) and two scopes (a space in the query)."""
+    scope = f"{SCOPE} billing:customers:read"
+    token = get_token("pyng", api_url=f"{stack.api_url}/token/", scope=scope, session=session)
+    assert token.access_token == emulators["pyng"].issued[0]["access_token"]
+    assert token.scope is not None
+    assert set(token.scope.split()) == set(scope.split())
+
+
 def test_errors_by_name_on_both_ways_in(stack: Any, emulators: Any, session: boto3.Session,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
