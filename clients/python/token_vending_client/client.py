@@ -197,11 +197,12 @@ class TokenSource:
             body = None
         if response.status == 200:
             return Token.from_body(body, self.provider)
-        retry_after = response.headers.get("Retry-After")
+        retry_after = (response.headers.get("Retry-After") or "").strip()
         code = body.get("error") if isinstance(body, dict) else None
         cls = AccessDenied if response.status == 403 else BY_CODE.get(str(code), TokenVendingError)
-        raise from_body(cls, body, provider=self.provider, status=response.status,
-                        retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None)
+        plain = retry_after.isascii() and retry_after.isdigit() and len(retry_after) < 9
+        seconds = int(retry_after) if plain else None
+        raise from_body(cls, body, provider=self.provider, status=response.status, retry_after=seconds)
 
     def _from_function(self, params: dict[str, Any]) -> Token:
         client = self._lambda_client()
