@@ -321,9 +321,35 @@ def test_private_key_jwt_pem_curve_decides_the_algorithm(curve: Any, algorithm: 
 
 @pytest.mark.parametrize(("key", "named"), [
     pytest.param(lambda: ec.generate_private_key(ec.SECP256K1()), "secp256k1", id="secp256k1"),
-    pytest.param(lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "1024-bit", id="rsa-1024"),
+    pytest.param(lambda: rsa.generate_private_key(65537, 1024), "1024-bit", id="rsa-1024"),  # noqa: S505 - refused
 ])
 def test_private_key_jwt_pem_key_without_a_jose_algorithm_is_refused(key: Any, named: str) -> None:
     for algorithm in ("", "ES256", "RS256"):
         with pytest.raises(SigningKeyError, match=named):
             PemSigner(pem(key()), algorithm)
+
+
+def test_private_key_jwt_kms_new_key_not_yet_granted_signs_with_the_old_one(kms: Any, clock: Clock) -> None:
+    """KMS documents up to five minutes before an alias move affects authorisation: the alias already resolves
+    to the new key while IAM (kms:ResourceAliases) still refuses it and still grants the old one. The signer
+    keeps signing with the old key, naming it in kid, rather than failing the token request."""
+    from botocore.exceptions import ClientError
+
+    alias = "alias/token-signing-es256"
+    old_id, _ = kms_key(kms, "ES256")
+    new_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    keys = kms_jwk_set(kms, old_id, new_id)
+    signer = KmsSigner(kms, alias)
+    assert verify_by_kid(client_assertion(signer, client_id="c", audience=AUDIENCE), keys) == old_id
+    kms.update_alias(AliasName=alias, TargetKeyId=new_id)
+    clock.now += 61
+
+    def refuse_new_key(params: dict[str, Any], **_: Any) -> None:
+        if params["KeyId"].rsplit("/", 1)[-1] == new_id:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not authorized"}}, "Sign")
+
+    kms.meta.events.register("provide-client-params.kms.Sign", refuse_new_key)
+    assert verify_by_kid(client_assertion(signer, client_id="c", audience=AUDIENCE), keys) == old_id
+    kms.meta.events.unregister("provide-client-params.kms.Sign", refuse_new_key)
+    clock.now += 61
+    assert verify_by_kid(client_assertion(signer, client_id="c", audience=AUDIENCE), keys) == new_id

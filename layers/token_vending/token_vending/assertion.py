@@ -16,6 +16,7 @@ wants the raw ``r || s`` (RFC 7518 section 3.4), hence :func:`der_to_jose`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import threading
@@ -156,8 +157,8 @@ class KmsSigner:
     """Signs in AWS KMS. ``key_id`` may be a key ARN, id or alias. The alias is resolved to its key by
     ``kms:GetPublicKey`` (at most every :data:`KEY_MAX_AGE` seconds) and ``kms:Sign`` is then called with that
     key's ARN, never with the alias: the ``kid`` in the header (the key's KMS id, as the JWKS command prints it)
-    always names the key that signed, even while the alias moves. A key the alias has left (refused, disabled,
-    scheduled for deletion) makes the alias be resolved again at once."""
+    always names the key that signed, even while the alias moves. A key KMS refuses (the alias has left it, it
+    was disabled or scheduled for deletion) makes the alias be resolved again at once."""
 
     client: KMSClient
     key_id: str
@@ -166,6 +167,7 @@ class KmsSigner:
     max_age: float = KEY_MAX_AGE
     """Bounded by :data:`KEY_MAX_AGE` whatever the caller passes."""
     _resolved: KmsKey | None = field(default=None, repr=False)
+    _last_signed: KmsKey | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -188,16 +190,28 @@ class KmsSigner:
     def compact(self, claims: dict[str, Any]) -> str:
         from botocore.exceptions import ClientError
 
-        key = self.resolve()
+        failed: KmsKey | None = None
         try:
-            return self._compact(key, claims)
+            failed = self.resolve()
+            return self._signed(failed, claims)
         except ClientError as exc:
             if not _is_alias(self.key_id) or exc.response.get("Error", {}).get("Code") not in KEY_GONE_CODES:
                 raise
-            moved = self.resolve(refresh=True)
-            if moved.key_id == key.key_id:
-                raise
-            return self._compact(moved, claims)
+            # Another key, once: the alias's key now (it has moved on), else the last key that signed (KMS
+            # documents up to five minutes before an alias move affects authorisation: the new key may not be
+            # granted yet while the old one still is). Either way kid and signature name the same key.
+            others = [self._last_signed]
+            with contextlib.suppress(ClientError):
+                others.insert(0, self.resolve(refresh=True))
+            for other in others:
+                if other is not None and (failed is None or other.key_id != failed.key_id):
+                    return self._signed(other, claims)
+            raise
+
+    def _signed(self, key: KmsKey, claims: dict[str, Any]) -> str:
+        token = self._compact(key, claims)
+        self._last_signed = key
+        return token
 
     def _compact(self, key: KmsKey, claims: dict[str, Any]) -> str:
         def sign(signing_input: bytes) -> bytes:
