@@ -353,3 +353,19 @@ def test_private_key_jwt_kms_new_key_not_yet_granted_signs_with_the_old_one(kms:
     kms.meta.events.unregister("provide-client-params.kms.Sign", refuse_new_key)
     clock.now += 61
     assert verify_by_kid(client_assertion(signer, client_id="c", audience=AUDIENCE), keys) == new_id
+
+
+@pytest.mark.parametrize(("key_id", "region"), [
+    ("arn:aws:kms:eu-west-1:210987654321:key/1a5b2c3d-0000-4000-8000-000000000001", "eu-west-1"),
+    ("arn:aws:kms:ap-southeast-2:123456789012:alias/token-signing", "ap-southeast-2"),
+    ("alias/token-signing", "us-east-1"),
+    ("1a5b2c3d-0000-4000-8000-000000000001", "us-east-1"),
+])
+def test_private_key_jwt_kms_client_is_in_the_region_the_key_arn_names(key_id: str, region: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template grants the key (or alias) in the Region its ARN names: the function calls KMS there."""
+    from token_vending.provider_function import _kms_client
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert _kms_client(key_id).meta.region_name == region
