@@ -4,20 +4,26 @@ SigV4-signed and counts what it serves, and a target API that answers 401 once."
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
+import itertools
 import json
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import boto3
 import httpx
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 import token_vending_client
 from token_vending_client import (
@@ -29,9 +35,47 @@ from token_vending_client import (
     get_token,
 )
 from token_vending_client import client as client_module
+from token_vending_client.client import normalise_scope
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+SECRETS = {"testing": "testing"}
+"""The secret access keys the fake API knows, by access key id."""
+_AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+                            r"execute-api/aws4_request, SignedHeaders=(?P<signed>[^,]+), "
+                            r"Signature=(?P<signature>[0-9a-f]{64})")
+
+
+def _rfc3986(value: str) -> str:
+    return quote(value, safe="-_.~")
+
+
+def signature_verifies(method: str, raw_path: str, headers: Any) -> bool:
+    """API Gateway's check of a SigV4 signature, on the request as received.
+
+    As AWS does, the query is canonicalised from what arrived: each name and value percent-decoded (``+``
+    is a literal plus, not a space), RFC 3986 re-encoded, sorted. The signature is then recomputed with
+    botocore's signer over those pieces and the headers the caller says it signed, at its own timestamp.
+    """
+    match = _AUTHORIZATION.fullmatch(headers.get("Authorization", ""))
+    if match is None or match["key"] not in SECRETS:
+        return False
+    path, _, query = raw_path.partition("?")
+    pairs = sorted((_rfc3986(unquote(name)), _rfc3986(unquote(value)))
+                   for name, _, value in (pair.partition("=") for pair in query.split("&") if pair))
+    canonical_query = "&".join(f"{name}={value}" for name, value in pairs)
+    url = f"http://{headers['Host']}{path}" + (f"?{canonical_query}" if canonical_query else "")
+    request = AWSRequest(method=method, url=url,
+                         headers={name: headers.get(name, "") for name in match["signed"].split(";")})
+    request.context["timestamp"] = headers.get("X-Amz-Date", "")
+    if not request.context["timestamp"].startswith(match["date"]):
+        return False
+    signer = SigV4Auth(Credentials(match["key"], SECRETS[match["key"]], headers.get("X-Amz-Security-Token")),
+                       "execute-api", match["region"])
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return hmac.compare_digest(expected, match["signature"])
 
 
 @dataclass
@@ -41,10 +85,16 @@ class FakeTokenApi:
     served: list[dict[str, list[str]]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
     errors: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, path: str, headers: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if not signature_verifies("GET", path, headers):
+            with self.lock:
+                self.rejected.append(path)
+            return 403, {"message": "The request signature we calculated does not match the signature you "
+                                    "provided."}, {}
         query = parse_qs(urlsplit(path).query)
         with self.lock:
             self.served.append(query)
@@ -144,6 +194,36 @@ def test_get_token_signs_with_sigv4_and_keeps_the_token(token_api: Any, session:
     assert "/eu-west-1/execute-api/aws4_request" in fake.authorizations[0]
     assert first.access_token == "vended-token-1"
     assert 890 <= first.expires_in <= 900
+
+
+SCOPES = ("billing:read", "a+b", "x&y=z", "path/to%41", "urn:x:y", "zahlungen:lesen:ü", "支払い")
+"""Scopes with reserved characters (``+ & = / % :``) and non-ASCII ones."""
+
+
+def test_every_scope_set_is_signed_as_api_gateway_verifies_it(token_api: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    sets = [" ".join(chosen) for size in range(1, len(SCOPES) + 1) for chosen in itertools.combinations(SCOPES, size)]
+    for scope in sets:
+        get_token("pyng", api_url=url, scope=scope, min_ttl=120, session=session)
+    assert fake.rejected == []
+    assert [query["scope"] for query in fake.served] == [[normalise_scope(scope)] for scope in sets]
+    # a forced refresh (the boolean and the fingerprint) too
+    get_token("pyng", api_url=url, scope="a+b x&y=z", force_refresh=True, session=session)
+    assert fake.rejected == []
+    assert fake.served[-1]["force_refresh"] == ["true"]
+
+
+def test_an_unsigned_or_missigned_request_is_refused_by_the_fake(token_api: Any) -> None:
+    """The verifier is not a rubber stamp: a signature over ``urlencode``'s ``a+b`` does not verify."""
+    fake, url = token_api
+    request = AWSRequest(method="GET", url=f"{url}/token/pyng?min_ttl=60&scope=a+b")
+    SigV4Auth(Credentials("testing", "testing"), "execute-api", "eu-west-1").add_auth(request)
+    response = requests.get(str(request.url), headers=dict(request.headers.items()), timeout=10)
+    assert response.status_code == 403
+    good = AWSRequest(method="GET", url=f"{url}/token/pyng?min_ttl=60&scope=a%2Bb")
+    SigV4Auth(Credentials("testing", "testing"), "execute-api", "eu-west-1").add_auth(good)
+    assert requests.get(str(good.url), headers=dict(good.headers.items()), timeout=10).status_code == 200
+    assert fake.served == [{"min_ttl": ["60"], "scope": ["a+b"]}]
 
 
 def test_a_token_that_no_longer_lasts_min_ttl_is_replaced(token_api: Any, session: boto3.Session) -> None:

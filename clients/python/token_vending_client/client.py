@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from token_vending_client.errors import (
     BY_CODE,
@@ -35,6 +35,23 @@ LOG = logging.getLogger("token_vending_client")
 HTTP_TIMEOUT = 30.0
 """API Gateway ends a request at 29 s; the service answers before."""
 _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+
+
+def _encode(value: str) -> str:
+    """RFC 3986 percent-encoding, as SigV4 canonicalises: only unreserved characters stay as they are."""
+    return quote(value, safe="-_.~")
+
+
+def signable_query(params: dict[str, Any]) -> str:
+    """The query string exactly as SigV4 canonicalises it (RFC 3986 encoded, sorted by key).
+
+    botocore signs a URL's query as written; API Gateway decodes and re-encodes it before it verifies
+    (``urlencode``'s ``a+b`` becomes ``a%2Bb``). Sending the canonical form makes the two agree, and
+    urllib3 sends it unchanged (it has nothing left to encode).
+    """
+    pairs = {_encode(key): _encode(str(value).lower() if isinstance(value, bool) else str(value))
+             for key, value in params.items()}
+    return "&".join(f"{key}={value}" for key, value in sorted(pairs.items()))
 
 
 def fingerprint(token: str) -> str:
@@ -136,9 +153,7 @@ class TokenSource:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        query = urlencode({key: str(value).lower() if isinstance(value, bool) else value
-                           for key, value in params.items()})
-        url = f"{self.api_url}/token/{self.provider}?{query}"
+        url = f"{self.api_url}/token/{_encode(self.provider)}?{signable_query(params)}"
         request = AWSRequest(method="GET", url=url)
         credentials = self._session.get_credentials()
         if credentials is not None:
