@@ -200,7 +200,7 @@ class LocalStack:
         self.api_url = ""
         """The stack's ``ApiUrl`` output as deployed (``http://127.0.0.1:3000/v1/token/``): append a provider."""
         self.stage_url = ""
-        """The stage's invoke URL (``http://127.0.0.1:3000/v1``), what the caller library's ``api_url`` takes."""
+        """The stage's invoke URL (``http://127.0.0.1:3000/v1``): the API's base, without the resource."""
         self.lambda_url = ""
         self._stopping = threading.Event()
 
