@@ -105,7 +105,7 @@ def botocore_signed(url: str, *, credentials: BotoCredentials | None = None, reg
     auth_class = SigV4QueryAuth if query_auth else SigV4Auth
     auth = auth_class(credentials or BotoCredentials("testing", "testing"), service, region)
     auth.add_auth(request)
-    parts = urlsplit(request.url)
+    parts = urlsplit(str(request.url))
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     sent = [(name, value) for name, value in request.headers.items()]
     if not any(name.lower() == "host" for name, _ in sent):
