@@ -236,3 +236,13 @@ def test_malformed_authorization_is_an_incomplete_signature(authorization: str) 
     refused = refusal(Request("GET", "/v1/token/pyng", [("Host", HOST), ("Authorization", authorization),
                                                           ("X-Amz-Date", datetime.now(UTC).strftime(sigv4.AMZ_DATE))]))
     assert (refused.response_type, refused.error_type) == ("INVALID_SIGNATURE", "IncompleteSignatureException")
+
+
+def test_a_mismatch_quotes_the_canonical_request_without_the_session_token() -> None:
+    """API Gateway's message quotes what it signed; a session token (a credential) is not repeated."""
+    token = "IQoJb3JpZ2luX2VjEXAMPLE-session-token"
+    request = botocore_signed(token_url(), credentials=BotoCredentials("testing", "wrong", token))
+    with pytest.raises(SignatureRefused) as caught:
+        sigv4.verify(request, {"testing": replace(LOCAL, session_token=token)}, "us-east-1")
+    assert "x-amz-security-token:<redacted>" in caught.value.message
+    assert token not in caught.value.message
