@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("local.api")
 RESOURCE = "/token/{provider}"
-DEFAULT_STATUS = {"MISSING_AUTHENTICATION_TOKEN": 403, "INVALID_SIGNATURE": 403, "ACCESS_DENIED": 403,
-                  "EXPIRED_TOKEN": 403}
-"""API Gateway's default status of the response types the local gateway answers with."""
 _DEFAULT_TEMPLATE = '{"message":$context.error.messageString}'
 """API Gateway's own body of a gateway response that the API does not customise."""
 
@@ -47,14 +44,15 @@ class GatewayResponse:
     headers: dict[str, str] = field(default_factory=dict)
     template: str = _DEFAULT_TEMPLATE
 
-    def render(self, response_type: str, message: str, request_id: str, error_type: str
+    def render(self, response_type: str, message: str, request_id: str, error_type: str, status: int
                ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body; ``status`` is the type's own, unless the API customised it."""
         body = (self.template.replace("$context.error.messageString", json.dumps(message))
                 .replace("$context.error.message", json.dumps(message)[1:-1])
                 .replace("$context.error.responseType", response_type)
                 .replace("$context.requestId", request_id))
         headers = {**self.headers, "x-amzn-RequestId": request_id, "x-amzn-ErrorType": error_type}
-        return self.status or DEFAULT_STATUS.get(response_type, 403), headers, body.encode()
+        return self.status or status, headers, body.encode()
 
 
 def gateway_responses(template: Mapping[str, Any] | None = None) -> dict[str, GatewayResponse]:
@@ -131,10 +129,12 @@ class ApiGateway:
         self.responses = dict(responses) if responses is not None else gateway_responses()
         self._server: ThreadingHTTPServer | None = None
 
-    def refusal(self, refused: SignatureRefused, request_id: str) -> tuple[int, dict[str, str], bytes]:
-        """The deployed gateway response for a refusal (``DEFAULT_4XX`` where its type is not customised)."""
-        response = self.responses.get(refused.response_type) or self.responses.get("DEFAULT_4XX") or GatewayResponse()
-        return response.render(refused.response_type, refused.message, request_id, refused.error_type)
+    def gateway_response(self, response_type: str, status: int, message: str, error_type: str, request_id: str
+                         ) -> tuple[int, dict[str, str], bytes]:
+        """The deployed gateway response of a type (``DEFAULT_4XX``/``DEFAULT_5XX`` where it is not customised)."""
+        fallback = "DEFAULT_5XX" if status >= 500 else "DEFAULT_4XX"
+        response = self.responses.get(response_type) or self.responses.get(fallback) or GatewayResponse()
+        return response.render(response_type, message, request_id, error_type, status)
 
     def authorise(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> tuple[
             str, Credentials]:
@@ -161,13 +161,14 @@ class ApiGateway:
                 try:
                     provider, caller = gateway.authorise(self.command, target, headers, body)
                 except SignatureRefused as refused:
-                    status, response_headers, response = gateway.refusal(refused, request_id)
+                    status, response_headers, response = gateway.gateway_response(
+                        refused.response_type, 403, refused.message, refused.error_type, request_id)
                     self.send_json(status, response, response_headers)
                     outcome = f"{status} {refused.error_type}"
                 else:
                     event = proxy_event(self.command, target, headers, self.client_address[0], caller,
                                         stage=gateway.stage, provider=provider, request_id=request_id)
-                    outcome = str(gateway.respond(event, self))
+                    outcome = str(gateway.respond(event, self, request_id))
                 LOG.info("%s %s -> %s (%.0f ms)", self.command, target.partition("?")[0], outcome,
                          (time.perf_counter() - started) * 1000)
 
@@ -176,7 +177,7 @@ class ApiGateway:
         self._server = serve_in_thread(host, port, Handler)
         return int(self._server.server_address[1])
 
-    def respond(self, event: dict[str, Any], handler: Any) -> int:
+    def respond(self, event: dict[str, Any], handler: Any, request_id: str) -> int:
         payload, error = self.lambdas.invoke(self.function_name, event)
         try:
             result = json.loads(payload)
@@ -186,8 +187,12 @@ class ApiGateway:
             body = result.get("body") or ""
             headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
         except (ValueError, TypeError):
-            # What API Gateway answers when the integration fails or returns a malformed result.
-            status, body, headers = 502, json.dumps({"message": "Internal server error"}), {}
+            # What API Gateway answers when the function fails or returns a malformed proxy result: 502
+            # "Internal server error", through the API's DEFAULT_5XX gateway response.
+            status, headers, raw = self.gateway_response("DEFAULT_5XX", 502, "Internal server error",
+                                                         "InternalServerErrorException", request_id)
+            handler.send_json(status, raw, headers)
+            return status
         handler.send_json(status, body.encode() if isinstance(body, str) else body, headers)
         return status
 

@@ -143,3 +143,17 @@ def test_stale_or_early_signature_is_refused(gateway: tuple[str, RecordingLambda
     expected = "Signature expired: " if minutes < 0 else "Signature not yet current: "
     assert_deployed_refusal(response, "InvalidSignatureException", expected)
     assert lambdas.events == []
+
+
+@pytest.mark.parametrize("result", [(b"not json", False), (b'{"errorMessage": "boom"}', True),
+                                    (b'{"statusCode": "200"}', False)])
+def test_a_failed_integration_is_the_deployed_5xx_response(gateway: tuple[str, RecordingLambdas],
+                                                           result: tuple[bytes, bool]) -> None:
+    url, lambdas = gateway
+    with mock.patch.object(lambdas, "invoke", return_value=result):
+        response = requests.get(f"{url}/v1/token/pyng", auth=SIGNED, timeout=10)
+    assert response.status_code == 502
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
+    assert response.json() == {"error": "server_error", "error_description": "Internal server error",
+                               "request_id": response.headers["x-amzn-RequestId"]}
