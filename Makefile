@@ -28,7 +28,7 @@ export PATH := $(dir $(PYTHON313)):$(PATH)
 .PHONY: help local test lint typecheck unit integration template scan bench build clean deps generate
 
 help:
-	@echo "make local   run the API on http://127.0.0.1:3000 with an embedded AWS and provider emulators"
+	@echo "make local   run the API on http://127.0.0.1:3000/v1/token/ (SigV4-signed) with an embedded AWS and provider emulators"
 	@echo "make test    lint, type-check, unit, integration (DynamoDB Local) and template tests"
 	@echo "make scan    checkov (template.yaml) and bandit (code); make test runs them too, on SAM's output as well"
 	@echo "make bench   benchmarks (figures printed as name: value)"
