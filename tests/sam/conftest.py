@@ -48,7 +48,7 @@ def backend(engine: str) -> Iterator[tuple[LocalStack, EmulatorFleet]]:
 
 
 @pytest.fixture(scope="session")
-def sam(built: Path, backend: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamLocal]:
+def sam(built: Path, backend: Any) -> Iterator[SamLocal]:
     """``sam local`` on the built template with the committed ``env.json``; stopped (containers removed) at the
     end of the session."""
     runner = SamLocal(built)
