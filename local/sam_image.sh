@@ -10,7 +10,7 @@
 #
 # Image: SAM runs python3.13 functions on public.ecr.aws/lambda/python:3.13-<arch> and builds its own
 # image on top of it (the Runtime Interface Emulator and the layer). If that image is present it is used;
-# else it is pulled; if no registry can be reached, a stand-in is built and given that name: a Debian trixie
+# else, with SAM_LOCAL_PULL_IMAGE=1, it is pulled; else (or if that fails) a stand-in is built and given that name: a Debian trixie
 # root file system (debootstrap; its python3 is CPython 3.13), awslambdaric (Lambda's Python runtime
 # interface client, the same code as the official image's /var/runtime) and boto3 in /var/runtime, and a
 # /var/runtime/bootstrap that starts it. The stand-in is labelled token-vending.stand-in=1; it stays in the
@@ -61,8 +61,9 @@ fi
 
 # --- the image -------------------------------------------------------------------------------------------
 if image_present; then exit 0; fi
-if timeout 60 "$DOCKER" pull -q "$IMAGE" >/dev/null 2>&1; then exit 0; fi
-echo "sam_image: $IMAGE cannot be pulled; building a stand-in" >&2
+# Pulling reaches a public registry: only when asked (SAM_LOCAL_PULL_IMAGE=1), never by default.
+if [[ "${SAM_LOCAL_PULL_IMAGE:-0}" == 1 ]] && timeout 120 "$DOCKER" pull -q "$IMAGE" >/dev/null 2>&1; then exit 0; fi
+echo "sam_image: $IMAGE is not here; building a stand-in" >&2
 
 if ! command -v debootstrap >/dev/null 2>&1; then
   [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || {
