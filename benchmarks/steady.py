@@ -43,6 +43,7 @@ from benchmarks.infra import (
 )
 from local.lambda_service import Worker
 from local.stack import API_FUNCTION
+from tests.support.signing import SigV4
 
 if TYPE_CHECKING:
     from benchmarks.infra import LoopbackAws
@@ -120,9 +121,9 @@ def waiting_share(aws: LoopbackAws, *, refresh_ahead: bool, duration: float) -> 
             stack.lambdas.warm(PYNG_FUNCTION, CALLERS)
             if refresh_ahead:
                 scheduler = Worker(pyng_spec(stack), scheduler_logs)
-            url = f"{stack.api_url}/token/pyng"
+            url = f"{stack.api_url}pyng"
             params = {"min_ttl": "1"}
-            first = requests.get(url, params=params, timeout=30)
+            first = requests.get(url, params=params, auth=SigV4(), timeout=30)
             if first.status_code != 200:
                 raise RuntimeError(f"priming request failed: {first.status_code} {first.text[:300]}")
             _await_pyng_miss(logs)
@@ -147,6 +148,7 @@ def waiting_share(aws: LoopbackAws, *, refresh_ahead: bool, duration: float) -> 
             def call(end: float) -> None:
                 statuses: collections.Counter[int] = collections.Counter()
                 with requests.Session() as session:
+                    session.auth = SigV4()
                     while time.monotonic() < end:
                         try:
                             statuses[session.get(url, params=params, timeout=30).status_code] += 1

@@ -1,6 +1,6 @@
 """``make local``: the whole service on loopback, without Docker or an AWS account.
 
-* API (``GET /token/{provider}``)                 http://127.0.0.1:3000
+* API (``GET /v1/token/{provider}``, SigV4-signed)  http://127.0.0.1:3000/v1/token/ (the stack's ApiUrl)
 * Lambda Invoke API (like ``sam local start-lambda``)  http://127.0.0.1:3001
 * embedded AWS: DynamoDB + Secrets Manager + SQS (moto)  http://127.0.0.1:4566
 * provider token endpoint emulators                http://127.0.0.1:9001, 9002, ... (one per provider)
@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 
 from local.providers import LOCAL_CREDENTIALS, ProviderEmulator
-from local.stack import PROVIDERS, LocalStack, StackConfig
+from local.stack import DUMMY_AWS, PROVIDERS, REGION, LocalStack, StackConfig, caller_credentials
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             if route in by_route:  # the emulator checks assertions against the key it was registered with
                 by_route[route].accept_client_assertions(stack.signing_public_key(route))
         print(f"\nToken vending service running locally (Ctrl-C to stop)\n"
-              f"  API             {stack.api_url}/token/{{provider}}\n"
+              f"  API             {stack.api_url}{{provider}}  (ApiUrl; AWS_IAM: SigV4 for execute-api, {REGION})\n"
               f"  Lambda Invoke   {stack.lambda_url}  (AWS_ENDPOINT_URL_LAMBDA)\n"
               f"  embedded AWS    {stack.aws_url}  (DynamoDB table {stack.config.table_name}, secrets "
               f"token-vending/local/<provider>)\n"
               f"  providers       {', '.join(f'{r}={u}' for r, u in urls.items())}\n"
               f"  refresh ahead   {_refresh_ahead(args.refresh_ahead, stack)}\n\n"
-              f"  try: curl -s {stack.api_url}/token/pyng\n", file=sys.stderr, flush=True)
+              f"  try: curl -s --aws-sigv4 \"aws:amz:{REGION}:execute-api\" --user {_user()} {stack.api_url}pyng\n",
+              file=sys.stderr, flush=True)
         stopped.wait()
     finally:
         print("stopping...", file=sys.stderr, flush=True)
@@ -107,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         for emulator in emulators:
             emulator.stop()
     return 0
+
+
+def _user() -> str:
+    """curl's ``--user`` for the credentials the API accepts; never a secret other than the dummy one."""
+    (known,) = caller_credentials().values()
+    if (known.access_key, known.secret_key) == (DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]):
+        return f"{known.access_key}:{known.secret_key}"
+    return '"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
 
 
 def _passed_through() -> dict[str, str]:

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote
 
 from local.http import JsonHandler, serve_in_thread
 
@@ -35,6 +36,27 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("local.lambda")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+_FUNCTION_NAME = re.compile(
+    r"^(?:arn:aws[a-zA-Z-]*:lambda:[a-z]{2}(?:-gov)?-[a-z]+-\d:)?(?:\d{12}:)?(?:function:)?"
+    r"([a-zA-Z0-9_-]+)(?::(\$LATEST|[a-zA-Z0-9_-]+))?$")
+"""Invoke's ``FunctionName`` as Lambda's API reference gives it: a name, an ARN or a partial ARN
+(``123456789012:function:name``), each with or without a ``:qualifier``."""
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+def function_name(given: str, qualifier: str | None = None) -> tuple[str, str | None]:
+    """``(name, qualifier)`` from Invoke's ``FunctionName`` and ``Qualifier``; ``("", None)`` when ``given`` is
+    not a function name in any form Lambda accepts. A qualifier in the name wins, as a conflicting pair is
+    Lambda's own error, not a case callers rely on."""
+    match = _FUNCTION_NAME.match(given)
+    if match is None:
+        return "", None
+    return match.group(1), match.group(2) or qualifier
+
+
+def function_arn(name: str, qualifier: str | None = None) -> str:
+    return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}" + (f":{qualifier}" if qualifier else "")
 
 
 @dataclass
@@ -219,22 +241,36 @@ class LambdaService:
         class Handler(JsonHandler):
 
             def do_POST(self) -> None:
-                match = _INVOKE_PATH.match(self.path.split("?")[0])
+                path, _, query = self.path.partition("?")
+                match = _INVOKE_PATH.match(path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                name = match.group(1) if match else ""
-                name = name.rsplit(":", 1)[-1] if name.startswith("arn:") else name
-                if not match or name not in service.pools:
-                    self.send_json(404, json.dumps({"Type": "User", "message": f"Function not found: {name}"}).encode(),
-                               {"x-amzn-ErrorType": "ResourceNotFoundException"})
+                if not match:
+                    self.send_json(404, json.dumps({"Type": "User", "message": f"Unknown operation: {path}"}
+                                                   ).encode(), {"x-amzn-ErrorType": "UnknownOperationException"})
+                    return
+                qualifiers = parse_qs(query).get("Qualifier")
+                name, qualifier = function_name(unquote(match.group(1)), qualifiers[0] if qualifiers else None)
+                if name not in service.pools or qualifier not in (None, "$LATEST"):
+                    arn = function_arn(name or unquote(match.group(1)), qualifier)
+                    self.send_json(404, json.dumps({"Type": "User", "Message": f"Function not found: {arn}"}
+                                                   ).encode(), {"x-amzn-ErrorType": "ResourceNotFoundException"})
                     return
                 invocation_type = self.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+                if invocation_type not in ("RequestResponse", "Event", "DryRun"):
+                    message = {"Type": "User", "message": f"Invalid invocation type: {invocation_type}"}
+                    self.send_json(400, json.dumps(message).encode(),
+                                   {"x-amzn-ErrorType": "InvalidParameterValueException"})
+                    return
                 try:
                     event = json.loads(raw) if raw else {}
                 except ValueError:
                     message = {"Type": "User", "message": "Could not parse request body into json"}
                     self.send_json(400, json.dumps(message).encode(),
                                    {"x-amzn-ErrorType": "InvalidRequestContentException"})
+                    return
+                if invocation_type == "DryRun":  # validated, not run
+                    self.send_json(204, b"", {})
                     return
                 if invocation_type == "Event":
                     threading.Thread(target=service.invoke, args=(name, event), daemon=True).start()

@@ -37,6 +37,7 @@ if str(_LAYER := Path(__file__).resolve().parents[1] / "layers" / "token_vending
 
 from token_vending import catalogue
 from token_vending.assertion import ASSERTION_TYPE
+from token_vending.numbers import parse_whole
 from token_vending.profile import ClientCredentialsProfile, EmulatorRules
 
 if TYPE_CHECKING:
@@ -223,7 +224,8 @@ class _Settings:
         value = self.options.get("token_lifetime", self.options.get("expires_in", default))
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        return int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else default
+        whole = parse_whole(value) if isinstance(value, str) else None
+        return default if whole is None else whole
 
     def known(self, client_id: Any, client_secret: Any) -> bool:
         """Whether the pair is the registered one (compared in constant time, as a real server does)."""

@@ -27,7 +27,8 @@ from typing import IO, Any
 
 from local.api_gateway import ApiGateway
 from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService, SqsEventSource
-from local.template import Evaluator, expanded_template, function_env, provider_functions
+from local.sigv4 import Credentials
+from local.template import Evaluator, expanded_template, function_env, load_template, provider_functions
 
 LOG = logging.getLogger("local")
 TABLE_NAME = "token-vending-local"
@@ -120,6 +121,24 @@ DUMMY_AWS = {
 }
 
 
+REGION = DUMMY_AWS["AWS_REGION"]
+"""The local stack's region: the one its functions run in and callers scope their signatures to."""
+
+
+def stage_name(parameters: dict[str, str] | None = None) -> str:
+    """The API's stage (template parameter ``StageName``): the first path segment of its URLs."""
+    return str(Evaluator(load_template(), parameters).ref("StageName"))
+
+
+def caller_credentials() -> dict[str, Credentials]:
+    """The credentials the local gateway accepts signatures from: the ones this process runs with
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), ``testing``/``testing`` when unset."""
+    key = os.environ.get("AWS_ACCESS_KEY_ID") or DUMMY_AWS["AWS_ACCESS_KEY_ID"]
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]
+    token = os.environ.get("AWS_SESSION_TOKEN") or None
+    return {key: Credentials(key, secret, token)}
+
+
 def secret_name(route: str, prefix: str = "token-vending/local") -> str:
     return f"{prefix}/{route}"
 
@@ -160,6 +179,8 @@ class StackConfig:
     sqs_endpoint: str | None = None
     """Where the renewal queues live; ``None``: the embedded moto server (started for them if need be, on
     ``aws_port``: pass 0 for a free port when DynamoDB and Secrets Manager are external)."""
+    callers: dict[str, Credentials] | None = None
+    """Access key -> credentials whose SigV4 signatures the API accepts; ``None``: :func:`caller_credentials`."""
 
 
 class LocalStack:
@@ -175,7 +196,11 @@ class LocalStack:
         """The provider functions this stack runs (template.yaml's, with ``config.parameters``)."""
         self.lambdas: LambdaService | None = None
         self.api: ApiGateway | None = None
+        self.stage = stage_name(config.parameters)
         self.api_url = ""
+        """The stack's ``ApiUrl`` output as deployed (``http://127.0.0.1:3000/v1/token/``): append a provider."""
+        self.stage_url = ""
+        """The stage's invoke URL (``http://127.0.0.1:3000/v1``): the API's base, without the resource."""
         self.lambda_url = ""
         self._stopping = threading.Event()
 
@@ -209,9 +234,11 @@ class LocalStack:
         # The token API function reaches provider functions through the Invoke API, as in AWS.
         for spec in self.lambdas.pools.values():
             spec.spec.environment["AWS_ENDPOINT_URL_LAMBDA"] = self.lambda_url
-        self.api = ApiGateway(self.lambdas, API_FUNCTION)
+        self.api = ApiGateway(self.lambdas, API_FUNCTION, stage=self.stage, region=REGION,
+                              credentials=config.callers if config.callers is not None else caller_credentials())
         api_port = self.api.serve(config.host, config.api_port)
-        self.api_url = f"http://{config.host}:{api_port}"
+        self.stage_url = f"http://{config.host}:{api_port}/{self.stage}"
+        self.api_url = f"{self.stage_url}/token/"
         if config.renewals:
             self.start_event_sources()
         if config.refresh_ahead_every:

@@ -9,17 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-import requests
 
 from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
 from local.stack import LocalStack, StackConfig
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
 from tests.support.fleet import FleetClock, Shared
 from tests.support.harness import LogCapture, aws_clients, create_table
+from tests.support.signing import signed_get
 from token_vending.clients import API_DYNAMODB_CONFIG, DYNAMODB_CONFIG, SECRETS_CONFIG
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    import requests
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +83,8 @@ def stack(make_stack: Any) -> LocalStack:
 
 
 def get_token(stack: LocalStack, provider: str, **params: Any) -> requests.Response:
-    return requests.get(f"{stack.api_url}/token/{provider}", params=params or None, timeout=60)
+    """``GET /{stage}/token/{provider}``, SigV4-signed as a caller on AWS signs it."""
+    return signed_get(f"{stack.api_url}{provider}", params=params or None, timeout=60)
 
 
 def table_items(stack: LocalStack) -> list[dict[str, Any]]:

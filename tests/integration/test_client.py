@@ -39,21 +39,30 @@ def session() -> boto3.Session:
 def test_both_ways_in_vend_the_same_cached_token(stack: Any, emulators: Any, session: boto3.Session,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
-    via_api = get_token("pyng", api_url=stack.api_url, scope=SCOPE, session=session)
+    via_api = get_token("pyng", api_url=stack.stage_url, scope=SCOPE, session=session)
     via_function = get_token("pyng", function_name="PyngFunction", scope=SCOPE, session=session)
     assert via_api.access_token == via_function.access_token == emulators["pyng"].issued[0]["access_token"]
     assert via_api.scope == SCOPE
     assert emulators["pyng"].token_requests == 1
 
 
+def test_the_api_url_output_and_a_scope_set(stack: Any, emulators: Any, session: boto3.Session) -> None:
+    """The stack's ``ApiUrl`` output as given (``{base}/token/``) and two scopes (a space in the query)."""
+    scope = f"{SCOPE} billing:customers:read"
+    token = get_token("pyng", api_url=stack.api_url, scope=scope, session=session)
+    assert token.access_token == emulators["pyng"].issued[0]["access_token"]
+    assert token.scope is not None
+    assert set(token.scope.split()) == set(scope.split())
+
+
 def test_errors_by_name_on_both_ways_in(stack: Any, emulators: Any, session: boto3.Session,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
-    for way in ({"api_url": stack.api_url}, {"function_name": "PyngFunction"}):
+    for way in ({"api_url": stack.stage_url}, {"function_name": "PyngFunction"}):
         with pytest.raises(InvalidRequest):
             get_token("pyng", scope="billing:admin", session=session, **way)
     with pytest.raises(UnknownProvider):
-        get_token("nobody", api_url=stack.api_url, session=session)
+        get_token("nobody", api_url=stack.stage_url, session=session)
     emulators["autopay"].set_credentials("other", "other")
     with pytest.raises(UpstreamRejected) as caught:
         get_token("autopay", function_name="AutopayFunction", session=session)
@@ -62,14 +71,14 @@ def test_errors_by_name_on_both_ways_in(stack: Any, emulators: Any, session: bot
 
 def test_auth_on_a_request(stack: Any, emulators: Any, session: boto3.Session) -> None:
     """The token the service vends is the one the request carries (here to the local API itself, which
-    ignores it: what matters is the header)."""
+    refuses it, a bearer token not being a SigV4 signature: what matters is the header)."""
     seen: list[str] = []
 
     def record(response: requests.Response, **_: Any) -> None:
         seen.append(response.request.headers["Authorization"])
 
-    auth = TokenVendingAuth("aria", api_url=stack.api_url, session=session)
-    requests.get(f"{stack.api_url}/token/aria", auth=auth, hooks={"response": record}, timeout=30)
+    auth = TokenVendingAuth("aria", api_url=stack.stage_url, session=session)
+    requests.get(f"{stack.api_url}aria", auth=auth, hooks={"response": record}, timeout=30)
     assert seen == [f"Bearer {emulators['aria'].issued[0]['access_token']}"]
 
 

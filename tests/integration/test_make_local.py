@@ -16,6 +16,7 @@ import requests
 from local.lambda_service import REPO_ROOT
 from local.stack import PROVIDERS
 from tests.support.dynamodb_local import free_port
+from tests.support.signing import signed_get
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
         response = None
         while time.monotonic() < deadline:
             try:
-                response = requests.get(f"http://127.0.0.1:{api}/token/pyng", timeout=30)
+                response = signed_get(f"http://127.0.0.1:{api}/v1/token/pyng", timeout=30)
                 break
             except requests.ConnectionError:
                 time.sleep(0.5)
@@ -72,9 +73,10 @@ def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert "stopping" in output
+    assert f"API             http://127.0.0.1:{api}/v1/token/" in output  # the stack's ApiUrl, as deployed
     # Nothing is left listening or running.
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"http://127.0.0.1:{api}/token/pyng", timeout=5)
+        requests.get(f"http://127.0.0.1:{api}/v1/token/pyng", timeout=5)
     time.sleep(0.5)
     for pid in children:
         status = Path(f"/proc/{pid}/status")

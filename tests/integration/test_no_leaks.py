@@ -28,14 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-import requests
 from botocore.config import Config
 
 from local.providers import Fault
 from local.stack import PROVIDERS
+from tests.support.signing import signed_get
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import requests
 
     from local.providers import EmulatorFleet
     from local.stack import LocalStack
@@ -149,7 +151,7 @@ class LeakAudit:
         return token
 
     def get(self, route: str, params: dict[str, Any] | list[tuple[str, str]] | None = None) -> requests.Response:
-        response = requests.get(f"{self.stack.api_url}/token/{route}", params=params, timeout=60)
+        response = signed_get(f"{self.stack.api_url}{route}", params=params, timeout=60)
         self.seen.append(Seen(f"GET /token/{route} {params}", response.status_code, dict(response.headers),
                               response.text))
         return response

@@ -374,7 +374,7 @@ def test_private_key_jwt_echoed_assertion_never_reaches_logs_metrics_or_errors(d
 def kms_key(kms: Any, algorithm: str) -> tuple[str, bytes]:
     """A new KMS signing key (its id) and its public key as PEM, from ``kms:GetPublicKey`` as an operator would
     fetch it to register."""
-    spec = "ECC_NIST_P256" if algorithm == "ES256" else "RSA_2048"
+    spec = {"ES256": "ECC_NIST_P256", "ES384": "ECC_NIST_P384", "ES512": "ECC_NIST_P521"}.get(algorithm, "RSA_2048")
     key_id = kms.create_key(KeyUsage="SIGN_VERIFY", KeySpec=spec)["KeyMetadata"]["KeyId"]
     der = kms.get_public_key(KeyId=key_id)["PublicKey"]
     return key_id, serialization.load_der_public_key(der).public_bytes(
@@ -382,7 +382,7 @@ def kms_key(kms: Any, algorithm: str) -> tuple[str, bytes]:
 
 
 @pytest.mark.parametrize("algorithm", [
-    "RS256", "ES256", pytest.param("PS256", marks=pytest.mark.skip(reason=MOTO_PS256))])
+    "RS256", "ES256", "ES384", "ES512", pytest.param("PS256", marks=pytest.mark.skip(reason=MOTO_PS256))])
 @pytest.mark.parametrize("reference", ["key-id", "alias"])
 def test_private_key_jwt_kms_key_is_accepted_by_authlib(deploy: Any, aws: dict[str, Any], algorithm: str,
                                                         reference: str) -> None:
@@ -416,15 +416,16 @@ def test_private_key_jwt_kms_key_the_server_does_not_know_is_rejected(deploy: An
     deployment.assert_no_leak()
 
 
-@pytest.mark.parametrize("case", ["no-such-key", "p384-key", "encrypt-decrypt-key"])
+@pytest.mark.parametrize("case", ["no-such-key", "secp256k1-key", "encrypt-decrypt-key"])
 def test_private_key_jwt_kms_key_that_cannot_sign_is_misconfigured(deploy: Any, aws: dict[str, Any],
                                                                    case: str) -> None:
-    """A key KMS does not have, a P-384 key (no RS256/PS256/ES256) or an encryption key: a setting to fix
-    (500 ``misconfigured``), not the provider's fault; the provider is never asked."""
+    """A key KMS does not have, a secp256k1 key (KMS offers ECDSA_SHA_256 for it, but no JOSE algorithm is
+    secp256k1's but ES256K, which providers do not take) or an encryption key: a setting to fix (500
+    ``misconfigured``, naming the key spec where there is one), not the provider's fault; never asked."""
     if case == "no-such-key":
         key_id = str(uuid.uuid4())
-    elif case == "p384-key":
-        key_id = aws["kms"].create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_NIST_P384")["KeyMetadata"]["KeyId"]
+    elif case == "secp256k1-key":
+        key_id = aws["kms"].create_key(KeyUsage="SIGN_VERIFY", KeySpec="ECC_SECG_P256K1")["KeyMetadata"]["KeyId"]
     else:
         key_id = aws["kms"].create_key(KeyUsage="ENCRYPT_DECRYPT", KeySpec="SYMMETRIC_DEFAULT")["KeyMetadata"]["KeyId"]
     deployment = deploy([], secret={"client_id": CLIENT_ID}, env={"SIGNING_KEY_ID": key_id})
@@ -432,6 +433,8 @@ def test_private_key_jwt_kms_key_that_cannot_sign_is_misconfigured(deploy: Any, 
     assert answer.get("errorType") == "Misconfigured", answer
     assert (answer["status"], answer["error"]) == (500, "misconfigured")
     assert "signing key" in answer["error_description"] or "KMS key" in answer["error_description"]
+    if case == "secp256k1-key":
+        assert "ECC_SECG_P256K1" in answer["error_description"]
     assert deployment.server.token_requests == 0
 
 
@@ -453,3 +456,31 @@ def test_private_key_jwt_kms_unreachable_is_unavailable_without_a_cool_down(depl
     # Another environment, KMS reachable again (the endpoint is read when the KMS client is made).
     monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", aws["moto"])
     assert_token(deployment.environment().call(), deployment)
+
+
+def test_private_key_jwt_kms_alias_moved_every_assertion_verifies_by_its_kid(deploy: Any, aws: dict[str, Any],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's rotation against Authlib holding both keys (it picks the key by ``kid``): a token before the
+    alias moves, one while the environment still has the old key resolved, one once that resolution (a minute)
+    has aged, however long the secret is cached. Every request is granted; the ``kid`` moves with the alias."""
+    import token_vending.assertion
+
+    old_id, old_public = kms_key(aws["kms"], "ES256")
+    new_id, new_public = kms_key(aws["kms"], "ES256")
+    alias = f"alias/token-signing-{uuid.uuid4().hex[:8]}"
+    aws["kms"].create_alias(AliasName=alias, TargetKeyId=old_id)
+    jwks = [registered_jwk(old_public, kid=old_id, algorithm="ES256"),
+            registered_jwk(new_public, kid=new_id, algorithm="ES256")]
+    deployment = deploy(jwks, secret={"client_id": CLIENT_ID},
+                        env={"SIGNING_KEY_ID": f"arn:aws:kms:us-east-1:123456789012:{alias}",
+                             "SECRET_MAX_AGE": "3600"})
+    environment = deployment.environment()
+    assert_token(environment.call({"scope": "billing:read"}), deployment)
+    aws["kms"].update_alias(AliasName=alias, TargetKeyId=new_id)
+    assert_token(environment.call({"scope": "reports:read"}), deployment, "reports:read")
+    later = time.monotonic() + 61
+    monkeypatch.setattr(token_vending.assertion, "time",
+                        types.SimpleNamespace(time=time.time, monotonic=lambda: later))
+    assert_token(environment.call({"scope": "billing:write"}), deployment, "billing:write")
+    assert [exchange.status for exchange in deployment.server.answers()] == [200, 200, 200]
+    assert [jws_parts(assertion)[0]["kid"] for assertion in deployment.assertions()] == [old_id, old_id, new_id]

@@ -106,7 +106,7 @@ class _ClientCredentialsGrant(ClientCredentialsGrant):  # type: ignore[misc]
         "client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
-PRIVATE_KEY_JWT_ALGORITHMS = ("RS256", "PS256", "ES256")
+PRIVATE_KEY_JWT_ALGORITHMS = ("RS256", "PS256", "ES256", "ES384", "ES512")
 """The server's ``token_endpoint_auth_signing_alg_values_supported``."""
 
 

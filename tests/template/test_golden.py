@@ -183,6 +183,29 @@ def budget_and_use_marks_update_the_partition(old: dict[str, Any], provider: Pro
     partition["Action"].insert(2, "dynamodb:UpdateItem")
 
 
+def signing_grants_follow_the_key(old: dict[str, Any], provider: Provider) -> None:
+    """A KMS signing key's grants: kms:Sign also in ES384 and ES512 (the key's spec decides the algorithm), and
+    an alias ARN grants the keys of the account and Region it names, not this stack's (an alias of another
+    account or Region named this stack's alias of the same name)."""
+    (policy,) = old[f"{provider.key}FunctionRole"]["Properties"]["Policies"]
+    split = {"Fn::Split": [":", {"Fn::Sub": f"${{{provider.key}SigningKeyArn}}:::::"}]}
+    named = [{"Fn::Select": [index, split]} for index in range(5)]
+    changed = set()
+    for statement in policy["PolicyDocument"]["Statement"]:
+        grant = statement.get("Fn::If", [None, {}])[1]
+        algorithms = grant.get("Condition", {}).get("StringEquals", {}).get("kms:SigningAlgorithm")
+        if algorithms is not None:
+            assert algorithms == ["RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256", "ECDSA_SHA_256"]
+            algorithms += ["ECDSA_SHA_384", "ECDSA_SHA_512"]
+            changed.add(f"{grant['Sid']} algorithms")
+        if grant.get("Sid") in ("SignWithAliasedKey", "ReadAliasedPublicKey"):
+            assert grant["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/*"}
+            grant["Resource"] = {"Fn::Join": [":", [*named, "key/*"]]}
+            changed.add(f"{grant['Sid']} resource")
+    assert changed == {"SignClientAssertions algorithms", "SignWithAliasedKey algorithms",
+                       "SignWithAliasedKey resource", "ReadAliasedPublicKey resource"}
+
+
 RESOURCE_CHANGES: list[Callable[[dict[str, Any], Provider], None]] = [
     one_code_folder,
     generic_descriptions,
@@ -193,6 +216,7 @@ RESOURCE_CHANGES: list[Callable[[dict[str, Any], Provider], None]] = [
     cfn_lint_metadata,
     renewal_timers,
     budget_and_use_marks_update_the_partition,
+    signing_grants_follow_the_key,
 ]
 
 

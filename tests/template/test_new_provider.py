@@ -25,6 +25,7 @@ from local.stack import PROVIDERS
 from tests.integration.test_make_local import free_run_of_ports
 from tests.support.authlib_server import AuthlibTokenServer, RegisteredClient
 from tests.support.dynamodb_local import free_port
+from tests.support.signing import signed_get
 from tests.template.cfn import CFN_LINT, ROOT, SAM, python313_dir, require_tool, run, tool_env
 
 if TYPE_CHECKING:
@@ -200,14 +201,14 @@ def _local(copy: Path, *extra: str) -> Iterator[str]:
         [sys.executable, "-m", "local", "--api-port", str(api), "--lambda-port", str(lam), "--aws-port", str(aws),
          "--provider-port-base", str(base), "--refresh-ahead", "0", *extra],
         cwd=copy, env=_env(copy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{api}"
+    url = f"http://127.0.0.1:{api}/v1/token/"  # the stack's ApiUrl
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 pytest.fail(f"make local stopped:\n{process.communicate(timeout=10)[0]}")
             try:
-                requests.get(f"{url}/token/unknown", timeout=5)
+                requests.get(f"{url}unknown", timeout=5)
                 break
             except requests.ConnectionError:
                 time.sleep(0.3)
@@ -224,10 +225,10 @@ def _local(copy: Path, *extra: str) -> Iterator[str]:
 @pytest.mark.integration
 def test_make_local_serves_it_from_its_default_emulator(copy: Path) -> None:
     with _local(copy) as url:
-        first = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+        first = signed_get(f"{url}{ROUTE}", timeout=60)
         assert first.status_code == 200, first.text
         assert first.headers["Cache-Control"] == "no-store"
-        again = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+        again = signed_get(f"{url}{ROUTE}", timeout=60)
         assert again.json()["access_token"] == first.json()["access_token"]
 
 
@@ -239,9 +240,9 @@ def test_make_local_config_sends_it_to_a_standards_server(copy: Path, tmp_path: 
         config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_id": client.client_id,
                                               "client_secret": client.client_secret}}))
         with _local(copy, "--config", str(config)) as url:
-            first = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+            first = signed_get(f"{url}{ROUTE}", timeout=60)
             assert first.status_code == 200, first.text
-            again = requests.get(f"{url}/token/{ROUTE}", timeout=60)
+            again = signed_get(f"{url}{ROUTE}", timeout=60)
             assert again.json()["access_token"] == first.json()["access_token"]
             assert server.token_requests == 1, "the second answer came from the cache"
             (request,) = server.received()

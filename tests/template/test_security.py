@@ -226,13 +226,13 @@ def _signing_statements(key: str) -> list[dict[str, Any]]:
         },
         # kms:GetPublicKey carries no kms:SigningAlgorithm: under the condition above it would be refused
         {"Sid": "ReadSigningPublicKey", "Effect": "Allow", "Action": "kms:GetPublicKey", "Resource": key},
-        # An alias ARN: this account's keys that carry the alias (rotation by moving the alias). For a key ARN
-        # the condition names "key/...", which no alias is, so these grant nothing.
+        # An alias ARN: the keys of the alias's own account and Region that carry it (rotation by moving the
+        # alias). For a key ARN the condition names "key/...", which no alias is, so these grant nothing.
         {
             "Sid": "SignWithAliasedKey",
             "Effect": "Allow",
             "Action": "kms:Sign",
-            "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/*",
+            "Resource": ":".join(key.split(":")[:5]) + ":key/*",
             "Condition": {
                 "ForAnyValue:StringEquals": {"kms:ResourceAliases": key.split(":")[5]},
                 "StringEquals": {
@@ -245,7 +245,7 @@ def _signing_statements(key: str) -> list[dict[str, Any]]:
             "Sid": "ReadAliasedPublicKey",
             "Effect": "Allow",
             "Action": "kms:GetPublicKey",
-            "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/*",
+            "Resource": ":".join(key.split(":")[:5]) + ":key/*",
             "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": key.split(":")[5]}},
         },
     ]
@@ -306,9 +306,10 @@ def _signing_grants(translated: dict[str, Any], evaluate: Evaluator) -> dict[str
 
 
 def test_signing_conditions_are_what_the_layer_sends() -> None:
-    """The policy's kms:SigningAlgorithm values are the layer's KMS algorithms (RS256, PS256, ES256), and the
-    layer signs RAW messages: a narrower policy would refuse its own calls, a wider one grant more."""
-    assert set(KMS_ALGORITHMS.values()) == {"RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256", "ECDSA_SHA_256"}
+    """The policy's kms:SigningAlgorithm values are the layer's KMS algorithms (RS256, PS256, ES256, ES384,
+    ES512), and the layer signs RAW messages: a narrower policy would refuse its own calls, a wider one grant more."""
+    assert set(KMS_ALGORITHMS.values()) == {"RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256", "ECDSA_SHA_256",
+                                            "ECDSA_SHA_384", "ECDSA_SHA_512"}
     calls = []  # every boto3 KMS sign call in the layer: .sign(KeyId=..., ...)
     for path in (ROOT / "layers" / "token_vending" / "token_vending").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

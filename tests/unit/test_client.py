@@ -4,20 +4,26 @@ SigV4-signed and counts what it serves, and a target API that answers 401 once."
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
+import itertools
 import json
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import boto3
 import httpx
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 import token_vending_client
 from token_vending_client import (
@@ -29,29 +35,96 @@ from token_vending_client import (
     get_token,
 )
 from token_vending_client import client as client_module
+from token_vending_client.client import api_base, identity, normalise_scope
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
+SECRETS = {"testing": "testing"}
+"""The secret access keys the fake API knows, by access key id (and ``secret_for`` the ``AKIATEST`` ones)."""
+ROUTE = re.compile(r"/v1/token/[a-z-]+")
+"""The fake API's one route, at stage ``v1``: API Gateway answers any other path 403."""
+
+
+def secret_for(access_key: str) -> str | None:
+    return SECRETS.get(access_key) or (f"secret-of-{access_key}" if access_key.startswith("AKIATEST") else None)
+
+
+def credentials_session(access_key: str, region: str = "eu-west-1") -> boto3.Session:
+    """A new boto3 session with the credentials ``access_key`` names, as code that makes one per call does."""
+    return boto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_for(access_key),
+                         region_name=region)
+_AUTHORIZATION = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+                            r"execute-api/aws4_request, SignedHeaders=(?P<signed>[^,]+), "
+                            r"Signature=(?P<signature>[0-9a-f]{64})")
+
+
+def _rfc3986(value: str) -> str:
+    return quote(value, safe="-_.~")
+
+
+def signature_verifies(method: str, raw_path: str, headers: Any) -> bool:
+    """API Gateway's check of a SigV4 signature, on the request as received.
+
+    As AWS does, the query is canonicalised from what arrived: each name and value percent-decoded (``+``
+    is a literal plus, not a space), RFC 3986 re-encoded, sorted. The signature is then recomputed with
+    botocore's signer over those pieces and the headers the caller says it signed, at its own timestamp.
+    """
+    match = _AUTHORIZATION.fullmatch(headers.get("Authorization", ""))
+    secret = secret_for(match["key"]) if match is not None else None
+    if match is None or secret is None:
+        return False
+    path, _, query = raw_path.partition("?")
+    pairs = sorted((_rfc3986(unquote(name)), _rfc3986(unquote(value)))
+                   for name, _, value in (pair.partition("=") for pair in query.split("&") if pair))
+    canonical_query = "&".join(f"{name}={value}" for name, value in pairs)
+    url = f"http://{headers['Host']}{path}" + (f"?{canonical_query}" if canonical_query else "")
+    request = AWSRequest(method=method, url=url,
+                         headers={name: headers.get(name, "") for name in match["signed"].split(";")})
+    request.context["timestamp"] = headers.get("X-Amz-Date", "")
+    if not request.context["timestamp"].startswith(match["date"]):
+        return False
+    signer = SigV4Auth(Credentials(match["key"], secret, headers.get("X-Amz-Security-Token")),
+                       "execute-api", match["region"])
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return hmac.compare_digest(expected, match["signature"])
+
+
 @dataclass
 class FakeTokenApi:
-    """``GET /v1/token/{provider}`` as the service answers it; ``errors`` are played first."""
+    """``GET /v1/token/{provider}`` as API Gateway and the service answer it; ``errors`` are played first.
+
+    ``cannot_refresh``: a forced refresh serves the current token again, as the service does within its
+    force-refresh interval.
+    """
 
     served: list[dict[str, list[str]]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
     errors: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    cannot_refresh: bool = False
     counter: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, path: str, headers: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if not ROUTE.fullmatch(urlsplit(path).path):
+            with self.lock:
+                self.rejected.append(path)
+            return 403, {"message": "Missing Authentication Token"}, {}
+        if not signature_verifies("GET", path, headers):
+            with self.lock:
+                self.rejected.append(path)
+            return 403, {"message": "The request signature we calculated does not match the signature you "
+                                    "provided."}, {}
         query = parse_qs(urlsplit(path).query)
         with self.lock:
             self.served.append(query)
             self.authorizations.append(headers.get("Authorization", ""))
             if self.errors:
                 return self.errors.pop(0)
-            self.counter += 1
+            if not (self.cannot_refresh and "force_refresh" in query and self.counter):
+                self.counter += 1
             number = self.counter
         provider = urlsplit(path).path.rsplit("/", 1)[-1]
         return 200, {"provider": provider, "access_token": f"vended-token-{number}", "token_type": "Bearer",
@@ -65,6 +138,9 @@ class TargetApi:
 
     refuse: set[str] = field(default_factory=set)
     seen: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+Apis = tuple[FakeTokenApi, TargetApi]
 
 
 def serve(handler_for: Any) -> tuple[ThreadingHTTPServer, str]:
@@ -144,6 +220,36 @@ def test_get_token_signs_with_sigv4_and_keeps_the_token(token_api: Any, session:
     assert "/eu-west-1/execute-api/aws4_request" in fake.authorizations[0]
     assert first.access_token == "vended-token-1"
     assert 890 <= first.expires_in <= 900
+
+
+SCOPES = ("billing:read", "a+b", "x&y=z", "path/to%41", "urn:x:y", "zahlungen:lesen:ü", "支払い")
+"""Scopes with reserved characters (``+ & = / % :``) and non-ASCII ones."""
+
+
+def test_every_scope_set_is_signed_as_api_gateway_verifies_it(token_api: Any, session: boto3.Session) -> None:
+    fake, url = token_api
+    sets = [" ".join(chosen) for size in range(1, len(SCOPES) + 1) for chosen in itertools.combinations(SCOPES, size)]
+    for scope in sets:
+        get_token("pyng", api_url=url, scope=scope, min_ttl=120, session=session)
+    assert fake.rejected == []
+    assert [query["scope"] for query in fake.served] == [[normalise_scope(scope)] for scope in sets]
+    # a forced refresh (the boolean and the fingerprint) too
+    get_token("pyng", api_url=url, scope="a+b x&y=z", force_refresh=True, session=session)
+    assert fake.rejected == []
+    assert fake.served[-1]["force_refresh"] == ["true"]
+
+
+def test_an_unsigned_or_missigned_request_is_refused_by_the_fake(token_api: Any) -> None:
+    """The verifier is not a rubber stamp: a signature over ``urlencode``'s ``a+b`` does not verify."""
+    fake, url = token_api
+    request = AWSRequest(method="GET", url=f"{url}/token/pyng?min_ttl=60&scope=a+b")
+    SigV4Auth(Credentials("testing", "testing"), "execute-api", "eu-west-1").add_auth(request)
+    response = requests.get(str(request.url), headers=dict(request.headers.items()), timeout=10)
+    assert response.status_code == 403
+    good = AWSRequest(method="GET", url=f"{url}/token/pyng?min_ttl=60&scope=a%2Bb")
+    SigV4Auth(Credentials("testing", "testing"), "execute-api", "eu-west-1").add_auth(good)
+    assert requests.get(str(good.url), headers=dict(good.headers.items()), timeout=10).status_code == 200
+    assert fake.served == [{"min_ttl": ["60"], "scope": ["a+b"]}]
 
 
 def test_a_token_that_no_longer_lasts_min_ttl_is_replaced(token_api: Any, session: boto3.Session) -> None:
@@ -278,3 +384,172 @@ def test_no_token_in_reprs_or_logs(token_api: Any, target: Any, session: boto3.S
 def test_exactly_one_way_in() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         TokenVendingAuth("pyng", session=object())
+
+
+# -- api_url: the stack's ApiUrl output as given ----------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["{base}/token/", "{base}/token", "{base}/", "{base}"])
+def test_the_api_url_output_or_its_base_reaches_the_route(token_api: Any, target: Any, session: boto3.Session,
+                                                          form: str) -> None:
+    fake, base = token_api
+    _api, target_url = target
+    url = form.format(base=base)
+    assert get_token("pyng", api_url=url, session=session).access_token == "vended-token-1"
+    auth = TokenVendingAuth("pyng", api_url=url, session=session)
+    assert requests.get(target_url, auth=auth, timeout=10).json() == {"token": "vended-token-1"}
+    assert fake.rejected == []
+    assert len(fake.served) == 1
+
+
+def test_every_form_of_the_api_url_shares_one_token(token_api: Any, session: boto3.Session) -> None:
+    fake, base = token_api
+    for url in (f"{base}/token/", f"{base}/token", f"{base}/", base):
+        get_token("pyng", api_url=url, session=session)
+    assert len(fake.served) == 1
+    assert len(client_module._SOURCES) == 1
+
+
+@pytest.mark.parametrize(("given", "base"), [
+    ("https://abc123.execute-api.eu-west-1.amazonaws.com/v1/token/",
+     "https://abc123.execute-api.eu-west-1.amazonaws.com/v1"),
+    ("https://abc123.execute-api.eu-west-1.amazonaws.com/v1", "https://abc123.execute-api.eu-west-1.amazonaws.com/v1"),
+    ("http://127.0.0.1:3000/v1/token/", "http://127.0.0.1:3000/v1"),
+    ("http://127.0.0.1:3000/", "http://127.0.0.1:3000"),
+])
+def test_api_base(given: str, base: str) -> None:
+    assert api_base(given) == base
+
+
+@pytest.mark.parametrize("url", ["abc123.execute-api.eu-west-1.amazonaws.com/v1",
+                                 "https://abc123.execute-api.eu-west-1.amazonaws.com/v1/token/?scope=a",
+                                 "ftp://host/v1"])
+def test_an_api_url_that_is_no_url_is_a_clear_error(url: str) -> None:
+    with pytest.raises(ValueError, match="ApiUrl output"):
+        TokenVendingAuth("pyng", api_url=url, session=object())
+
+
+# -- one token source per identity, a bounded number of them ---------------------------------------------
+
+def test_a_thousand_sessions_with_the_same_credentials_share_one_token(token_api: Any) -> None:
+    fake, url = token_api
+    tokens = {get_token("pyng", api_url=url, session=credentials_session("AKIATEST1")).access_token
+              for _ in range(1000)}
+    assert tokens == {"vended-token-1"}
+    assert len(fake.served) == 1
+    assert len(client_module._SOURCES) == 1
+
+
+def test_sessions_with_other_credentials_get_their_own_token(token_api: Any, target: Any) -> None:
+    """Sessions made and dropped one after another (their ``id()`` reused): each identity its own token."""
+    fake, url = token_api
+    _api, target_url = target
+    keys = [f"AKIATEST{number}" for number in range(40)]
+    tokens = [get_token("pyng", api_url=url, session=credentials_session(key)).access_token for key in keys]
+    assert tokens == [f"vended-token-{number}" for number in range(1, 41)]
+    assert [authorization.split("/")[0] for authorization in fake.authorizations] == [
+        f"AWS4-HMAC-SHA256 Credential={key}" for key in keys]
+    # and again, through auth= with new sessions: no new fetch, each its own token
+    seen = [requests.get(target_url, auth=TokenVendingAuth("pyng", api_url=url, session=credentials_session(key)),
+                         timeout=10).json()["token"] for key in keys]
+    assert seen == tokens
+    assert len(fake.served) == 40
+
+
+def test_the_number_of_token_sources_is_bounded(token_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, url = token_api
+    monkeypatch.setattr(client_module, "MAX_SOURCES", 8)
+    kept = credentials_session("AKIATEST-kept")
+    get_token("pyng", api_url=url, session=kept)
+    for number in range(30):
+        get_token("pyng", api_url=url, session=credentials_session(f"AKIATEST{number}"))
+        get_token("pyng", api_url=url, session=kept)  # recently used: stays
+        assert len(client_module._SOURCES) <= 8
+    assert len(fake.served) == 31
+    get_token("pyng", api_url=url, session=credentials_session("AKIATEST0"))  # dropped long ago: asked again
+    assert len(fake.served) == 32
+
+
+def test_the_identity_is_the_credentials_and_the_target_never_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = "https://abc123.execute-api.eu-west-1.amazonaws.com/v1"
+    one, same = credentials_session("AKIATEST1"), credentials_session("AKIATEST1")
+    assert identity(one, api) == identity(same, api)
+    assert identity(one, None) == identity(same, None)
+    # the API's host names the signing region; a direct invocation goes to the session's region
+    elsewhere = credentials_session("AKIATEST1", region="us-west-2")
+    assert identity(one, api) == identity(elsewhere, api)
+    assert identity(one, None) != identity(elsewhere, None)
+    assert identity(one, "http://127.0.0.1:3000/v1") != identity(elsewhere, "http://127.0.0.1:3000/v1")
+    # same key id, another secret or session token: not the same identity
+    other_secret = boto3.Session(aws_access_key_id="AKIATEST1", aws_secret_access_key="another",
+                                 region_name="eu-west-1")
+    with_token = boto3.Session(aws_access_key_id="AKIATEST1", aws_secret_access_key=secret_for("AKIATEST1"),
+                               aws_session_token="session-token", region_name="eu-west-1")
+    assert len({identity(one, api), identity(other_secret, api), identity(with_token, api)}) == 3
+    before = identity(one, None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:3001")
+    assert identity(one, None) != before
+    text = repr([identity(session, api) for session in (one, other_secret, with_token)])
+    assert "secret-of-AKIATEST1" not in text
+    assert "another" not in text
+    assert "session-token" not in text
+
+
+# -- a 401 the service cannot answer with another token ---------------------------------------------------
+
+@pytest.fixture
+def refused_and_not_replaceable(token_api: Any, target: Any) -> Apis:
+    fake, _ = token_api
+    api, _ = target
+    fake.cannot_refresh = True
+    api.refuse.add("vended-token-1")
+    return fake, api
+
+
+def assert_the_401_was_returned_not_retried(fake: FakeTokenApi, api: TargetApi, response: Any,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    assert response.status_code == 401
+    assert [token for token, _ in api.seen] == ["vended-token-1"]  # never sent again with the refused token
+    assert [query.get("force_refresh") for query in fake.served] == [None, [REFUSED_1]]
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.name == "token_vending_client"
+    assert "pyng" in warning.getMessage()
+    assert REFUSED_1 in warning.getMessage()
+    assert "vended-token" not in caplog.text
+
+
+def test_requests_the_refused_token_handed_back_is_not_resent(token_api: Any, target: Any, session: boto3.Session,
+                                                               refused_and_not_replaceable: Apis,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    _, url = token_api
+    _, target_url = target
+    response = requests.post(target_url, data=b"payload", auth=TokenVendingAuth("pyng", api_url=url, session=session),
+                             timeout=10)
+    assert response.history == []
+    assert_the_401_was_returned_not_retried(*refused_and_not_replaceable, response, caplog)
+
+
+def test_httpx_the_refused_token_handed_back_is_not_resent(token_api: Any, target: Any, session: boto3.Session,
+                                                            refused_and_not_replaceable: Apis,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    _, url = token_api
+    _, target_url = target
+    with httpx.Client(auth=TokenVendingAuth("pyng", api_url=url, session=session)) as http:
+        response = http.post(target_url, content=b"payload")
+    assert_the_401_was_returned_not_retried(*refused_and_not_replaceable, response, caplog)
+
+
+def test_httpx_async_the_refused_token_handed_back_is_not_resent(token_api: Any, target: Any,
+                                                                  session: boto3.Session,
+                                                                  refused_and_not_replaceable: Apis,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    _, url = token_api
+    _, target_url = target
+
+    async def call() -> httpx.Response:
+        async with httpx.AsyncClient(auth=TokenVendingAuth("pyng", api_url=url, session=session)) as http:
+            return await http.post(target_url, content=b"payload")
+
+    response = asyncio.run(call())
+    assert_the_401_was_returned_not_retried(*refused_and_not_replaceable, response, caplog)

@@ -120,6 +120,31 @@ def test_provider_function_errors_become_contract_responses(api_app: Any, contex
         assert response["headers"]["Retry-After"] == "30"
 
 
+@pytest.mark.parametrize("function_error", ["Unhandled", None])
+def test_an_error_document_is_the_functions_error_with_or_without_the_flag(api_app: Any, context: Any,
+                                                                          function_error: str | None) -> None:
+    """`sam local start-lambda` answers an error whose document carries ``requestId`` (as Lambda's Python runtime
+    writes it) without ``X-Amz-Function-Error``: the provider's refusal must still be a 502 upstream_rejected."""
+    import io
+
+    document = {"errorMessage": str(UpstreamRejected("refused", upstream_error="invalid_client", provider="pyng")),
+                "errorType": "UpstreamRejected", "requestId": "0f1e", "stackTrace": ["  File \"/var/task/app.py\""]}
+
+    class FakeLambda:
+        def invoke(self, **_: Any) -> dict[str, Any]:
+            answer: dict[str, Any] = {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(document).encode())}
+            if function_error:
+                answer["FunctionError"] = function_error
+            return answer
+
+    api_app.api.lambda_client = FakeLambda()
+    response = api_app.handler(json.loads((EVENTS / "api-pyng.json").read_text()), context)
+    assert response["statusCode"] == 502, response
+    body = json.loads(response["body"])
+    assert (body["error"], body["upstream_error"], body["provider"]) == ("upstream_rejected", "invalid_client", "pyng")
+    assert "stackTrace" not in response["body"]
+
+
 def test_api_never_raises_on_garbage_events(api_app: Any, context: Any) -> None:
     for event in ({}, {"pathParameters": None}, {"pathParameters": {"provider": 5}},
                   {"pathParameters": {"provider": "pyng"}, "queryStringParameters": "x"},

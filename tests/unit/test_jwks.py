@@ -9,6 +9,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,8 +22,6 @@ from token_vending.jwks import certificate_info, kms_jwks, main, pem_jwks
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 AUDIENCE = "https://idp.example/token"
 
@@ -78,3 +77,45 @@ def test_tls_client_auth_certificate_fingerprint_and_expiry() -> None:
     assert info["x5t#S256"] == expected.rstrip(b"=").decode()
     assert info["subject"] == "CN=acme-token-client"
     assert info["days_left"] == 30.0
+
+
+def test_private_key_jwt_kms_jwks_alg_and_curve_are_the_key_s(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """No --algorithm: the printed alg is the one the functions sign with (ES384 for a P-384 key), the kid the
+    key the alias names now; joserfc verifies a function's assertion with it."""
+    from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        kms = boto3.client("kms", region_name="us-east-1")
+        key_id = kms.create_key(KeySpec="ECC_NIST_P384", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        kms.create_alias(AliasName="alias/token-signing", TargetKeyId=key_id)
+        assert main(["--kms-key-id", "alias/token-signing"]) == 0
+        token = client_assertion(KmsSigner(kms, "alias/token-signing"), client_id="c", audience=AUDIENCE)
+    document = json.loads(capsys.readouterr().out)
+    (jwk,) = document["keys"]
+    assert (jwk["kid"], jwk["alg"], jwk["crv"]) == (key_id, "ES384", "P-384")
+    assert jwt.decode(token, KeySet.import_key_set(document), algorithms=["ES384"]).header["kid"] == key_id
+
+
+def test_private_key_jwt_kms_jwks_refuses_a_key_the_functions_would_refuse(monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A secp256k1 key: nothing to register (the functions would answer misconfigured), and the reason named."""
+    from moto import mock_aws
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        import boto3
+
+        kms = boto3.client("kms", region_name="us-east-1")
+        key_id = kms.create_key(KeySpec="ECC_SECG_P256K1", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        with pytest.raises(SystemExit) as caught:
+            main(["--kms-key-id", key_id])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ECC_SECG_P256K1" in captured.err

@@ -5,18 +5,31 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from token_vending.cache import CachedToken
 from token_vending.freshness import RefreshPolicy
-from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from, parse_expires_in
+from token_vending.lifetime import MAX_SANE_LIFETIME, LifetimeError, jwt_expiry, lifetime_from, parse_expires_in
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(3600, 3600), ("900", 900), (" 86400 ", 86400), (899.9, 899)])
+@pytest.mark.parametrize(("value", "seconds"), [
+    (3600, 3600), ("900", 900), (" 86400 ", 86400), (899.9, 899), ("3600.5", 3600), ("1e3", 1000), (1e3, 1000),
+    ("0900", 900), ("+60", 60), ("1.5E2", 150), (34560000, 34560000), ("34560000", 34560000),
+])
 def test_expires_in_integer_or_numeric_string(value: Any, seconds: int) -> None:
     assert parse_expires_in(value) == seconds
 
 
-@pytest.mark.parametrize("value", [True, "soon", "", "-5", 0, -1, None, [], "1e3", 10**12])
+@given(st.one_of(st.integers(1, MAX_SANE_LIFETIME), st.floats(1, MAX_SANE_LIFETIME)))
+def test_a_number_and_the_same_number_quoted_are_one_lifetime(number: float) -> None:
+    """The contract promises numeric strings: whatever JSON number is accepted, its text is accepted alike."""
+    assert parse_expires_in(json.dumps(number)) == parse_expires_in(number) == int(number)
+
+
+@pytest.mark.parametrize("value", [True, "soon", "", "-5", 0, -1, None, [], 10**12, "1e12", "0.5", 0.5, "1_000",
+                                   "inf", "nan", "²", "٣٠٠", "0x10", "9" * 5000, float("inf"), float("nan"),
+                                   34560001, "34560001"])
 def test_unusable_expires_in_is_refused(value: Any) -> None:
     with pytest.raises(LifetimeError):
         parse_expires_in(value)
@@ -64,3 +77,16 @@ def test_fresh_and_usable() -> None:
     assert policy.is_usable(token(300, 3600), 60, now)  # still good enough when the refresh fails
     assert not policy.is_fresh(token(1000, 3600), 1200, now)  # min_ttl not met
     assert not policy.is_usable(token(-1, 3600), 0, now)
+
+
+def test_a_stored_token_beyond_any_sane_lifetime_is_a_miss_not_a_crash() -> None:
+    """An item no provider answer can produce any more (an ``exp`` past the year 9999) is replaced, never served:
+    serving it would fail every caller when its expiry is written out."""
+    from token_vending.cache import _token_from_item
+
+    def item(expires_at: int) -> dict[str, Any]:
+        return {"access_token": {"S": "t"}, "expires_at": {"N": str(expires_at)}, "fetched_at": {"N": "1000.0"}}
+
+    assert _token_from_item("p", "", item(1000 + 3600)) is not None
+    assert _token_from_item("p", "", item(1000 + MAX_SANE_LIFETIME + 1)) is None
+    assert _token_from_item("p", "", item(253402300800 * 4)) is None

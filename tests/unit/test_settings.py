@@ -32,6 +32,14 @@ def test_valid_settings() -> None:
     ({"DEFAULT_TOKEN_LIFETIME": "119"}, "DEFAULT_TOKEN_LIFETIME"),
     ({"UPSTREAM_READ_TIMEOUT": "nan"}, "UPSTREAM_READ_TIMEOUT"),
     ({"PROVIDER_NAME": "aria"}, "PROVIDER_NAME"),
+    # Digits only in ASCII: str.isdigit() and float() accept others that int() refuses or misreads.
+    ({"UPSTREAM_BUDGETS": "pyng=²"}, "UPSTREAM_BUDGETS"),
+    ({"UPSTREAM_BUDGETS": "pyng=٣٠"}, "UPSTREAM_BUDGETS"),
+    ({"UPSTREAM_BUDGETS": "pyng=1_000"}, "UPSTREAM_BUDGETS"),
+    ({"UPSTREAM_BUDGETS": "pyng=" + "9" * 5000}, "UPSTREAM_BUDGETS"),
+    ({"LEASE_SECONDS": "٣٠"}, "LEASE_SECONDS"),
+    ({"LEASE_SECONDS": "2_0"}, "LEASE_SECONDS"),
+    ({"REFRESH_MARGIN_SECONDS": "inf"}, "REFRESH_MARGIN_SECONDS"),
 ])
 def test_bad_settings_are_misconfigured_naming_the_variable(overrides: dict[str, str], named: str) -> None:
     with pytest.raises(Misconfigured) as raised:

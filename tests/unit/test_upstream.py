@@ -278,3 +278,70 @@ def test_private_key_jwt_with_a_bad_pem_is_misconfigured_without_echoing_it(serv
         upstream.fetch(ClientCredentials("c", private_key="-----BEGIN PRIVATE KEY-----\nQUJD\n"), "",
                        time.monotonic() + 10)
     assert "QUJD" not in str(caught.value)
+
+
+# --- a fired deadline, conflicting framing and ambiguous documents ------------------------------------------
+def test_a_deadline_that_fires_during_the_headers_is_a_timeout() -> None:
+    """The status line arrives, then the headers trickle past the deadline: the watchdog's shutdown makes the
+    standard library see an end of headers and an empty body, a "200" that must not be read as an answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for byte in b"Content-Type: application/json\r\nContent-Length: 30\r\n\r\n":
+                if stop.wait(0.3):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/t", deadline_in=3.0, UPSTREAM_READ_TIMEOUT="1")
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_two_different_content_lengths_are_a_malformed_answer_not_an_outage(serve: Any) -> None:
+    body = json.dumps({"access_token": "x" * 20, "expires_in": 3600}).encode()
+    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Length: {len(body) + 5}\r\nConnection: close\r\n\r\n").encode()
+    with pytest.raises(UpstreamInvalidResponse):
+        fetch(serve(raw_answer(head, body)))
+
+
+@pytest.mark.parametrize("member", ["access_token", "expires_in", "token_type", "scope"])
+def test_a_token_answer_with_a_duplicated_member_is_refused(serve: Any, member: str) -> None:
+    values = {"access_token": ('"first-token-aaaa"', '"second-token-bbb"'), "expires_in": ("3600", "60"),
+              "token_type": ('"Bearer"', '"Bearer"'), "scope": ('"a"', '"b"')}[member]
+    body = (f'{{"access_token": "the-token-1234", "expires_in": 900, "{member}": {values[0]}, '
+            f'"{member}": {values[1]}}}').encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with pytest.raises(UpstreamInvalidResponse, match="duplicate"):
+        fetch(serve(raw_answer(head, body)))
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "1_0", "3e1", "-1", "9" * 5000])
+def test_a_retry_after_that_is_no_plain_number_is_ignored(serve: Any, value: str) -> None:
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {value}\r\nContent-Length: 2\r\n\r\n").encode()
+    with pytest.raises(UpstreamUnavailable) as caught:
+        fetch(serve(raw_answer(head, b"{}")))
+    assert caught.value.retry_after is None
+
+
+@pytest.mark.parametrize("exp_in", [401 * 24 * 3600, 50 * 365 * 24 * 3600, 10**12, 1e300])
+def test_a_jwt_exp_beyond_any_sane_lifetime_is_refused_alone(serve: Any, exp_in: float) -> None:
+    with pytest.raises(UpstreamInvalidResponse, match="out of range"):
+        fetch(serve(json_answer({"access_token": jwt({"exp": time.time() + exp_in})})))
+
+
+def test_a_far_jwt_exp_beside_a_stated_expires_in_is_ignored(serve: Any) -> None:
+    grant = fetch(serve(json_answer({"access_token": jwt({"exp": 253402300800 * 2}), "expires_in": 900})))
+    assert 890 <= grant.expires_at - time.time() <= 900

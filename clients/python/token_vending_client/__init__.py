@@ -1,8 +1,9 @@
 """A vended token on a request in one line.
 
 ``TokenVendingAuth`` is ``auth=`` for requests and httpx; ``get_token`` serves code that is not an HTTP
-client. Both keep the token in memory until less than ``min_ttl`` is left, fetch it once at a time per
-provider and scope set in a process, and raise the service's errors by their contract names.
+client. Both take the stack's ``ApiUrl`` output as ``api_url``, keep the token in memory until less than
+``min_ttl`` is left, fetch it once at a time per provider, scope set and identity (credentials and target,
+however many sessions carry them) in a process, and raise the service's errors by their contract names.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Getting a token from the service, once per process and scope set, and keeping it while it is good.
+"""Getting a token from the service, once per process, scope set and identity, and keeping it while it is good.
 
 Two ways in, as the service offers them: its HTTP API (``GET /token/{provider}``, SigV4-signed with the
 caller's own AWS credentials) or a direct ``lambda:Invoke`` of the provider function (from inside the
@@ -9,14 +9,18 @@ failures are the same named errors.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from token_vending_client.errors import (
     BY_CODE,
@@ -35,6 +39,28 @@ LOG = logging.getLogger("token_vending_client")
 HTTP_TIMEOUT = 30.0
 """API Gateway ends a request at 29 s; the service answers before."""
 _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+MAX_SOURCES = 256
+"""Token sources kept per process, least recently used dropped first: enough for every provider, scope set
+and identity a process really uses, and a bound for code that makes sessions with ever new credentials."""
+_IDENTITY_KEY = secrets.token_bytes(32)
+"""Keys the digest of a secret access key in the sources' keys: a process-local HMAC, never the secret."""
+
+
+def _encode(value: str) -> str:
+    """RFC 3986 percent-encoding, as SigV4 canonicalises: only unreserved characters stay as they are."""
+    return quote(value, safe="-_.~")
+
+
+def signable_query(params: dict[str, Any]) -> str:
+    """The query string exactly as SigV4 canonicalises it (RFC 3986 encoded, sorted by key).
+
+    botocore signs a URL's query as written; API Gateway decodes and re-encodes it before it verifies
+    (``urlencode``'s ``a+b`` becomes ``a%2Bb``). Sending the canonical form makes the two agree, and
+    urllib3 sends it unchanged (it has nothing left to encode).
+    """
+    pairs = {_encode(key): _encode(str(value).lower() if isinstance(value, bool) else str(value))
+             for key, value in params.items()}
+    return "&".join(f"{key}={value}" for key, value in sorted(pairs.items()))
 
 
 def fingerprint(token: str) -> str:
@@ -74,28 +100,49 @@ class Token:
                    scope=body.get("scope") if isinstance(body.get("scope"), str) else None)
 
 
+def api_base(api_url: str) -> str:
+    """The token API's base URL, ``{scheme}://{host}/{stage}``, from what a user was given.
+
+    Accepted as is: the stack's ``ApiUrl`` output (``https://{api}.execute-api.{region}.amazonaws.com/
+    {stage}/token/``, locally ``http://127.0.0.1:3000/v1/token/``) or that URL without ``token/``, with or
+    without the trailing slash. The library appends ``/token/{provider}``.
+    """
+    parts = urlsplit(api_url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("api_url: give the stack's ApiUrl output "
+                         "(https://{api}.execute-api.{region}.amazonaws.com/{stage}/token/)")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix("/token")
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
 def normalise_scope(scope: str | None) -> str:
     """The service's cache key: sorted, de-duplicated scopes."""
     return " ".join(sorted(set((scope or "").split())))
 
 
+def way_in(api_url: str | None, function_name: str | None) -> str | None:
+    """Checks that exactly one way in is given; the API's base URL (:func:`api_base`) if it is the API."""
+    if (api_url is None) == (function_name is None):
+        raise ValueError("give exactly one of api_url and function_name")
+    return api_base(api_url) if api_url is not None else None
+
+
 class TokenSource:
-    """One provider and scope set, through one way in: the token, and the lock that makes its fetches one
-    at a time in this process (a burst of threads on a cold start makes one request to the service)."""
+    """One provider and scope set, through one way in, for one identity (:func:`source` makes them): the
+    token, and the lock that makes its fetches one at a time in this process (a burst of threads on a cold
+    start makes one request to the service)."""
 
     def __init__(self, provider: str, *, api_url: str | None, function_name: str | None, scope: str,
                  session: Any) -> None:
-        if (api_url is None) == (function_name is None):
-            raise ValueError("give exactly one of api_url and function_name")
         self.provider = provider
-        self.api_url = api_url.rstrip("/") if api_url else None
+        self.api_url = api_url
         self.function_name = function_name
         self.scope = scope
         self._session = session
         self._lock = threading.Lock()
         self._token: Token | None = None
         self._lambda: Any = None
-        self._http: Any = None
 
     def __repr__(self) -> str:
         return (f"TokenSource(provider={self.provider!r}, scope={self.scope!r}, "
@@ -136,14 +183,13 @@ class TokenSource:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        query = urlencode({key: str(value).lower() if isinstance(value, bool) else value
-                           for key, value in params.items()})
-        url = f"{self.api_url}/token/{self.provider}?{query}"
+        url = f"{self.api_url}/token/{_encode(self.provider)}?{signable_query(params)}"
         request = AWSRequest(method="GET", url=url)
         credentials = self._session.get_credentials()
         if credentials is not None:
-            SigV4Auth(credentials.get_frozen_credentials(), "execute-api", self._region(url)).add_auth(request)
-        response = self._pool().request("GET", url, headers=dict(request.headers.items()), timeout=HTTP_TIMEOUT,
+            SigV4Auth(credentials.get_frozen_credentials(), "execute-api", signing_region(self._session, url)
+                      ).add_auth(request)
+        response = _pool().request("GET", url, headers=dict(request.headers.items()), timeout=HTTP_TIMEOUT,
                                         retries=False, redirect=False)
         try:
             body = json.loads(response.data)
@@ -151,11 +197,12 @@ class TokenSource:
             body = None
         if response.status == 200:
             return Token.from_body(body, self.provider)
-        retry_after = response.headers.get("Retry-After")
+        retry_after = (response.headers.get("Retry-After") or "").strip()
         code = body.get("error") if isinstance(body, dict) else None
         cls = AccessDenied if response.status == 403 else BY_CODE.get(str(code), TokenVendingError)
-        raise from_body(cls, body, provider=self.provider, status=response.status,
-                        retry_after=int(retry_after) if retry_after and retry_after.isdigit() else None)
+        plain = retry_after.isascii() and retry_after.isdigit() and len(retry_after) < 9
+        seconds = int(retry_after) if plain else None
+        raise from_body(cls, body, provider=self.provider, status=response.status, retry_after=seconds)
 
     def _from_function(self, params: dict[str, Any]) -> Token:
         client = self._lambda_client()
@@ -181,22 +228,6 @@ class TokenSource:
         raise from_body(cls, body, provider=self.provider)
 
     # -- plumbing -----------------------------------------------------------------------------------
-    def _region(self, url: str) -> str:
-        match = _EXECUTE_API_HOST.match(urlsplit(url).hostname or "")
-        if match:
-            return match.group(1)
-        region = getattr(self._session, "region_name", None)  # boto3.Session
-        if region is None and hasattr(self._session, "get_config_variable"):  # botocore session
-            region = self._session.get_config_variable("region")
-        return str(region or "us-east-1")
-
-    def _pool(self) -> Any:
-        if self._http is None:
-            import urllib3  # botocore's own HTTP client: no dependency beyond boto3
-
-            self._http = urllib3.PoolManager(maxsize=4)
-        return self._http
-
     def _lambda_client(self) -> Any:
         if self._lambda is None:
             from botocore.config import Config
@@ -210,28 +241,88 @@ class TokenSource:
         return self._lambda
 
 
-_SOURCES: dict[Hashable, TokenSource] = {}
+def _session_region(session: Any) -> str | None:
+    region = getattr(session, "region_name", None)  # boto3.Session
+    if region is None and hasattr(session, "get_config_variable"):  # botocore session
+        region = session.get_config_variable("region")
+    return str(region) if region else None
+
+
+def signing_region(session: Any, url: str) -> str:
+    """The region a request to ``url`` is signed for: an execute-api host names it, else the session's."""
+    match = _EXECUTE_API_HOST.match(urlsplit(url).hostname or "")
+    if match:
+        return match.group(1)
+    return _session_region(session) or "us-east-1"
+
+
+def identity(session: Any, api_url: str | None) -> tuple[Hashable, ...]:
+    """Who asks, and where the request goes: what decides which token a session may share.
+
+    The resolved credentials (access key id, and a process-local HMAC of the secret key and session token:
+    never the secret itself), and the target: with ``api_url``, the region the request is signed for;
+    without (a direct invocation), the session's region, profile (its configured endpoint) and the
+    endpoint the environment sets. Sessions alike in these get one token source however many are made.
+    """
+    credentials = session.get_credentials()
+    frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    who: tuple[str, str] | None = None
+    if frozen is not None:
+        secret = f"{frozen.secret_key}\n{frozen.token or ''}".encode()
+        who = (frozen.access_key, hmac.new(_IDENTITY_KEY, secret, hashlib.sha256).hexdigest())
+    if api_url is not None:
+        return (who, signing_region(session, api_url))
+    profile = getattr(session, "profile_name", None) or getattr(session, "profile", None)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_LAMBDA") or os.environ.get("AWS_ENDPOINT_URL")
+    return (who, _session_region(session), profile, endpoint)
+
+
+_SOURCES: OrderedDict[Hashable, TokenSource] = OrderedDict()
 _SOURCES_LOCK = threading.Lock()
+_DEFAULT_SESSION: list[Any] = []
+_POOL: list[Any] = []
+_LAZY_LOCK = threading.Lock()
 
 
 def source(provider: str, *, api_url: str | None = None, function_name: str | None = None,
            scope: str | None = None, session: Any = None) -> TokenSource:
     """The process-wide source for these arguments: every ``TokenVendingAuth`` and ``get_token`` call with
-    the same provider, way in, scope set and session shares one token and one fetch at a time."""
-    key = (provider, api_url, function_name, normalise_scope(scope), id(session) if session is not None else None)
+    the same provider, way in, scope set and :func:`identity` shares one token and one fetch at
+    a time, whether it passes one session or a new one per call. At most ``MAX_SOURCES`` are kept."""
+    base = way_in(api_url, function_name)
+    session = session if session is not None else _default_session()
+    key = (provider, base, function_name, normalise_scope(scope), identity(session, base))
     with _SOURCES_LOCK:
         found = _SOURCES.get(key)
-        if found is None:
-            found = TokenSource(provider, api_url=api_url, function_name=function_name,
-                                scope=normalise_scope(scope), session=session or _default_session())
-            _SOURCES[key] = found
+        if found is not None:
+            _SOURCES.move_to_end(key)
+            return found
+        found = TokenSource(provider, api_url=base, function_name=function_name, scope=normalise_scope(scope),
+                            session=session)
+        _SOURCES[key] = found
+        while len(_SOURCES) > MAX_SOURCES:
+            _SOURCES.popitem(last=False)
         return found
 
 
 def _default_session() -> Any:
-    import boto3
+    """One boto3 session for the calls that give none (the default credential chain, resolved once)."""
+    with _LAZY_LOCK:
+        if not _DEFAULT_SESSION:
+            import boto3
 
-    return boto3.Session()
+            _DEFAULT_SESSION.append(boto3.Session())
+        return _DEFAULT_SESSION[0]
+
+
+def _pool() -> Any:
+    """One connection pool for the process's requests to the token API, whatever the source."""
+    with _LAZY_LOCK:
+        if not _POOL:
+            import urllib3  # botocore's own HTTP client: no dependency beyond boto3
+
+            _POOL.append(urllib3.PoolManager(maxsize=4))
+        return _POOL[0]
 
 
 def get_token(provider: str, *, api_url: str | None = None, function_name: str | None = None,
@@ -239,11 +330,13 @@ def get_token(provider: str, *, api_url: str | None = None, function_name: str |
               session: Any = None) -> Token:
     """A token for ``provider`` valid for at least ``min_ttl`` seconds, for code that is not an HTTP client.
 
-    Kept in memory until less than ``min_ttl`` is left. Raises the contract's errors
+    ``api_url`` is the stack's ``ApiUrl`` output (:func:`api_base`); ``function_name`` invokes the provider
+    function instead. Kept in memory until less than ``min_ttl`` is left, shared by every session with the
+    same :func:`identity`. Raises the contract's errors
     (:class:`~token_vending_client.errors.UpstreamUnavailable`, ...).
     """
     return source(provider, api_url=api_url, function_name=function_name, scope=scope,
                   session=session).token(min_ttl, force_refresh=force_refresh)
 
 
-__all__ = ["Token", "TokenSource", "TokenVendingError", "fingerprint", "get_token", "source"]
+__all__ = ["Token", "TokenSource", "TokenVendingError", "api_base", "fingerprint", "get_token", "source", "way_in"]

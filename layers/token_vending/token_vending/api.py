@@ -195,7 +195,11 @@ class TokenApi:
             document = json.loads(raw)
         except ValueError:
             document = None
-        if response.get("FunctionError"):
+        # An error document without the FunctionError flag is still the function's error: `sam local
+        # start-lambda` drops the flag when the document has keys beyond errorMessage/errorType/stackTrace
+        # (the runtime adds requestId). A token never has errorType.
+        if response.get("FunctionError") or (isinstance(document, dict) and "errorType" in document
+                                             and "errorMessage" in document and "access_token" not in document):
             raise _function_error(document, entry.name)
         if not isinstance(document, dict) or not isinstance(document.get("access_token"), str):
             raise InternalError("the provider function returned an unexpected result", provider=entry.name)

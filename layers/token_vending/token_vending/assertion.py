@@ -5,14 +5,18 @@ Instead of a shared secret, the client proves who it is with a short-lived JWT s
 most five minutes later. The key lives either in AWS KMS (``kms:Sign``: the private key never leaves KMS)
 or, for teams that cannot use KMS, as a PEM in the provider's secret.
 
-KMS signs RS256 (RSASSA_PKCS1_V1_5_SHA_256), PS256 (RSASSA_PSS_SHA_256, salt = digest length, as JOSE
-requires) and ES256 (ECDSA_SHA_256). KMS returns ECDSA signatures DER-encoded; JOSE wants the raw 64-byte
-``r || s`` (RFC 7518 section 3.4), hence :func:`der_to_jose`.
+The key decides the JWS ``alg`` (RFC 7518 section 3.1): ES256, ES384 and ES512 for the NIST curves P-256,
+P-384 and P-521 (each with its own hash), RS256 or PS256 for RSA (2048 bits or more). Any other key is
+refused by name (its KMS key spec or its curve): KMS also offers ``ECDSA_SHA_256`` for a secp256k1 key, and
+labelling such a signature ES256 would only have every token request refused by the provider. PS256 uses a
+salt of the digest length, as JOSE requires. ECDSA signatures (KMS's, and ``cryptography``'s) are DER; JOSE
+wants the raw ``r || s`` (RFC 7518 section 3.4), hence :func:`der_to_jose`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import threading
@@ -21,15 +25,37 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mypy_boto3_kms import KMSClient
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_SECONDS = 60
 """Lifetime of one assertion: long enough for clock skew, far below the 5 minutes the issue allows."""
 MAX_ASSERTION_SECONDS = 300
-KMS_ALGORITHMS = {"RS256": "RSASSA_PKCS1_V1_5_SHA_256", "PS256": "RSASSA_PSS_SHA_256", "ES256": "ECDSA_SHA_256"}
-"""JOSE ``alg`` -> KMS ``SigningAlgorithm``."""
-ES256_PART_BYTES = 32
+KMS_ALGORITHMS = {"RS256": "RSASSA_PKCS1_V1_5_SHA_256", "PS256": "RSASSA_PSS_SHA_256", "ES256": "ECDSA_SHA_256",
+                  "ES384": "ECDSA_SHA_384", "ES512": "ECDSA_SHA_512"}
+"""JOSE ``alg`` -> KMS ``SigningAlgorithm``: every algorithm this service signs with."""
+EC_ALGORITHMS = {"ES256": ("secp256r1", "P-256", 32), "ES384": ("secp384r1", "P-384", 48),
+                 "ES512": ("secp521r1", "P-521", 66)}
+"""ECDSA ``alg`` -> (the curve RFC 7518 section 3.4 ties it to, its JWK ``crv``, bytes of ``r`` and of ``s``)."""
+RSA_ALGORITHMS = ("RS256", "PS256")
+"""For an RSA key; the first unless the secret's ``algorithm`` says otherwise (the most widely accepted)."""
+MIN_RSA_BITS = 2048
+"""RFC 7518 sections 3.3 and 3.5: a key of 2048 bits or larger MUST be used."""
+KEY_SPEC_ALGORITHMS = {
+    "ECC_NIST_P256": ("ES256",), "ECC_NIST_P384": ("ES384",), "ECC_NIST_P521": ("ES512",),
+    "RSA_2048": RSA_ALGORITHMS, "RSA_3072": RSA_ALGORITHMS, "RSA_4096": RSA_ALGORITHMS,
+}
+"""KMS ``KeySpec`` -> the JOSE algorithms its key may sign; any other spec (``ECC_SECG_P256K1``, ``SM2``,
+HMAC, symmetric, ML-DSA) is refused by name."""
+KEY_MAX_AGE = 60.0
+"""Seconds a KMS key's resolution (alias -> key, ``alg``, ``kid``) is kept: an alias moved to a new key is
+signed with, and named in ``kid``, within a minute, whatever the secret's cache age."""
+KEY_GONE_CODES = frozenset({"AccessDeniedException", "DisabledException", "KMSInvalidStateException",
+                            "NotFoundException"})
+"""What KMS answers when a key an alias no longer points at is used: the grant followed the alias (an IAM
+grant by ``kms:ResourceAliases``), or the old key was disabled or scheduled for deletion."""
 
 
 class SigningKeyError(ValueError):
@@ -40,7 +66,7 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def der_to_jose(signature: bytes, part_bytes: int = ES256_PART_BYTES) -> bytes:
+def der_to_jose(signature: bytes, part_bytes: int = 32) -> bytes:
     """ECDSA-Sig-Value ``SEQUENCE { r INTEGER, s INTEGER }`` (DER) -> ``r || s``, each ``part_bytes`` long."""
 
     def read_length(data: bytes, at: int) -> tuple[int, int]:
@@ -67,65 +93,150 @@ def der_to_jose(signature: bytes, part_bytes: int = ES256_PART_BYTES) -> bytes:
         raise SigningKeyError("the ECDSA signature is not DER") from None
 
 
-DEFAULT_ORDER = ("ES256", "RS256")
-"""The algorithm a KMS key signs with when none is configured, from what the key supports: ES256 for a P-256
-key, RS256 (the most widely accepted) for an RSA key."""
+def _choose(allowed: tuple[str, ...], configured: str, what: str) -> str:
+    """``configured`` if the key may sign it, else the key's first algorithm; refused when it does not fit."""
+    if configured and configured not in KMS_ALGORITHMS:
+        raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
+    if configured and configured not in allowed:
+        raise SigningKeyError(f"{what} cannot sign {configured} (it signs {' or '.join(allowed)})")
+    return configured or allowed[0]
+
+
+def _jose_signature(algorithm: str, signature: bytes) -> bytes:
+    """A signature as JOSE carries it: ECDSA's DER as ``r || s`` of the curve's size, RSA's as it is."""
+    curve = EC_ALGORITHMS.get(algorithm)
+    return der_to_jose(signature, curve[2]) if curve else signature
 
 
 class Signer(Protocol):
-    def header(self) -> dict[str, str]:
-        """The JOSE header members this signer fixes: ``alg`` and ``kid``."""
+    def compact(self, claims: dict[str, Any]) -> str:
+        """``claims`` as a compact JWS whose header's ``alg`` and ``kid`` name the very key that signed it."""
         ...
 
-    def sign(self, signing_input: bytes) -> bytes:
-        """The JOSE signature of ``signing_input``."""
-        ...
+
+def _compact(header: dict[str, str], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    header = {**header, "typ": "JWT"}
+    signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode("ascii")
+    return f"{signing_input.decode('ascii')}.{b64url(sign(signing_input))}"
+
+
+@dataclass(frozen=True)
+class KmsKey:
+    """One resolution of the configured key id: the key itself (``key_id``: the key ARN KMS answered with,
+    never the alias), the algorithm its spec signs and the ``kid`` the provider knows it by."""
+
+    key_id: str
+    algorithm: str
+    kid: str
+    resolved_at: float = 0.0
+
+
+def kms_key(response: Any, configured: str = "", resolved_at: float = 0.0) -> KmsKey:
+    """A ``kms:GetPublicKey`` answer -> the key to sign with; refused (naming the key spec) unless its spec has a
+    JOSE algorithm and KMS offers that algorithm for it."""
+    spec = response.get("KeySpec") or response.get("CustomerMasterKeySpec") or "unknown"
+    if response.get("KeyUsage", "SIGN_VERIFY") != "SIGN_VERIFY":
+        raise SigningKeyError(f"the KMS key is not a signing key (key usage {response.get('KeyUsage')})")
+    allowed = KEY_SPEC_ALGORITHMS.get(spec)
+    if allowed is None:
+        raise SigningKeyError(f"the KMS key's spec {spec} has no JOSE algorithm; use ECC_NIST_P256, ECC_NIST_P384, "
+                              f"ECC_NIST_P521 or RSA_2048 and up")
+    algorithm = _choose(allowed, configured, f"the KMS key ({spec})")
+    if KMS_ALGORITHMS[algorithm] not in response.get("SigningAlgorithms", []):
+        raise SigningKeyError(f"the KMS key ({spec}) cannot sign {algorithm}")
+    key_id = response["KeyId"]
+    return KmsKey(key_id=key_id, algorithm=algorithm, kid=key_id.rsplit("/", 1)[-1], resolved_at=resolved_at)
+
+
+def _is_alias(key_id: str) -> bool:
+    return key_id.startswith("alias/") or ":alias/" in key_id
 
 
 @dataclass
 class KmsSigner:
-    """Signs in AWS KMS. ``key_id`` may be a key ARN, id or alias: an alias moved to a new key is picked up
-    within ``max_age`` seconds, without a deploy. ``kid`` is the key's KMS id (the JWKS command prints the
-    same), so the provider can tell an old key from a new one during a rotation."""
+    """Signs in AWS KMS. ``key_id`` may be a key ARN, id or alias. The alias is resolved to its key by
+    ``kms:GetPublicKey`` (at most every :data:`KEY_MAX_AGE` seconds) and ``kms:Sign`` is then called with that
+    key's ARN, never with the alias: the ``kid`` in the header (the key's KMS id, as the JWKS command prints it)
+    always names the key that signed, even while the alias moves. A key KMS refuses (the alias has left it, it
+    was disabled or scheduled for deletion) makes the alias be resolved again at once."""
 
     client: KMSClient
     key_id: str
     algorithm: str = ""
-    """``RS256``, ``PS256`` or ``ES256``; empty: from what the key supports (:data:`DEFAULT_ORDER`)."""
-    max_age: float = 300.0
-    _resolved: tuple[float, str, str] | None = field(default=None, repr=False)
+    """Empty: from the key spec (RS256 for RSA); ``PS256`` for an RSA key that should sign RSASSA-PSS."""
+    max_age: float = KEY_MAX_AGE
+    """Bounded by :data:`KEY_MAX_AGE` whatever the caller passes."""
+    _resolved: KmsKey | None = field(default=None, repr=False)
+    _last_signed: KmsKey | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
             raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
 
-    def _resolve(self) -> tuple[str, str]:
-        """(alg, kid), from ``kms:GetPublicKey`` at most every ``max_age`` seconds (an alias may move)."""
+    def resolve(self, *, refresh: bool = False) -> KmsKey:
+        """The key ``key_id`` names now, from ``kms:GetPublicKey``, kept at most ``max_age`` seconds."""
         with self._lock:
-            if self._resolved is None or time.monotonic() - self._resolved[0] > self.max_age:
+            now = time.monotonic()
+            resolved = self._resolved
+            if refresh or resolved is None or now - resolved.resolved_at > min(self.max_age, KEY_MAX_AGE):
                 response = self.client.get_public_key(KeyId=self.key_id)
-                supported = response.get("SigningAlgorithms", [])
-                algorithm = self.algorithm or next(
-                    (jose for jose in DEFAULT_ORDER if KMS_ALGORITHMS[jose] in supported), "")
-                if not algorithm or KMS_ALGORITHMS[algorithm] not in supported:
-                    raise SigningKeyError(f"the KMS key cannot sign {algorithm or 'RS256, PS256 or ES256'}")
-                self._resolved = (time.monotonic(), algorithm, response["KeyId"].rsplit("/", 1)[-1])
-            return self._resolved[1], self._resolved[2]
+                resolved = self._resolved = kms_key(response, self.algorithm, now)
+            return resolved
 
     def kid(self) -> str:
-        return self._resolve()[1]
+        return self.resolve().kid
 
-    def header(self) -> dict[str, str]:
-        algorithm, kid = self._resolve()
-        return {"alg": algorithm, "kid": kid}
+    def compact(self, claims: dict[str, Any]) -> str:
+        from botocore.exceptions import ClientError
 
-    def sign(self, signing_input: bytes) -> bytes:
-        algorithm, _ = self._resolve()
-        response = self.client.sign(KeyId=self.key_id, Message=signing_input, MessageType="RAW",
-                                    SigningAlgorithm=KMS_ALGORITHMS[algorithm])  # type: ignore[arg-type]
-        signature = response["Signature"]
-        return der_to_jose(signature) if algorithm == "ES256" else signature
+        failed: KmsKey | None = None
+        try:
+            failed = self.resolve()
+            return self._signed(failed, claims)
+        except ClientError as exc:
+            if not _is_alias(self.key_id) or exc.response.get("Error", {}).get("Code") not in KEY_GONE_CODES:
+                raise
+            # Another key, once: the alias's key now (it has moved on), else the last key that signed (KMS
+            # documents up to five minutes before an alias move affects authorisation: the new key may not be
+            # granted yet while the old one still is). Either way kid and signature name the same key.
+            others = [self._last_signed]
+            with contextlib.suppress(ClientError):
+                others.insert(0, self.resolve(refresh=True))
+            for other in others:
+                if other is not None and (failed is None or other.key_id != failed.key_id):
+                    return self._signed(other, claims)
+            raise
+
+    def _signed(self, key: KmsKey, claims: dict[str, Any]) -> str:
+        token = self._compact(key, claims)
+        self._last_signed = key
+        return token
+
+    def _compact(self, key: KmsKey, claims: dict[str, Any]) -> str:
+        def sign(signing_input: bytes) -> bytes:
+            response = self.client.sign(KeyId=key.key_id, Message=signing_input, MessageType="RAW",
+                                        SigningAlgorithm=KMS_ALGORITHMS[key.algorithm])  # type: ignore[arg-type]
+            return _jose_signature(key.algorithm, response["Signature"])
+
+        return _compact({"alg": key.algorithm, "kid": key.kid}, claims, sign)
+
+
+def pem_algorithm(key: Any, configured: str = "", what: str = "secret field private_key") -> str:
+    """The JOSE algorithm a ``cryptography`` key (private or public) signs; refused naming its curve or size."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise SigningKeyError(f"{what} is a {key.key_size}-bit RSA key; JOSE requires {MIN_RSA_BITS} bits or more")
+        return _choose(RSA_ALGORITHMS, configured, f"{what} (RSA)")
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        algorithm = next((alg for alg, (curve, _, _) in EC_ALGORITHMS.items() if curve == key.curve.name), None)
+        if algorithm is None:
+            raise SigningKeyError(f"{what} is an EC key on {key.curve.name}, which no JOSE algorithm signs with; "
+                                  f"use P-256, P-384 or P-521")
+        return _choose((algorithm,), configured, f"{what} ({EC_ALGORITHMS[algorithm][1]})")
+    raise SigningKeyError(f"{what} is neither an RSA nor an EC key")
 
 
 @dataclass
@@ -134,39 +245,35 @@ class PemSigner:
 
     private_key_pem: str = field(repr=False)
     algorithm: str = ""
-    """``RS256``, ``PS256`` or ``ES256``; empty: ES256 for an EC key, RS256 for an RSA key."""
+    """Empty: from the key (ES256/ES384/ES512 by curve, RS256 for RSA); ``PS256`` for RSASSA-PSS."""
     key_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
-            raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+        if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
+            raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
         try:
             self._key = load_pem_private_key(self.private_key_pem.encode(), password=None)
         except (ValueError, TypeError):
             raise SigningKeyError("secret field private_key is not an unencrypted PEM private key") from None
-        if not self.algorithm:
-            self.algorithm = "ES256" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "RS256"
-        wanted = ec.EllipticCurvePrivateKey if self.algorithm == "ES256" else rsa.RSAPrivateKey
-        if not isinstance(self._key, wanted):
-            raise SigningKeyError(f"secret field private_key does not fit {self.algorithm}")
+        self.algorithm = pem_algorithm(self._key, self.algorithm)
 
     def kid(self) -> str:
         """The secret's ``kid``, else the RFC 7638 thumbprint of the public key (what the JWKS command prints)."""
         return self.key_id or jwk_thumbprint(public_jwk(self._key.public_key()))
 
-    def header(self) -> dict[str, str]:
-        return {"alg": self.algorithm, "kid": self.kid()}
+    def compact(self, claims: dict[str, Any]) -> str:
+        return _compact({"alg": self.algorithm, "kid": self.kid()}, claims, self.sign)
 
     def sign(self, signing_input: bytes) -> bytes:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec, padding
 
         key: Any = self._key
-        if self.algorithm == "ES256":
-            return der_to_jose(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        if self.algorithm in EC_ALGORITHMS:
+            digest = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "ES512": hashes.SHA512()}[self.algorithm]
+            return _jose_signature(self.algorithm, key.sign(signing_input, ec.ECDSA(digest)))
         if self.algorithm == "PS256":
             pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
             return bytes(key.sign(signing_input, pss, hashes.SHA256()))
@@ -179,9 +286,7 @@ def client_assertion(signer: Signer, *, client_id: str, audience: str, now: floa
     issued = int(time.time() if now is None else now)
     claims = {"iss": client_id, "sub": client_id, "aud": audience, "jti": secrets.token_urlsafe(24),
               "iat": issued, "nbf": issued, "exp": issued + min(lifetime, MAX_ASSERTION_SECONDS)}
-    header = {**signer.header(), "typ": "JWT"}
-    signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode("ascii")
-    return f"{signing_input.decode('ascii')}.{b64url(signer.sign(signing_input))}"
+    return signer.compact(claims)
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -189,18 +294,19 @@ def _json(value: dict[str, Any]) -> bytes:
 
 
 def public_jwk(public_key: Any, *, kid: str | None = None, algorithm: str | None = None) -> dict[str, str]:
-    """The JWK (RFC 7517) of an RSA or P-256 public key (a ``cryptography`` key object)."""
+    """The JWK (RFC 7517) of an RSA, P-256, P-384 or P-521 public key (a ``cryptography`` key object)."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     if isinstance(public_key, rsa.RSAPublicKey):
         numbers = public_key.public_numbers()
         jwk = {"kty": "RSA", "n": b64url(_unsigned(numbers.n)), "e": b64url(_unsigned(numbers.e))}
-    elif isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        _, crv, size = EC_ALGORITHMS[pem_algorithm(public_key, what="the public key")]
         point = public_key.public_numbers()
-        jwk = {"kty": "EC", "crv": "P-256", "x": b64url(point.x.to_bytes(32, "big")),
-               "y": b64url(point.y.to_bytes(32, "big"))}
+        jwk = {"kty": "EC", "crv": crv, "x": b64url(point.x.to_bytes(size, "big")),
+               "y": b64url(point.y.to_bytes(size, "big"))}
     else:
-        raise SigningKeyError("only RSA and P-256 keys are supported")
+        raise SigningKeyError("only RSA and P-256, P-384 and P-521 keys are supported")
     if kid is not None:
         jwk["kid"] = kid
     if algorithm is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from token_vending.constants import PURGE_AFTER_EXPIRY_SECONDS
+from token_vending.lifetime import beyond_sane_lifetime
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -303,6 +304,8 @@ def _token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> Cac
         lifetime = int(item.get("lifetime", {}).get("N", expires_at - int(fetched_at)))
     except (KeyError, TypeError, ValueError):
         return None  # a malformed item is treated as a miss and overwritten by the next refresh
+    if beyond_sane_lifetime(expires_at, fetched_at):
+        return None  # no provider answer is stored so; such an item is replaced, never served
     scope = item.get("scope", {}).get("S")
     return CachedToken(provider=provider, scope_key=scope_key, access_token=token,
                        token_type=item.get("token_type", {}).get("S", "Bearer"), scope=scope,

@@ -1,13 +1,15 @@
 """Prints what to register with a provider: the public key as a JWKS, and a client certificate's fingerprint.
 
-    python -m token_vending.jwks --kms-key-id alias/acme-token-signing --algorithm ES256
-    python -m token_vending.jwks --pem signing-key.pem --algorithm RS256
+    python -m token_vending.jwks --kms-key-id alias/acme-token-signing
+    python -m token_vending.jwks --pem signing-key.pem --algorithm PS256
     python -m token_vending.jwks --secret-id token-vending/aria          # the PEM key or certificate in it
     python -m token_vending.jwks --certificate client.pem                 # mutual TLS
 
 The ``kid`` printed is the one the provider functions put in their assertions' header: the KMS key id for a
-KMS key (the alias resolved), else the secret's ``kid``, else the RFC 7638 thumbprint. Nothing secret is
-printed: the private key never leaves KMS or the secret.
+KMS key (the alias resolved), else the secret's ``kid``, else the RFC 7638 thumbprint; the ``alg`` printed is the
+one they sign with: the key's (by KMS key spec or curve), or ``--algorithm`` where an RSA key may sign PS256. A
+key they would refuse to sign with is refused here too. Nothing secret is printed: the private key never leaves
+KMS or the secret.
 """
 
 from __future__ import annotations
@@ -18,24 +20,26 @@ import sys
 import time
 from typing import Any
 
-from token_vending.assertion import KMS_ALGORITHMS, jwk_thumbprint, public_jwk
+from token_vending.assertion import KMS_ALGORITHMS, SigningKeyError, jwk_thumbprint, kms_key, pem_algorithm, public_jwk
 
 
-def kms_jwks(client: Any, key_id: str, algorithm: str) -> dict[str, Any]:
+def kms_jwks(client: Any, key_id: str, algorithm: str = "") -> dict[str, Any]:
+    """The JWKS of the key ``key_id`` names now (an alias resolved), as the provider functions sign with it."""
     from cryptography.hazmat.primitives.serialization import load_der_public_key
 
     response = client.get_public_key(KeyId=key_id)
-    kid = response["KeyId"].rsplit("/", 1)[-1]
-    return {"keys": [public_jwk(load_der_public_key(response["PublicKey"]), kid=kid, algorithm=algorithm)]}
+    key = kms_key(response, algorithm)
+    public = load_der_public_key(response["PublicKey"])
+    return {"keys": [public_jwk(public, kid=key.kid, algorithm=key.algorithm)]}
 
 
-def pem_jwks(text: str, algorithm: str, kid: str | None = None) -> dict[str, Any]:
+def pem_jwks(text: str, algorithm: str = "", kid: str | None = None) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
     data = text.encode()
     public = (load_pem_private_key(data, password=None).public_key() if b"PRIVATE KEY" in data
               else load_pem_public_key(data))
-    jwk = public_jwk(public, algorithm=algorithm)
+    jwk = public_jwk(public, algorithm=pem_algorithm(public, algorithm, "the key"))
     jwk["kid"] = kid or jwk_thumbprint(jwk)
     return {"keys": [jwk]}
 
@@ -62,14 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=sorted(KMS_ALGORITHMS), default=None)
     parser.add_argument("--kid", default=None, help="key id to print (default: KMS key id or RFC 7638 thumbprint)")
     args = parser.parse_args(argv)
+    try:
+        out = _describe(args, parser)
+    except SigningKeyError as exc:
+        parser.error(str(exc))
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
 
+
+def _describe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if args.kms_key_id:
         import boto3
 
-        out = kms_jwks(boto3.client("kms"), args.kms_key_id, args.algorithm or "ES256")
+        out = kms_jwks(boto3.client("kms"), args.kms_key_id, args.algorithm or "")
     elif args.pem:
         with open(args.pem, encoding="ascii") as handle:
-            out = pem_jwks(handle.read(), args.algorithm or "RS256", args.kid)
+            out = pem_jwks(handle.read(), args.algorithm or "", args.kid)
     elif args.certificate:
         with open(args.certificate, encoding="ascii") as handle:
             out = {"certificate": certificate_info(handle.read())}
@@ -79,15 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         secret = json.loads(boto3.client("secretsmanager").get_secret_value(SecretId=args.secret_id)["SecretString"])
         out = {}
         if secret.get("private_key") and not secret.get("certificate"):
-            out = pem_jwks(secret["private_key"], args.algorithm or secret.get("algorithm", "RS256"),
+            out = pem_jwks(secret["private_key"], args.algorithm or secret.get("algorithm", ""),
                            args.kid or secret.get("kid"))
         if secret.get("certificate"):
             out["certificate"] = certificate_info(secret["certificate"])
         if not out:
             parser.error("the secret holds neither private_key nor certificate")
-    json.dump(out, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

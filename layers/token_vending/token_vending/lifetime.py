@@ -1,4 +1,8 @@
-"""A token's lifetime: ``expires_in`` (integer or numeric string), else the JWT ``exp`` claim."""
+"""A token's lifetime: ``expires_in`` (a number or a numeric string), else the JWT ``exp`` claim.
+
+Both are bounded by ``MAX_SANE_LIFETIME``: a provider that states a lifetime of decades, or an expiry past the year
+9999, states nothing a cache can schedule by (and a date that cannot even be written out).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import binascii
 import json
 import math
 from typing import TYPE_CHECKING, Any
+
+from token_vending.numbers import parse_decimal
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -19,20 +25,25 @@ class LifetimeError(ValueError):
 
 
 def parse_expires_in(value: Any) -> int:
-    """Accept ``3600`` and ``"3600"`` (some providers quote numbers); refuse anything else."""
+    """Accept a number and the same number quoted (``3600``, ``"3600"``, ``3600.5``, ``"1e3"``: some providers
+    quote numbers), in whole seconds rounded down; refuse anything else, and anything outside
+    (0, ``MAX_SANE_LIFETIME``]."""
     if isinstance(value, bool):
         raise LifetimeError("expires_in is a boolean")
+    number: float | int | None
     if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, float) and math.isfinite(value):
-        seconds = int(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        seconds = int(value.strip())
+        number = value
+    elif isinstance(value, float):
+        number = value if math.isfinite(value) else None
+    elif isinstance(value, str):
+        number = parse_decimal(value)
     else:
+        number = None
+    if number is None:
         raise LifetimeError("expires_in is not a number")
-    if not 0 < seconds <= MAX_SANE_LIFETIME:
+    if not 0 < number <= MAX_SANE_LIFETIME or int(number) < 1:
         raise LifetimeError("expires_in is out of range")
-    return seconds
+    return int(number)
 
 
 def lifetime_from(body: Mapping[str, Any], fields: tuple[str, ...]) -> int | None:
@@ -58,8 +69,15 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
 
 
 def jwt_expiry(token: str) -> int | None:
+    """The ``exp`` claim in whole seconds, or ``None`` when the token is not a JWT or states no numeric ``exp``
+    (a NumericDate, RFC 7519 section 2: a JSON number, possibly with a fraction)."""
     claims = jwt_claims(token)
     exp = claims.get("exp") if claims else None
     if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
         return None
     return int(exp)
+
+
+def beyond_sane_lifetime(expires_at: float, now: float) -> bool:
+    """Whether an expiry lies further ahead than any lifetime the service trusts."""
+    return expires_at - now > MAX_SANE_LIFETIME

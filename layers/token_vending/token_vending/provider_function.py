@@ -35,13 +35,16 @@ timeout is 24 s for a 25 s function) before it gives up, and Lambda must not tim
 REFRESH_AHEAD_EVENT = {"refresh_ahead": True}
 
 
-def _kms_client() -> KMSClient:
-    """Only ``private_key_jwt`` with a KMS key needs KMS: its client is made on first use, off the cold path."""
+def _kms_client(key_id: str = "") -> KMSClient:
+    """Only ``private_key_jwt`` with a KMS key needs KMS: its client is made on first use, off the cold path, in
+    the Region the key's ARN names (a key or alias ARN of another Region is used there, as it is granted)."""
     import boto3
 
     from token_vending.clients import KMS_CONFIG
 
-    return boto3.client("kms", config=KMS_CONFIG)
+    parts = key_id.split(":")
+    region = parts[3] if key_id.startswith("arn:") and len(parts) > 5 and parts[3] else None
+    return boto3.client("kms", config=KMS_CONFIG, region_name=region)
 
 
 def _secrets_client() -> SecretsManagerClient:
@@ -57,7 +60,7 @@ def _upstream_client(profile: ClientCredentialsProfile, settings: ProviderSettin
     """urllib3 and the token request's code are imported on the first miss only."""
     from token_vending.upstream import UpstreamClient
 
-    return UpstreamClient(profile, settings, kms=_kms_client)
+    return UpstreamClient(profile, settings, kms=lambda: _kms_client(settings.signing_key_id))
 
 
 def _sqs_client() -> SQSClient:

@@ -7,7 +7,6 @@ contract's ``misconfigured`` error naming the variable, instead of an opaque ini
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 
 from token_vending import constants
 from token_vending.exceptions import Misconfigured
+from token_vending.numbers import parse_decimal, parse_whole
 from token_vending.scopes import parse_scope_set
 
 if TYPE_CHECKING:
@@ -42,11 +42,10 @@ def _number(env: Mapping[str, str], name: str, default: float, provider: str | N
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise Misconfigured(f"setting {name} is not a number", provider=provider) from None
-    if not math.isfinite(value) or value < minimum:
+    value = parse_decimal(raw)
+    if value is None:
+        raise Misconfigured(f"setting {name} is not a number", provider=provider)
+    if value < minimum:
         raise Misconfigured(f"setting {name} must be a finite number >= {minimum:g}", provider=provider)
     return value
 
@@ -189,10 +188,11 @@ def budget_overrides(env: Mapping[str, str], provider: str | None) -> dict[str, 
     overrides: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, _, value = item.partition("=")
-        if not name.strip() or not value.strip().isdigit() or int(value) < 1:
+        requests = parse_whole(value)
+        if not name.strip() or requests is None or requests < 1:
             raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} must be route=requests pairs "
-                                "(a whole number of at least 1), comma-separated", provider=provider)
-        overrides[name.strip()] = int(value)
+                                "(a whole number of at least 1 in ASCII digits), comma-separated", provider=provider)
+        overrides[name.strip()] = requests
     return overrides
 
 

@@ -30,7 +30,8 @@ from token_vending.exceptions import (
     UpstreamUnavailable,
     sanitise,
 )
-from token_vending.lifetime import LifetimeError, jwt_expiry, lifetime_from
+from token_vending.lifetime import LifetimeError, beyond_sane_lifetime, jwt_expiry, lifetime_from
+from token_vending.numbers import parse_whole
 from token_vending.profile import BasicEncoding, ClientAuth, ScopeMode, basic_authorization
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> To
     from urllib3.exceptions import (
         ConnectTimeoutError,
         DecodeError,
+        InvalidHeader,
         MaxRetryError,
         NewConnectionError,
         ProtocolError,
@@ -222,6 +224,9 @@ def transport_error(exc: BaseException, *, timed_out: bool, provider: str) -> To
         return UpstreamTimeout("the provider did not accept a connection in time", provider=provider)
     if isinstance(reason, (ReadTimeoutError, TimeoutError)):
         return UpstreamTimeout("the provider did not answer in time", provider=provider)
+    if isinstance(reason, InvalidHeader):  # e.g. two different Content-Length values: no framing to trust
+        return UpstreamInvalidResponse("the provider's answer has conflicting or malformed headers",
+                                       provider=provider)
     if isinstance(reason, DecodeError):
         return UpstreamInvalidResponse("the provider's answer could not be decoded (Content-Encoding)",
                                        provider=provider)
@@ -335,6 +340,10 @@ class UpstreamClient:
                         response.release_conn()
             except (HTTPError, OSError, ValueError) as exc:
                 raise transport_error(exc, timed_out=watchdog.fired, provider=name) from None
+            if watchdog.fired:
+                # Shut down mid-answer, the standard library may see an end of headers and an empty body: what
+                # arrived is a fragment, whatever its status line said.
+                raise UpstreamTimeout("the provider did not finish answering in the time left", provider=name)
         sent = [*_credential_forms(credentials), *([assertion] if assertion else [])]
         return self._interpret(response.status, response.headers, raw, sent=sent, scope=scope, started=started)
 
@@ -380,7 +389,11 @@ class UpstreamClient:
     def _interpret(self, status: int, headers: Any, raw: bytes, *, sent: list[str], scope: str,
                    started: float) -> TokenGrant:
         name = self.profile.name
-        document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
+        try:
+            document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
+            ambiguous = False
+        except AmbiguousDocument:
+            document, ambiguous = None, True
         if _unavailable(status):
             raise UpstreamUnavailable(f"the provider answered HTTP {status}",
                                       retry_after=_retry_after(headers.get("Retry-After")), provider=name)
@@ -393,6 +406,9 @@ class UpstreamClient:
                                    upstream_error=error, upstream_status=status, provider=name)
         if not 200 <= status < 300:
             raise UpstreamInvalidResponse(f"the provider answered HTTP {status}", provider=name)
+        if ambiguous:
+            raise UpstreamInvalidResponse("the provider's answer names a member twice (duplicate keys): ambiguous",
+                                          provider=name)
         if document is None:
             raise UpstreamInvalidResponse("the provider's answer is not a JSON object", provider=name)
         token = document.get("access_token")
@@ -430,6 +446,11 @@ class UpstreamClient:
             raise UpstreamInvalidResponse(f"the provider's lifetime is unusable: {exc}", provider=name) from None
         candidates = [int(started) + (lifetime if lifetime is not None else self.settings.default_lifetime)]
         jwt_exp = jwt_expiry(token)
+        if jwt_exp is not None and beyond_sane_lifetime(jwt_exp, started):
+            if lifetime is None:
+                raise UpstreamInvalidResponse("the provider's lifetime is unusable: JWT exp is out of range",
+                                              provider=name)
+            jwt_exp = None  # the stated expires_in is the earlier expiry, and the one scheduled by
         if jwt_exp is not None:
             if jwt_exp <= started + MIN_LIFETIME:
                 raise UpstreamInvalidResponse("the provider's token is expired or about to (JWT exp)", provider=name)
@@ -452,18 +473,32 @@ def _path(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+class AmbiguousDocument(ValueError):
+    """A JSON object names one member twice: which value the provider meant cannot be known (RFC 8259 section 4
+    leaves it to the parser; Python keeps the last, others the first)."""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise AmbiguousDocument("duplicate member names")
+    return document
+
+
 def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The answer as a JSON object; ``None`` when it is none. Raises :class:`AmbiguousDocument`."""
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(raw, object_pairs_hook=_unique_members)
+    except AmbiguousDocument:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
 def _retry_after(value: str | None) -> int | None:
-    if value and value.strip().isdigit():
-        return min(int(value.strip()), 3600)
-    return None
+    seconds = parse_whole(value) if value else None
+    return None if seconds is None else min(seconds, 3600)
 
 
 _ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -1,0 +1,69 @@
+"""``sam local`` fixtures: the real SAM CLI (``.tools/sam``) on the template built for this machine, its
+containers reaching the embedded AWS and the provider emulators on the Docker bridge's gateway.
+
+A container engine and the Lambda base image are prerequisites (``make sam-image``, which ``make test`` runs:
+``local/sam_image.sh``). Without them these tests are skipped, with the reason in pytest's summary -- except in
+CI (``CI=true``), where they fail."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from local.sam_local import LAMBDA_PORT, SamLocal, bridge_gateway, build, engine_problem, free_port, start_backend
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from local.providers import EmulatorFleet
+    from local.stack import LocalStack
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    """The bridge gateway's address, once the engine and image are known to be there."""
+    problem = engine_problem()
+    if problem:
+        message = f"sam local needs a container engine and the Lambda base image: {problem} (make sam-image)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return bridge_gateway()
+
+
+@pytest.fixture(scope="session")
+def built(engine: str) -> Path:
+    return build()
+
+
+@pytest.fixture(scope="session")
+def backend(engine: str) -> Iterator[tuple[LocalStack, EmulatorFleet]]:
+    stack, fleet = start_backend(engine)
+    yield stack, fleet
+    stack.stop()
+    fleet.stop()
+
+
+@pytest.fixture(scope="session")
+def sam(built: Path, backend: Any) -> Iterator[SamLocal]:
+    """``sam local`` on the built template with the committed ``env.json``; stopped (containers removed) at the
+    end of the session."""
+    runner = SamLocal(built)
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture(scope="session")
+def start_lambda(sam: SamLocal, engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``sam local start-lambda`` where ``env.json`` sends the token API's invocations (gateway:3001)."""
+    log = (tmp_path_factory.mktemp("sam") / "start-lambda.log").open("w")
+    return sam.start("start-lambda", engine, LAMBDA_PORT, log=log)
+
+
+@pytest.fixture(scope="session")
+def start_api(sam: SamLocal, start_lambda: str, engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    log = (tmp_path_factory.mktemp("sam") / "start-api.log").open("w")
+    return sam.start("start-api", engine, free_port(engine), log=log)
