@@ -15,7 +15,8 @@ advancing the clock; rotating the secret (in Secrets Manager and at the provider
 provider so the credentials are plainly wrong); renewals going off while DynamoDB throttles or times out the
 provider functions' reads and writes (a write that lands and then times out too); a caller's use mark written while
 a renewal's token request is at the provider; a forced refresh naming a token since replaced (its fingerprint),
-with the provider down or up and the stored token inside its refresh margin or not.
+with the provider down or up and the stored token inside its refresh margin or not; lifetimes no provider should
+send (a JWT ``exp`` past the year 9999, 50 years, 0, negative, 40-digit numbers and numeric strings).
 
 Invariants, after every step:
 
@@ -64,6 +65,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from tests.support.fleet import (
     BEHAVIOURS,
     DYNAMODB_FAULTS,
+    EXTREME_LIFETIMES,
     DynamoFaults,
     FakeContext,
     FakeLambdaClient,
@@ -654,6 +656,17 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
                 assert answer.body["access_token"] == stored[0], f"not the stored token: {answer.describe()}"
                 assert world.server.request_count(since=mark) == {}, "the provider was asked"
 
+        @rule(name=st.sampled_from([behaviour.name for behaviour in EXTREME_LIFETIMES]),
+              interface=st.sampled_from(["direct", "api"]), hint=st.integers(0, 4))
+        def extreme_lifetime(self, name: str, interface: str, hint: int) -> None:
+            """The provider answers with a lifetime no provider should send (an ``exp`` past the year 9999, 50 years,
+            0, negative, a numeric string of 40 digits): once every cached token has expired, callers and the
+            scheduled run get a token valid for what they asked or the contract's error, never a 500."""
+            assert self.world is not None
+            self.world.switch(name)
+            shared.clock.advance(LIFETIME + 1)
+            self._burst([Call(interface, hint=hint), Call("refresh_ahead", hint=hint + 1)])
+
         @rule(name=BEHAVIOUR_NAMES, expire=st.booleans())
         def switch_behaviour(self, name: str, expire: bool) -> None:
             """A behaviour only shows when a token is fetched: half the time every cached token expires too."""
@@ -862,6 +875,17 @@ def test_a_renewal_whose_token_cannot_be_stored_is_not_lost(shared: Shared, faul
         assert any(again.names(_token_of(world, "read", stored)) for again in world.armed), (stored, world.armed)
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("behaviour", [behaviour.name for behaviour in EXTREME_LIFETIMES])
+def test_extreme_lifetimes_are_capped_or_refused_never_a_500(world: FleetWorld, behaviour: str) -> None:
+    """An ``exp`` past the year 9999, 50 years, 0, negative or 40-digit lifetimes: both interfaces, cold then warm,
+    get a token that lives what the provider said (at most) or ``upstream_invalid_response``; one token request."""
+    world.switch(behaviour)
+    answers = run(world, [Call("api")]) + run(world, [Call("direct", hint=1), Call("api", hint=1)])
+    assert {a.code for a in answers if a.status != 200} <= {"upstream_invalid_response"}, [
+        a.describe() for a in answers]
+    assert sum(world.server.request_count().values()) <= 2, world.server.request_count()
 
 
 def test_a_use_marked_during_a_renewal_is_kept(shared: Shared) -> None:

@@ -188,6 +188,19 @@ class Behaviour:
     """``truncated``: the connection ends short of Content-Length; ``reset``: a TCP reset mid-body."""
 
 
+YEAR_9999 = 253402300799
+"""9999-12-31T23:59:59Z: a JWT ``exp`` this far (from now) lies past the year 9999, beyond ``datetime``."""
+EXTREME_LIFETIMES = (
+    Behaviour("jwt_exp_past_year_9999", expires_in=None, jwt_exp=YEAR_9999),
+    Behaviour("jwt_exp_past_year_9999_expires_in_900", expires_in=900, jwt_exp=YEAR_9999),
+    Behaviour("expires_in_50_years", expires_in=50 * 365 * 24 * 3600),
+    Behaviour("expires_in_0", expires_in=0),
+    Behaviour("expires_in_negative", expires_in=-60),
+    Behaviour("expires_in_huge_string", expires_in="9" * 40),
+    Behaviour("expires_in_huge_number", expires_in=10**30),
+)
+"""Lifetimes no provider should send: each is capped (``exp`` like ``expires_in``) or refused, never a 500."""
+
 BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour("normal"),
     Behaviour("normal_jwt", expires_in=None, jwt_exp=900),
@@ -217,6 +230,7 @@ BEHAVIOURS: dict[str, Behaviour] = {b.name: b for b in (
     Behaviour("token_crlf", body="crlf"),
     Behaviour("token_space", body="space"),
     Behaviour("narrow_scope", body="narrow"),
+    *EXTREME_LIFETIMES,
 )}
 
 
