@@ -13,6 +13,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from token_vending.aws_errors import error_code
 from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
 from token_vending.exceptions import (
     ERRORS_BY_TYPE,
@@ -178,7 +179,7 @@ class TokenApi:
                                                  Payload=json.dumps(payload).encode())
             raw = response["Payload"].read()
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = error_code(exc) or ""
             if code in ("TooManyRequestsException", "ServiceException", "ResourceConflictException"):
                 raise UpstreamUnavailable("the provider function is busy", retry_after=1,
                                           provider=entry.name) from None

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from token_vending.aws_errors import error_code
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -195,7 +197,7 @@ class KmsSigner:
             failed = self.resolve()
             return self._signed(failed, claims)
         except ClientError as exc:
-            if not _is_alias(self.key_id) or exc.response.get("Error", {}).get("Code") not in KEY_GONE_CODES:
+            if not _is_alias(self.key_id) or error_code(exc) not in KEY_GONE_CODES:
                 raise
             # Another key, once: the alias's key now (it has moved on), else the last key that signed (KMS
             # documents up to five minutes before an alias move affects authorisation: the new key may not be

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from token_vending.aws_errors import error_code
 from token_vending.constants import PURGE_AFTER_EXPIRY_SECONDS
 from token_vending.lifetime import beyond_sane_lifetime
 
@@ -321,10 +322,8 @@ def _response(exc: Exception) -> dict[str, Any]:
 
 
 def _is_condition_failure(exc: Exception) -> bool:
-    code = _response(exc).get("Error", {}).get("Code")
-    return bool(code == "ConditionalCheckFailedException")
+    return error_code(exc) == "ConditionalCheckFailedException"
 
 
 def _describe(exc: Exception) -> str:
-    code = _response(exc).get("Error", {}).get("Code")
-    return code or type(exc).__name__
+    return error_code(exc) or type(exc).__name__

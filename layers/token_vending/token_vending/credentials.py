@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from token_vending.aws_errors import error_code
 from token_vending.exceptions import Misconfigured, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -144,14 +145,9 @@ class CredentialStore:
 
 def _client_error_code(exc: BaseException) -> str | None:
     """Powertools wraps the botocore error in ``GetParameterError`` without keeping its code."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            if isinstance(code, str):
-                return code
-        seen = seen.__cause__ or seen.__context__
+    code = error_code(exc)
+    if code is not None:
+        return code
     text = str(exc)
     for code in MISCONFIGURATION_CODES:
         if code in text:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
+from token_vending.aws_errors import error_code
 from token_vending.exceptions import (
     Misconfigured,
     TokenVendingError,
@@ -565,7 +566,7 @@ KMS_MISCONFIGURATION_CODES = frozenset({
 def _kms_error(exc: BaseException, provider: str) -> TokenVendingError:
     """KMS refused the signing key (a setting or a grant to fix) or could not be reached (not the provider's
     fault: no cool-down)."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    code = error_code(exc)
     if code in KMS_MISCONFIGURATION_CODES:
         return Misconfigured(f"the signing key cannot be used ({code})", provider=provider)
     return UpstreamUnavailable(f"KMS is unavailable ({code or type(exc).__name__})", provider=provider,
