@@ -329,6 +329,9 @@ def search_expression(expression: str) -> dict[str, Any]:
 
 
 def emitted_metric_names() -> set[str]:
-    """Metric names the layer really emits (``_count("...")`` and ``add_metric(name="...")``)."""
+    """Metric names the layer really emits (``_count("...")``, ``count(metrics, "...")`` and
+    ``add_metric(name="...")``)."""
     source = "\n".join(path.read_text() for path in (ROOT / "layers" / "token_vending").rglob("*.py"))
-    return set(re.findall(r'_count\("([A-Za-z]+)"\)', source)) | set(re.findall(r'add_metric\(name="(\w+)"', source))
+    return (set(re.findall(r'_count\("([A-Za-z]+)"\)', source))
+            | set(re.findall(r'\bcount\([\w.]+, "([A-Za-z]+)"\)', source))
+            | set(re.findall(r'add_metric\(name="(\w+)"', source)))
