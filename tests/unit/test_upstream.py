@@ -345,3 +345,13 @@ def test_a_jwt_exp_beyond_any_sane_lifetime_is_refused_alone(serve: Any, exp_in:
 def test_a_far_jwt_exp_beside_a_stated_expires_in_is_ignored(serve: Any) -> None:
     grant = fetch(serve(json_answer({"access_token": jwt({"exp": 253402300800 * 2}), "expires_in": 900})))
     assert 890 <= grant.expires_at - time.time() <= 900
+
+
+@pytest.mark.parametrize("payload", [b"[" * 12000, b"[" * 6000 + b"]" * 6000])
+def test_a_jwt_whose_claims_nest_too_deep_is_read_as_an_opaque_token(serve: Any, payload: bytes) -> None:
+    """Claims nested deeper than the JSON parser recurses (unclosed, so only the depth is ever read) are no
+    claims to schedule by, not an internal error."""
+    claims = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJub25lIn0.{claims}.c2ln"
+    grant = fetch(serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 900})))
+    assert (grant.access_token, grant.lifetime) == (token, 900)
