@@ -355,3 +355,26 @@ def test_a_jwt_whose_claims_nest_too_deep_is_read_as_an_opaque_token(serve: Any,
     token = f"eyJhbGciOiJub25lIn0.{claims}.c2ln"
     grant = fetch(serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 900})))
     assert (grant.access_token, grant.lifetime) == (token, 900)
+
+
+# A key on a curve cryptography cannot load (secp112r1, made by openssl ecparam -genkey): the operator's mistake,
+# answered as misconfiguration, not an UnsupportedAlgorithm escaping as internal_error.
+SECP112R1_KEY = """-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDtLq7pbekgdXxBALeTFjoAcGBSuBBAAGoSADHgAEjXFkGNFPDNA0MZ8e
+E0V8zQBKOfFaAmVigJmziw==
+-----END EC PRIVATE KEY-----
+"""
+
+
+def test_private_key_jwt_with_a_pem_on_an_unsupported_curve_is_misconfigured(serve: Any) -> None:
+    from dataclasses import replace
+
+    from token_vending.exceptions import Misconfigured
+    from token_vending.profile import ClientAuth
+
+    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": serve(json_answer({})),
+                                                  "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
+                                                  "TOKEN_VENDING_LOCAL_MODE": "true"})
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    with pytest.raises(Misconfigured, match="curve"):
+        upstream.fetch(ClientCredentials("c", private_key=SECP112R1_KEY), "", time.monotonic() + 10)

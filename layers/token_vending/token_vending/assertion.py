@@ -251,6 +251,7 @@ class PemSigner:
     key_id: str | None = None
 
     def __post_init__(self) -> None:
+        from cryptography.exceptions import UnsupportedAlgorithm
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
         if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
@@ -259,6 +260,9 @@ class PemSigner:
             self._key = load_pem_private_key(self.private_key_pem.encode(), password=None)
         except (ValueError, TypeError):
             raise SigningKeyError("secret field private_key is not an unencrypted PEM private key") from None
+        except UnsupportedAlgorithm:  # not a ValueError: a curve cryptography has no code for (SM2, secp112r1)
+            raise SigningKeyError("secret field private_key is a key on a curve or of a type no JOSE algorithm "
+                                  "signs with; use P-256, P-384, P-521 or RSA (2048 bits or more)") from None
         self.algorithm = pem_algorithm(self._key, self.algorithm)
 
     def kid(self) -> str:
