@@ -154,7 +154,9 @@ class ApiGateway:
                 started = time.perf_counter()
                 request_id = str(uuid.uuid4())
                 headers = list(self.headers.items())
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
+                if body is None:
+                    return
                 # http.server decodes the request line as ISO-8859-1; its bytes are UTF-8 (percent-encoded if the
                 # client follows RFC 3986).
                 target = self.path.encode("latin-1", "replace").decode("utf-8", "replace")
