@@ -378,3 +378,33 @@ def test_private_key_jwt_with_a_pem_on_an_unsupported_curve_is_misconfigured(ser
     upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
     with pytest.raises(Misconfigured, match="curve"):
         upstream.fetch(ClientCredentials("c", private_key=SECP112R1_KEY), "", time.monotonic() + 10)
+
+
+def test_private_key_jwt_kms_follows_the_algorithm_the_secret_names_now(serve: Any) -> None:
+    """The secret is read again (SecretMaxAge): an operator who changes its ``algorithm`` (RS256 -> PS256, as the
+    provider now requires) has the next assertion signed with it, not the one the first read named."""
+    from dataclasses import replace
+    from urllib.parse import parse_qs
+
+    import boto3
+    from moto import mock_aws
+
+    from token_vending.profile import ClientAuth
+
+    received: list[str] = []
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        received.append(parse_qs(handler.body.decode())["client_assertion"][0])  # type: ignore[attr-defined]
+        json_answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})(handler)
+
+    with mock_aws():
+        kms = boto3.client("kms", region_name="us-east-1")
+        key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        settings = ProviderSettings.from_env("unit", {
+            "PROVIDER_NAME": "unit", "TOKEN_URL": serve(answer), "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
+            "TOKEN_VENDING_LOCAL_MODE": "true", "CLIENT_AUTH": "private_key_jwt", "SIGNING_KEY_ID": key_id})
+        upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings, kms=lambda: kms)
+        for algorithm in ("RS256", "PS256", ""):
+            upstream.fetch(ClientCredentials("unit-client", algorithm=algorithm), "", time.monotonic() + 10)
+    headers = [json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) for token in received]
+    assert [header["alg"] for header in headers] == ["RS256", "PS256", "RS256"]

@@ -359,7 +359,8 @@ class UpstreamClient:
         try:
             signer: KmsSigner | PemSigner
             if self.settings.signing_key_id:
-                if self._kms_signer is None:
+                # The secret (read again every SecretMaxAge) names the algorithm: a change is signed with at once.
+                if self._kms_signer is None or self._kms_signer.algorithm != credentials.algorithm:
                     if self._kms is None:
                         raise SigningKeyError("no KMS client for the signing key")
                     self._kms_signer = KmsSigner(self._kms(), self.settings.signing_key_id,
