@@ -408,3 +408,14 @@ def test_private_key_jwt_kms_follows_the_algorithm_the_secret_names_now(serve: A
             upstream.fetch(ClientCredentials("unit-client", algorithm=algorithm), "", time.monotonic() + 10)
     headers = [json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) for token in received]
     assert [header["alg"] for header in headers] == ["RS256", "PS256", "RS256"]
+
+
+def test_a_jwt_exp_of_hundreds_of_digits_is_refused_alone_and_ignored_beside_expires_in(serve: Any) -> None:
+    """A JSON integer has no size limit: an ``exp`` of 400 digits is a lifetime out of range, not an overflow."""
+    with pytest.raises(UpstreamInvalidResponse, match="out of range"):
+        fetch(serve(json_answer({"access_token": jwt({"exp": 10**400})})))
+    grant = fetch(serve(json_answer({"access_token": jwt({"exp": 10**400}), "expires_in": 900})))
+    assert grant.lifetime == 900
+    with pytest.raises(UpstreamInvalidResponse, match="JWT exp"):
+        fetch(serve(json_answer({"access_token": jwt({"exp": -(10**400)}), "expires_in": 900})))
+
