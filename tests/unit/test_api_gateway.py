@@ -146,7 +146,11 @@ def test_stale_or_early_signature_is_refused(gateway: tuple[str, RecordingLambda
 
 
 @pytest.mark.parametrize("result", [(b"not json", False), (b'{"errorMessage": "boom"}', True),
-                                    (b'{"statusCode": "200"}', False)])
+                                    (b'{"statusCode": "200"}', False),
+                                    (b'{"statusCode": 200, "body": {"access_token": "t"}}', False),
+                                    (b'{"statusCode": 200, "body": "{}", "headers": ["Cache-Control"]}', False),
+                                    (b'{"statusCode": true, "body": "{}"}', False),
+                                    (b'{"statusCode": 99, "body": "{}"}', False)])
 def test_a_failed_integration_is_the_deployed_5xx_response(gateway: tuple[str, RecordingLambdas],
                                                            result: tuple[bytes, bool]) -> None:
     url, lambdas = gateway
