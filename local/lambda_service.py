@@ -265,7 +265,7 @@ class LambdaService:
                     return
                 try:
                     event = json.loads(raw) if raw else {}
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
                     message = {"Type": "User", "message": "Could not parse request body into json"}
                     self.send_json(400, json.dumps(message).encode(),
                                    {"x-amzn-ErrorType": "InvalidRequestContentException"})
