@@ -419,3 +419,22 @@ def test_a_jwt_exp_of_hundreds_of_digits_is_refused_alone_and_ignored_beside_exp
     with pytest.raises(UpstreamInvalidResponse, match="JWT exp"):
         fetch(serve(json_answer({"access_token": jwt({"exp": -(10**400)}), "expires_in": 900})))
 
+
+
+def test_a_member_named_twice_inside_a_member_never_read_does_not_refuse_the_token(serve: Any) -> None:
+    """Only the answer's own members are read: a duplicate inside another object (an extension the service never
+    reads) leaves nothing ambiguous, and refusing the token for it would be an outage for nothing."""
+    body = b'{"access_token": "the-token-1234", "expires_in": 900, "ext": {"a": 1, "a": 2, "b": [{"c": 1, "c": 2}]}}'
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    grant = fetch(serve(raw_answer(head, body)))
+    assert (grant.access_token, grant.lifetime) == ("the-token-1234", 900)
+
+
+def test_a_refusal_with_a_nested_duplicate_keeps_its_error_code(serve: Any) -> None:
+    from token_vending.exceptions import UpstreamRejected
+
+    body = b'{"error": "invalid_scope", "error_description": "no", "details": {"k": 1, "k": 2}}'
+    head = f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with pytest.raises(UpstreamRejected) as caught:
+        fetch(serve(raw_answer(head, body)))
+    assert caught.value.upstream_error == "invalid_scope"
