@@ -10,7 +10,7 @@ from typing import Any
 from token_vending.numbers import parse_whole
 
 MAX_BODY = 10 * 1024 * 1024
-"""API Gateway's and Lambda's largest request payload (10 MB, 6 MB for Lambda: the function refuses the rest)."""
+"""API Gateway's largest request payload (10 MB): a longer declared body is refused before it is read."""
 
 
 class JsonHandler(BaseHTTPRequestHandler):
