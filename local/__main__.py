@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
               f"token-vending/local/<provider>)\n"
               f"  providers       {', '.join(f'{r}={u}' for r, u in urls.items())}\n"
               f"  refresh ahead   {_refresh_ahead(args.refresh_ahead, stack)}\n\n"
-              f"  try: curl -s --aws-sigv4 \"aws:amz:{REGION}:execute-api\" --user {_user()} {stack.api_url}pyng\n",
+              f"  try: curl -s --aws-sigv4 \"aws:amz:{REGION}:execute-api\" --user {_user()}{_token_header()} "
+              f"{stack.api_url}pyng\n",
               file=sys.stderr, flush=True)
         stopped.wait()
     finally:
@@ -116,6 +117,12 @@ def _user() -> str:
     if (known.access_key, known.secret_key) == (DUMMY_AWS["AWS_ACCESS_KEY_ID"], DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]):
         return f"{known.access_key}:{known.secret_key}"
     return '"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
+
+
+def _token_header() -> str:
+    """With temporary credentials (``AWS_SESSION_TOKEN``), their session token: the API refuses the key without it."""
+    (known,) = caller_credentials().values()
+    return ' -H "X-Amz-Security-Token: $AWS_SESSION_TOKEN"' if known.session_token else ""
 
 
 def _passed_through() -> dict[str, str]:

@@ -117,6 +117,16 @@ def proxy_event(method: str, target: str, headers: list[tuple[str, str]], source
     }
 
 
+def _proxy_result(result: Any) -> bool:
+    """Whether a function's result is a proxy response API Gateway can send: an HTTP status code (a number, not a
+    boolean), a string body (or none) and an object of headers (or none); anything else is its 502."""
+    if not isinstance(result, dict):
+        return False
+    status, body, headers = result.get("statusCode"), result.get("body"), result.get("headers")
+    return (isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599
+            and (body is None or isinstance(body, str)) and (headers is None or isinstance(headers, dict)))
+
+
 class ApiGateway:
     def __init__(self, lambdas: LambdaService, function_name: str, *, stage: str, region: str,
                  credentials: Mapping[str, Credentials],
@@ -154,7 +164,9 @@ class ApiGateway:
                 started = time.perf_counter()
                 request_id = str(uuid.uuid4())
                 headers = list(self.headers.items())
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.read_body()
+                if body is None:
+                    return
                 # http.server decodes the request line as ISO-8859-1; its bytes are UTF-8 (percent-encoded if the
                 # client follows RFC 3986).
                 target = self.path.encode("latin-1", "replace").decode("utf-8", "replace")
@@ -181,19 +193,19 @@ class ApiGateway:
         payload, error = self.lambdas.invoke(self.function_name, event)
         try:
             result = json.loads(payload)
-            if error or not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
+            if error or not _proxy_result(result):
                 raise ValueError("malformed proxy result")
             status = int(result["statusCode"])
             body = result.get("body") or ""
             headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             # What API Gateway answers when the function fails or returns a malformed proxy result: 502
             # "Internal server error", through the API's DEFAULT_5XX gateway response.
             status, headers, raw = self.gateway_response("DEFAULT_5XX", 502, "Internal server error",
                                                          "InternalServerErrorException", request_id)
             handler.send_json(status, raw, headers)
             return status
-        handler.send_json(status, body.encode() if isinstance(body, str) else body, headers)
+        handler.send_json(status, body.encode(), headers)
         return status
 
     def stop(self) -> None:

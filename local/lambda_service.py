@@ -243,8 +243,9 @@ class LambdaService:
             def do_POST(self) -> None:
                 path, _, query = self.path.partition("?")
                 match = _INVOKE_PATH.match(path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.read_body()
+                if raw is None:
+                    return
                 if not match:
                     self.send_json(404, json.dumps({"Type": "User", "message": f"Unknown operation: {path}"}
                                                    ).encode(), {"x-amzn-ErrorType": "UnknownOperationException"})
@@ -264,7 +265,7 @@ class LambdaService:
                     return
                 try:
                     event = json.loads(raw) if raw else {}
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
                     message = {"Type": "User", "message": "Could not parse request body into json"}
                     self.send_json(400, json.dumps(message).encode(),
                                    {"x-amzn-ErrorType": "InvalidRequestContentException"})

@@ -7,9 +7,10 @@ What is checked, in API Gateway's order: an ``Authorization`` header (or the que
 parameters) is present and complete; the credential scope names the date of ``X-Amz-Date``, this region,
 ``execute-api`` and ``aws4_request``; the date is within five minutes of now (API Gateway's window: its refusals
 say ``(... - 5 min.)``), or before ``X-Amz-Expires`` for a presigned URL; the access key is known; a security
-token, when sent, is the one issued with that key; and the signature is the one this side computes over the
-canonical request rebuilt per the SigV4 documentation (path normalised and URI-encoded as for every service but
-S3, query decoded and re-encoded per RFC 3986 and sorted, signed headers lowercased and trimmed, payload hash).
+token comes with a temporary key (only with one) and is the one issued with it; and the signature is the one
+this side computes over the canonical request rebuilt per the SigV4 documentation (path normalised and
+URI-encoded as for every service but S3, query decoded and re-encoded per RFC 3986 and sorted, signed headers
+lowercased and trimmed, payload hash).
 
 A ``+`` in the query is a space, as API Gateway reads it (the canonical form is ``%20``): a signer that signs
 the ``+`` itself (``%2B``) is refused there, and so it is here.
@@ -33,6 +34,8 @@ SERVICE = "execute-api"
 TERMINATOR = "aws4_request"
 MAX_SKEW = timedelta(minutes=5)
 """How far ``X-Amz-Date`` may be from now (either way)."""
+MAX_EXPIRES = 604800
+"""The longest a presigned URL may last (a week, in seconds), as AWS's signers and services allow."""
 AMZ_DATE = "%Y%m%dT%H%M%SZ"
 UNRESERVED = "-_.~"
 """RFC 3986's unreserved characters besides letters and digits: never percent-encoded in a canonical request."""
@@ -225,10 +228,16 @@ def _from_query(query: dict[str, str], request: Request) -> _Signed:
                if not query.get(name)]
     if missing:
         raise _incomplete(" ".join(missing) + " Re-examine the query-string parameters.")
-    expires = query.get("X-Amz-Expires", "")
+    expires = query.get("X-Amz-Expires")
+    seconds = int(expires) if expires is not None and re.fullmatch(r"[0-9]{1,7}", expires, re.ASCII) else None
+    if expires is not None and (seconds is None or seconds > MAX_EXPIRES):
+        # Not a number of seconds up to a week: refused as a malformed query-string signature, never read as
+        # another number (a superscript digit, a value no date arithmetic can hold).
+        raise _incomplete(f"X-Amz-Expires must be a whole number of seconds from 0 to {MAX_EXPIRES} (a week). "
+                          "Re-examine the query-string parameters.")
     return _Signed(query["X-Amz-Credential"], query["X-Amz-SignedHeaders"].split(";"), query["X-Amz-Signature"],
                    query["X-Amz-Date"], query.get("X-Amz-Security-Token"),
-                   int(expires) if expires.isdigit() else 604800, "X-Amz-Signature")
+                   MAX_EXPIRES if seconds is None else seconds, "X-Amz-Signature")
 
 
 def _check_time(amz_date: str, expires: int | None, now: datetime) -> None:
@@ -283,9 +292,10 @@ def verify(request: Request, credentials: Mapping[str, Credentials], region: str
     known = credentials.get(access_key)
     if known is None:
         raise _unrecognised()
-    if signed.security_token is not None and (
-            known.session_token is None
-            or not hmac.compare_digest(signed.security_token.encode(), known.session_token.encode())):
+    # Temporary credentials are valid only with the session token issued with them, and long-term ones with none.
+    if (signed.security_token is None) != (known.session_token is None) or (
+            signed.security_token is not None and known.session_token is not None
+            and not hmac.compare_digest(signed.security_token.encode(), known.session_token.encode())):
         raise _unrecognised()
     if "host" not in signed.signed_headers:
         raise _incomplete("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")

@@ -100,3 +100,13 @@ def test_an_unknown_function_is_resource_not_found(lambda_client: Any, name: str
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert error["Error"]["Code"] == "ResourceNotFoundException"
     assert error["Error"]["Message"].startswith("Function not found: arn:aws:lambda:us-east-1:123456789012:function:")
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[" * 100000])
+def test_a_payload_that_is_no_json_is_invalid_request_content(lambda_client: Any, payload: bytes) -> None:
+    """Invalid or nested past the parser's depth: the service's 400, never a connection dropped unanswered."""
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as refused:
+        lambda_client.invoke(FunctionName="EchoFunction", Payload=payload)
+    assert refused.value.response["Error"]["Code"] == "InvalidRequestContentException"

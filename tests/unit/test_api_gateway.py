@@ -146,7 +146,11 @@ def test_stale_or_early_signature_is_refused(gateway: tuple[str, RecordingLambda
 
 
 @pytest.mark.parametrize("result", [(b"not json", False), (b'{"errorMessage": "boom"}', True),
-                                    (b'{"statusCode": "200"}', False)])
+                                    (b'{"statusCode": "200"}', False),
+                                    (b'{"statusCode": 200, "body": {"access_token": "t"}}', False),
+                                    (b'{"statusCode": 200, "body": "{}", "headers": ["Cache-Control"]}', False),
+                                    (b'{"statusCode": true, "body": "{}"}', False),
+                                    (b'{"statusCode": 99, "body": "{}"}', False)])
 def test_a_failed_integration_is_the_deployed_5xx_response(gateway: tuple[str, RecordingLambdas],
                                                            result: tuple[bytes, bool]) -> None:
     url, lambdas = gateway
@@ -157,3 +161,21 @@ def test_a_failed_integration_is_the_deployed_5xx_response(gateway: tuple[str, R
     assert response.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
     assert response.json() == {"error": "server_error", "error_description": "Internal server error",
                                "request_id": response.headers["x-amzn-RequestId"]}
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "99999999999999999999", "1_0"])
+def test_a_malformed_content_length_is_a_bad_request_not_a_hang(gateway: tuple[str, RecordingLambdas],
+                                                                length: str) -> None:
+    """A length that is no plain number of bytes is answered 400 and the connection closed: never read until the
+    client hangs up (``-1``), never a dropped connection without an answer; nothing reaches the function."""
+    import socket
+
+    url, lambdas = gateway
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET /v1/token/pyng HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert lambdas.events == []

@@ -553,3 +553,17 @@ def test_httpx_async_the_refused_token_handed_back_is_not_resent(token_api: Any,
 
     response = asyncio.run(call())
     assert_the_401_was_returned_not_retried(*refused_and_not_replaceable, response, caplog)
+
+
+@pytest.mark.parametrize("url", [
+    "https://abc123defg.execute-api.ap-southeast-2.amazonaws.com/v1/token/",
+    "https://abc123defg-vpce-0123456789abcdef0.execute-api.ap-southeast-2.amazonaws.com/v1/token/",
+    "https://vpce-0123456789abcdef0-abcdefgh.execute-api.ap-southeast-2.vpce.amazonaws.com/v1/token/",
+    "https://abc123defg.execute-api.ap-southeast-2.amazonaws.com.cn/v1/token/",
+])
+def test_a_private_api_is_signed_for_the_region_its_host_names(url: str) -> None:
+    """A private API reached through its VPC endpoint's host names: signed for that Region, not the session's."""
+    from token_vending_client.client import signing_region
+
+    assert signing_region(boto3.Session(region_name="eu-west-1"), url) == "ap-southeast-2"
+    assert signing_region(boto3.Session(region_name="eu-west-1"), "https://api.example.com/v1/token/") == "eu-west-1"

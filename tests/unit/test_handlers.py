@@ -291,3 +291,25 @@ def test_an_incomplete_secret_is_read_again_within_seconds_once_filled_not_after
         assert store.get().client_id == "id"
         assert store.get().client_id == "id"
         assert reads == ["read", "read"]  # then cached for its max age again
+
+
+@pytest.mark.parametrize(("secret", "message"), [
+    ('{"client_id": "id", "client_secret": "first", "client_secret": "second"}', "names a field twice"),
+    ("[" * 60000, "not a JSON object"),
+])
+def test_a_secret_that_is_ambiguous_or_too_deep_is_misconfigured(secret: str, message: str) -> None:
+    """A secret naming ``client_secret`` twice is not read as its last value (another parser keeps the first),
+    and one nested past the parser's depth is no object: both the operator's mistake, never internal_error."""
+    import boto3
+    from moto import mock_aws
+
+    from token_vending.credentials import CredentialStore
+    from token_vending.exceptions import Misconfigured
+
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name="pyng", SecretString=secret)
+        with pytest.raises(Misconfigured, match=message) as caught:
+            CredentialStore("pyng", "pyng", max_age=300, client=client).get()
+    assert "first" not in str(caught.value)
+    assert "second" not in str(caught.value)

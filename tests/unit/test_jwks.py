@@ -119,3 +119,29 @@ def test_private_key_jwt_kms_jwks_refuses_a_key_the_functions_would_refuse(monke
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ECC_SECG_P256K1" in captured.err
+
+
+SECP112R1_KEY = """-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDtLq7pbekgdXxBALeTFjoAcGBSuBBAAGoSADHgAEjXFkGNFPDNA0MZ8e
+E0V8zQBKOfFaAmVigJmziw==
+-----END EC PRIVATE KEY-----
+"""
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    (SECP112R1_KEY, "curve"),  # openssl ecparam -name secp112r1 -genkey: no code for it in cryptography
+    ("-----BEGIN PRIVATE KEY-----\nQUJD\n-----END PRIVATE KEY-----\n", "not an unencrypted PEM"),
+    ("-----BEGIN PUBLIC KEY-----\nQUJD\n-----END PUBLIC KEY-----\n", "not an unencrypted PEM"),
+])
+def test_the_jwks_command_refuses_a_key_it_cannot_read_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               text: str, named: str) -> None:
+    """A usage error naming what is wrong (exit status 2), never a traceback, never the key."""
+    path = tmp_path / "key.pem"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exited:
+        main(["--pem", str(path)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert "QUJD" not in err
+    assert "MD4CAQEE" not in err

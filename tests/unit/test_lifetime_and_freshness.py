@@ -90,3 +90,15 @@ def test_a_stored_token_beyond_any_sane_lifetime_is_a_miss_not_a_crash() -> None
     assert _token_from_item("p", "", item(1000 + 3600)) is not None
     assert _token_from_item("p", "", item(1000 + MAX_SANE_LIFETIME + 1)) is None
     assert _token_from_item("p", "", item(253402300800 * 4)) is None
+
+
+def test_a_jwt_exp_of_hundreds_of_digits_is_read_as_a_comparable_number() -> None:
+    """JSON integers have no size limit; the clock is a float: an ``exp`` of 400 digits must not overflow."""
+    import time
+
+    from token_vending.lifetime import beyond_sane_lifetime
+
+    for exp in (10**400, -(10**400)):
+        read = jwt_expiry(jwt({"exp": exp}))
+        assert read is not None
+        assert beyond_sane_lifetime(read, time.time()) == (exp > 0)

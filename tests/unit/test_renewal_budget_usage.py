@@ -65,7 +65,8 @@ def test_any_message_body_parses_without_an_exception_and_only_renewals_parse(ra
 
 
 @pytest.mark.parametrize("body", ['{"renew": "a", "fetched_at": "NaN", "due": 1}', '{"renew": 1}', "[]", "null",
-                                  '{"renew": "a", "fetched_at": 1}', '{"renew": "a", "fetched_at": [], "due": 1}'])
+                                  '{"renew": "a", "fetched_at": 1}', '{"renew": "a", "fetched_at": [], "due": 1}',
+                                  "[" * 100000, '{"renew": "a", "fetched_at": 1, "due": 1, "x": ' + "[" * 100000])
 def test_malformed_renewals_are_none(body: str) -> None:
     assert Renewal.from_body(body) is None
 

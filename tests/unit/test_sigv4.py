@@ -246,3 +246,34 @@ def test_a_mismatch_quotes_the_canonical_request_without_the_session_token() -> 
         sigv4.verify(request, {"testing": replace(LOCAL, session_token=token)}, "us-east-1")
     assert "x-amz-security-token:<redacted>" in caught.value.message
     assert token not in caught.value.message
+
+
+def test_temporary_credentials_without_their_session_token_are_unrecognised() -> None:
+    """A temporary key is valid only with its session token: signed without it, AWS does not know the caller."""
+    temporary = replace(LOCAL, session_token="session-1")
+    request = botocore_signed(token_url())  # the key and secret alone, no X-Amz-Security-Token
+    with pytest.raises(SignatureRefused) as refused:
+        sigv4.verify(request, {"testing": temporary}, "us-east-1")
+    assert (refused.value.error_type, refused.value.message) == (
+        "UnrecognizedClientException", "The security token included in the request is invalid.")
+
+
+@pytest.mark.parametrize("expires", ["99999999999999999999", "604801", "\u00b2", "-5", "", "1e3", " 60"])
+def test_a_presigned_url_with_an_unusable_lifetime_is_refused(expires: str) -> None:
+    """``X-Amz-Expires`` is a whole number of seconds up to a week: anything else is refused as incomplete,
+    never read as another number nor answered with an exception."""
+    request = botocore_signed(token_url({"scope": "a"}), query_auth=True)
+    path, _, query = request.target.partition("?")
+    pairs = [pair for pair in query.split("&") if not pair.startswith("X-Amz-Expires=")]
+    request = replace(request, target=f"{path}?{'&'.join([*pairs, 'X-Amz-Expires=' + quote(expires)])}")
+    refused = refusal(request)
+    assert (refused.response_type, refused.error_type) == ("INVALID_SIGNATURE", "IncompleteSignatureException")
+    assert "X-Amz-Expires" in refused.message
+
+
+def test_a_presigned_url_lasting_a_week_is_accepted() -> None:
+    request = AWSRequest(method="GET", url=token_url({"scope": "a"}))
+    SigV4QueryAuth(BotoCredentials("testing", "testing"), "execute-api", "us-east-1", expires=604800).add_auth(request)
+    parts = urlsplit(str(request.url))
+    received = Request("GET", f"{parts.path}?{parts.query}", [("Host", parts.netloc)])
+    assert sigv4.verify(received, {"testing": LOCAL}, "us-east-1", now=datetime.now(UTC) + timedelta(days=6)) == LOCAL

@@ -345,3 +345,96 @@ def test_a_jwt_exp_beyond_any_sane_lifetime_is_refused_alone(serve: Any, exp_in:
 def test_a_far_jwt_exp_beside_a_stated_expires_in_is_ignored(serve: Any) -> None:
     grant = fetch(serve(json_answer({"access_token": jwt({"exp": 253402300800 * 2}), "expires_in": 900})))
     assert 890 <= grant.expires_at - time.time() <= 900
+
+
+@pytest.mark.parametrize("payload", [b"[" * 12000, b"[" * 6000 + b"]" * 6000])
+def test_a_jwt_whose_claims_nest_too_deep_is_read_as_an_opaque_token(serve: Any, payload: bytes) -> None:
+    """Claims nested deeper than the JSON parser recurses (unclosed, so only the depth is ever read) are no
+    claims to schedule by, not an internal error."""
+    claims = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJub25lIn0.{claims}.c2ln"
+    grant = fetch(serve(json_answer({"access_token": token, "token_type": "Bearer", "expires_in": 900})))
+    assert (grant.access_token, grant.lifetime) == (token, 900)
+
+
+# A key on a curve cryptography cannot load (secp112r1, made by openssl ecparam -genkey): the operator's mistake,
+# answered as misconfiguration, not an UnsupportedAlgorithm escaping as internal_error.
+SECP112R1_KEY = """-----BEGIN EC PRIVATE KEY-----
+MD4CAQEEDtLq7pbekgdXxBALeTFjoAcGBSuBBAAGoSADHgAEjXFkGNFPDNA0MZ8e
+E0V8zQBKOfFaAmVigJmziw==
+-----END EC PRIVATE KEY-----
+"""
+
+
+def test_private_key_jwt_with_a_pem_on_an_unsupported_curve_is_misconfigured(serve: Any) -> None:
+    from dataclasses import replace
+
+    from token_vending.exceptions import Misconfigured
+    from token_vending.profile import ClientAuth
+
+    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": serve(json_answer({})),
+                                                  "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
+                                                  "TOKEN_VENDING_LOCAL_MODE": "true"})
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    with pytest.raises(Misconfigured, match="curve"):
+        upstream.fetch(ClientCredentials("c", private_key=SECP112R1_KEY), "", time.monotonic() + 10)
+
+
+def test_private_key_jwt_kms_follows_the_algorithm_the_secret_names_now(serve: Any) -> None:
+    """The secret is read again (SecretMaxAge): an operator who changes its ``algorithm`` (RS256 -> PS256, as the
+    provider now requires) has the next assertion signed with it, not the one the first read named."""
+    from dataclasses import replace
+    from urllib.parse import parse_qs
+
+    import boto3
+    from moto import mock_aws
+
+    from token_vending.profile import ClientAuth
+
+    received: list[str] = []
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        received.append(parse_qs(handler.body.decode())["client_assertion"][0])  # type: ignore[attr-defined]
+        json_answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})(handler)
+
+    with mock_aws():
+        kms = boto3.client("kms", region_name="us-east-1")
+        key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        settings = ProviderSettings.from_env("unit", {
+            "PROVIDER_NAME": "unit", "TOKEN_URL": serve(answer), "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
+            "TOKEN_VENDING_LOCAL_MODE": "true", "CLIENT_AUTH": "private_key_jwt", "SIGNING_KEY_ID": key_id})
+        upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings, kms=lambda: kms)
+        for algorithm in ("RS256", "PS256", ""):
+            upstream.fetch(ClientCredentials("unit-client", algorithm=algorithm), "", time.monotonic() + 10)
+    headers = [json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) for token in received]
+    assert [header["alg"] for header in headers] == ["RS256", "PS256", "RS256"]
+
+
+def test_a_jwt_exp_of_hundreds_of_digits_is_refused_alone_and_ignored_beside_expires_in(serve: Any) -> None:
+    """A JSON integer has no size limit: an ``exp`` of 400 digits is a lifetime out of range, not an overflow."""
+    with pytest.raises(UpstreamInvalidResponse, match="out of range"):
+        fetch(serve(json_answer({"access_token": jwt({"exp": 10**400})})))
+    grant = fetch(serve(json_answer({"access_token": jwt({"exp": 10**400}), "expires_in": 900})))
+    assert grant.lifetime == 900
+    with pytest.raises(UpstreamInvalidResponse, match="JWT exp"):
+        fetch(serve(json_answer({"access_token": jwt({"exp": -(10**400)}), "expires_in": 900})))
+
+
+
+def test_a_member_named_twice_inside_a_member_never_read_does_not_refuse_the_token(serve: Any) -> None:
+    """Only the answer's own members are read: a duplicate inside another object (an extension the service never
+    reads) leaves nothing ambiguous, and refusing the token for it would be an outage for nothing."""
+    body = b'{"access_token": "the-token-1234", "expires_in": 900, "ext": {"a": 1, "a": 2, "b": [{"c": 1, "c": 2}]}}'
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    grant = fetch(serve(raw_answer(head, body)))
+    assert (grant.access_token, grant.lifetime) == ("the-token-1234", 900)
+
+
+def test_a_refusal_with_a_nested_duplicate_keeps_its_error_code(serve: Any) -> None:
+    from token_vending.exceptions import UpstreamRejected
+
+    body = b'{"error": "invalid_scope", "error_description": "no", "details": {"k": 1, "k": 2}}'
+    head = f"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with pytest.raises(UpstreamRejected) as caught:
+        fetch(serve(raw_answer(head, body)))
+    assert caught.value.upstream_error == "invalid_scope"

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("token_vending_client")
 HTTP_TIMEOUT = 30.0
 """API Gateway ends a request at 29 s; the service answers before."""
-_EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+_EXECUTE_API_HOST = re.compile(r"^[a-z0-9-]+\.execute-api\.([a-z0-9-]+)\.(?:vpce\.)?amazonaws\.com(?:\.cn)?$")
+"""An execute-api host names its Region: ``{api}``, a private API's ``{api}-{vpce}`` alias, or an interface
+endpoint's own ``{vpce}.execute-api.{region}.vpce.amazonaws.com``."""
 MAX_SOURCES = 256
 """Token sources kept per process, least recently used dropped first: enough for every provider, scope set
 and identity a process really uses, and a bound for code that makes sessions with ever new credentials."""

@@ -241,6 +241,26 @@ def pem_algorithm(key: Any, configured: str = "", what: str = "secret field priv
     raise SigningKeyError(f"{what} is neither an RSA nor an EC key")
 
 
+def load_pem_key(text: str, what: str, *, private: bool = False) -> Any:
+    """A PEM private key (or, unless ``private``, a public one), else :class:`SigningKeyError` naming ``what`` and
+    never echoing the text: not PEM, encrypted, or of a kind ``cryptography`` has no code for (its
+    ``UnsupportedAlgorithm`` is no ``ValueError``: an SM2 or secp112r1 key)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+    data = text.encode()
+    try:
+        if private or b"PRIVATE KEY" in data:
+            return load_pem_private_key(data, password=None)
+        return load_pem_public_key(data)
+    except (ValueError, TypeError):
+        kind = "an unencrypted PEM private key" if private else "an unencrypted PEM key"
+        raise SigningKeyError(f"{what} is not {kind}") from None
+    except UnsupportedAlgorithm:
+        raise SigningKeyError(f"{what} is a key on a curve or of a type no JOSE algorithm signs with; use P-256, "
+                              f"P-384, P-521 or RSA (2048 bits or more)") from None
+
+
 @dataclass
 class PemSigner:
     """Signs with a PEM private key from the provider's secret (``cryptography``, imported on first use)."""
@@ -251,14 +271,9 @@ class PemSigner:
     key_id: str | None = None
 
     def __post_init__(self) -> None:
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         if self.algorithm and self.algorithm not in KMS_ALGORITHMS:
             raise SigningKeyError(f"signing algorithm must be one of {', '.join(KMS_ALGORITHMS)}")
-        try:
-            self._key = load_pem_private_key(self.private_key_pem.encode(), password=None)
-        except (ValueError, TypeError):
-            raise SigningKeyError("secret field private_key is not an unencrypted PEM private key") from None
+        self._key = load_pem_key(self.private_key_pem, "secret field private_key", private=True)
         self.algorithm = pem_algorithm(self._key, self.algorithm)
 
     def kid(self) -> str:

@@ -9,12 +9,12 @@ broken one costs at most one read per that interval.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from token_vending.aws_errors import error_code
+from token_vending.documents import AmbiguousDocument, json_object
 from token_vending.exceptions import Misconfigured, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -128,10 +128,11 @@ class CredentialStore:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
         try:
-            document = json.loads(raw) if isinstance(raw, str) else None
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
+            document = json_object(raw) if isinstance(raw, str) else None
+        except AmbiguousDocument:
+            raise Misconfigured("secret names a field twice: which value is meant cannot be known",
+                                provider=self.provider) from None
+        if document is None:
             raise Misconfigured("secret is not a JSON object", provider=self.provider)
         for name in self.required:
             value = document.get(name)

@@ -20,7 +20,15 @@ import sys
 import time
 from typing import Any
 
-from token_vending.assertion import KMS_ALGORITHMS, SigningKeyError, jwk_thumbprint, kms_key, pem_algorithm, public_jwk
+from token_vending.assertion import (
+    KMS_ALGORITHMS,
+    SigningKeyError,
+    jwk_thumbprint,
+    kms_key,
+    load_pem_key,
+    pem_algorithm,
+    public_jwk,
+)
 
 
 def kms_jwks(client: Any, key_id: str, algorithm: str = "") -> dict[str, Any]:
@@ -34,11 +42,8 @@ def kms_jwks(client: Any, key_id: str, algorithm: str = "") -> dict[str, Any]:
 
 
 def pem_jwks(text: str, algorithm: str = "", kid: str | None = None) -> dict[str, Any]:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
-
-    data = text.encode()
-    public = (load_pem_private_key(data, password=None).public_key() if b"PRIVATE KEY" in data
-              else load_pem_public_key(data))
+    key = load_pem_key(text, "the key")
+    public = key.public_key() if hasattr(key, "public_key") else key
     jwk = public_jwk(public, algorithm=pem_algorithm(public, algorithm, "the key"))
     jwk["kid"] = kid or jwk_thumbprint(jwk)
     return {"keys": [jwk]}

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 MAX_SANE_LIFETIME = 400 * 24 * 3600
+NUMERIC_DATE_LIMIT = 2**63 - 1
+"""Bound of a JWT ``exp`` as read (seconds either side of the epoch): every clock comparison stays a number."""
 
 
 class LifetimeError(ValueError):
@@ -63,7 +65,7 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
         claims = json.loads(payload)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):  # nested past the parser's depth
         return None
     return claims if isinstance(claims, dict) else None
 
@@ -73,9 +75,12 @@ def jwt_expiry(token: str) -> int | None:
     (a NumericDate, RFC 7519 section 2: a JSON number, possibly with a fraction)."""
     claims = jwt_claims(token)
     exp = claims.get("exp") if claims else None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or (
+            isinstance(exp, float) and not math.isfinite(exp)):
         return None
-    return int(exp)
+    # A JSON integer may have hundreds of digits, past what a float (the clock) can be compared with: clamped to
+    # an int64 range, which is still past any sane lifetime (or long expired) and so refused as such.
+    return max(-NUMERIC_DATE_LIMIT, min(int(exp), NUMERIC_DATE_LIMIT))
 
 
 def beyond_sane_lifetime(expires_at: float, now: float) -> bool:

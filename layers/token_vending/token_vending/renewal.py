@@ -89,7 +89,7 @@ class Renewal:
                 return None
             fetched_at, due = float(document["fetched_at"]), float(document["due"])
             attempt = int(document.get("attempt", 0))
-        except (ValueError, TypeError, KeyError, OverflowError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):  # nested past the parser
             return None
         if not (math.isfinite(fetched_at) and math.isfinite(due)) or attempt < 0:
             return None

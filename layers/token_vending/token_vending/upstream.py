@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 from token_vending.aws_errors import error_code
+from token_vending.documents import AmbiguousDocument, json_object
 from token_vending.exceptions import (
     Misconfigured,
     TokenVendingError,
@@ -359,7 +360,8 @@ class UpstreamClient:
         try:
             signer: KmsSigner | PemSigner
             if self.settings.signing_key_id:
-                if self._kms_signer is None:
+                # The secret (read again every SecretMaxAge) names the algorithm: a change is signed with at once.
+                if self._kms_signer is None or self._kms_signer.algorithm != credentials.algorithm:
                     if self._kms is None:
                         raise SigningKeyError("no KMS client for the signing key")
                     self._kms_signer = KmsSigner(self._kms(), self.settings.signing_key_id,
@@ -391,7 +393,7 @@ class UpstreamClient:
                    started: float) -> TokenGrant:
         name = self.profile.name
         try:
-            document = _json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
+            document = json_object(raw) if len(raw) <= MAX_BODY_BYTES else None
             ambiguous = False
         except AmbiguousDocument:
             document, ambiguous = None, True
@@ -472,29 +474,6 @@ def _unavailable(status: int) -> bool:
 def _path(url: str) -> str:
     parts = urlsplit(url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-class AmbiguousDocument(ValueError):
-    """A JSON object names one member twice: which value the provider meant cannot be known (RFC 8259 section 4
-    leaves it to the parser; Python keeps the last, others the first)."""
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise AmbiguousDocument("duplicate member names")
-    return document
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    """The answer as a JSON object; ``None`` when it is none. Raises :class:`AmbiguousDocument`."""
-    try:
-        value = json.loads(raw, object_pairs_hook=_unique_members)
-    except AmbiguousDocument:
-        raise
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _retry_after(value: str | None) -> int | None:
