@@ -216,9 +216,22 @@ def backend_ports(stack: LocalStack, fleet: EmulatorFleet) -> dict[str, int]:
 
 
 def _sam_containers() -> set[str]:
-    result = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=sam.cli.container.type=lambda"],
-                            capture_output=True, text=True, check=False, timeout=60)
-    return set(result.stdout.split())
+    """SAM's Lambda containers that run this checkout's build (SAM bind-mounts a function's built code from
+    :data:`BUILD_DIR`): another checkout's tests or ``make sam-local`` started theirs, not ours to remove."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=sam.cli.container.type=lambda"],
+                            capture_output=True, text=True, check=False, timeout=60).stdout.split()
+    if not listed:
+        return set()
+    # One that went away between the two commands is missing from the output (and inspect exits 1).
+    inspected = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{json .Mounts}}",
+                                *listed], capture_output=True, text=True, check=False, timeout=60).stdout
+    build = BUILD_DIR.resolve()
+    ours = set()
+    for line in inspected.splitlines():
+        container, _, mounts = line.partition(" ")
+        if any(Path(mount.get("Source", "/")).resolve().is_relative_to(build) for mount in json.loads(mounts or "[]")):
+            ours.add(container)
+    return ours
 
 
 @dataclass
