@@ -1,15 +1,25 @@
 """What ``sam local`` runs is what deploys: the template SAM builds locally is template.yaml with only the
-architecture changed (this machine is x86_64, the stack deploys arm64)."""
+architecture changed (this machine is x86_64, the stack deploys arm64); the env-vars file SAM gets is the committed
+``env.json`` with only the local services' ports moved; the Lambda base image is the official one or a stand-in
+of the current recipe. None of these needs a container engine."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import socket
+import subprocess
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+from local.lambda_service import REPO_ROOT
 from local.sam_local import ENV_JSON, TEMPLATE, committed_ports, env_vars, local_template, ports_free
 from local.template import parse_template
 
@@ -69,3 +79,24 @@ def test_ports_free_sees_a_port_another_program_listens_on() -> None:
         taken = sock.getsockname()[1]
         assert not ports_free("127.0.0.1", [taken])
     assert ports_free("127.0.0.1", [taken])
+
+
+@pytest.mark.parametrize(("label", "present"), [
+    ("", True),  # the official image: no stand-in label
+    ("<no value>", True),
+    ("RECIPE", True),  # a stand-in built by this version of local/sam_image.sh
+    ("1", False),  # a stand-in built by an earlier version: rebuilt
+    ("0123456789abcdef", False),
+    (None, False),  # no image
+])
+def test_image_check_accepts_the_official_image_or_a_current_stand_in(tmp_path: Path, label: str | None,
+                                                                     present: bool) -> None:
+    script = REPO_ROOT / "local" / "sam_image.sh"
+    recipe = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    docker = tmp_path / "docker"
+    inspect = "exit 1" if label is None else f"echo '{recipe if label == 'RECIPE' else label}'; exit 0"
+    docker.write_text(f'#!/bin/sh\ncase "$1" in info) exit 0;; image) {inspect};; esac\nexit 1\n')
+    docker.chmod(0o755)
+    completed = subprocess.run(["bash", str(script), "--check"], capture_output=True, text=True, check=False,
+                               env={**os.environ, "DOCKER": str(docker)}, timeout=60)
+    assert (completed.returncode == 0) == present, completed.stdout + completed.stderr
