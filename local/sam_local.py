@@ -302,8 +302,12 @@ def free_port(host: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.sam_local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--api-port", type=int, default=3000)
+    parser.add_argument("--api-port", type=int, default=None,
+                        help="port of sam local start-api on 127.0.0.1 (default 3000, or a free one if taken)")
     args = parser.parse_args(argv)
+    api_port = args.api_port
+    if api_port is None:  # make local serves 127.0.0.1:3000 too
+        api_port = 3000 if ports_free("127.0.0.1", [3000]) else free_port("127.0.0.1")
     ensure_engine()
     template = build()
     gateway = bridge_gateway()
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         lambda_url = sam.start("start-lambda", gateway, lambda_port)
-        api_url = sam.start("start-api", "127.0.0.1", args.api_port)
+        api_url = sam.start("start-api", "127.0.0.1", api_port)
         print(f"\nsam local running (Ctrl-C to stop)\n"
               f"  API (sam local start-api)        {api_url}/token/{{provider}}  (no SigV4 check)\n"
               f"  Lambda (sam local start-lambda)  {lambda_url}\n"
