@@ -92,7 +92,7 @@ scan: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 # with the reason -- except in CI, where it fails.
 sam-image:
 	@bash local/sam_image.sh || { if [ "$${CI:-}" = true ]; then exit 1; fi; \
-	  echo "sam-image: no container engine here; the sam local tests will be skipped"; }
+	  echo "sam-image: no container engine or Lambda image here (see above); the sam local tests will be skipped"; }
 
 sam-local: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(PY) -m local.sam_local

@@ -13,8 +13,9 @@
 # else, with SAM_LOCAL_PULL_IMAGE=1, it is pulled; else (or if that fails) a stand-in is built and given that name: a Debian trixie
 # root file system (debootstrap; its python3 is CPython 3.13), awslambdaric (Lambda's Python runtime
 # interface client, the same code as the official image's /var/runtime) and boto3 in /var/runtime, and a
-# /var/runtime/bootstrap that starts it. The stand-in is labelled token-vending.stand-in=1; it stays in the
-# engine's image store, so it is built once per machine (about 80 s).
+# /var/runtime/bootstrap that starts it. The stand-in is labelled token-vending.stand-in=<this script's digest>; it
+# stays in the engine's image store, so it is built once per machine (about 80 s), and again when this script
+# changes (a stand-in built by another version is replaced).
 set -euo pipefail
 
 ARCH=$(uname -m)
@@ -28,14 +29,36 @@ DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 RUNTIME_PACKAGES=(awslambdaric==4.2.2 boto3==1.44.5)
 PIP_PYTHON=${PIP_PYTHON:-$( (PYENV_VERSION=3.13.0 pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)}
 DOCKER=${DOCKER:-docker}
+RECIPE=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 
 engine_up() { "$DOCKER" info >/dev/null 2>&1; }
-image_present() { "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; }
+# The official image (no stand-in label), or a stand-in built by this version of the script.
+image_present() {
+  local label
+  label=$("$DOCKER" image inspect --format '{{index .Config.Labels "token-vending.stand-in"}}' "$IMAGE" 2>/dev/null) \
+    || return 1
+  [[ -z "$label" || "$label" == "<no value>" || "$label" == "$RECIPE" ]]
+}
+# apt-get install, tried three times: a fresh machine's first `apt-get update` may meet a mirror mid-sync, and
+# unattended upgrades may hold the dpkg lock for a while.
+apt_install() {
+  local attempt
+  for attempt in 1 2 3; do
+    if apt-get -o Acquire::Retries=3 -o DPkg::Lock::Timeout=300 update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get -o Acquire::Retries=3 -o DPkg::Lock::Timeout=300 \
+        install -y -qq "$@" >/dev/null; then
+      return 0
+    fi
+    echo "sam_image: apt-get install $* failed (attempt $attempt of 3)" >&2
+    [[ $attempt -lt 3 ]] && sleep 15
+  done
+  return 1
+}
 
 if [[ "${1:-}" == "--check" ]]; then
   if ! command -v "$DOCKER" >/dev/null 2>&1; then echo "no docker command"; exit 1; fi
   if ! engine_up; then echo "no container engine is running"; exit 1; fi
-  if ! image_present; then echo "image $IMAGE is missing (run local/sam_image.sh)"; exit 1; fi
+  if ! image_present; then echo "image $IMAGE is missing or a stand-in of another version (run local/sam_image.sh)"; exit 1; fi
   exit 0
 fi
 
@@ -48,13 +71,13 @@ if ! engine_up; then
   if ! command -v dockerd >/dev/null 2>&1; then
     command -v apt-get >/dev/null 2>&1 || { echo "sam_image: no dockerd and no apt-get" >&2; exit 1; }
     echo "sam_image: installing Debian's docker.io" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    apt_install docker.io || { echo "sam_image: could not install docker.io" >&2; exit 1; }
   fi
   if ! engine_up; then
     echo "sam_image: starting dockerd" >&2
-    nohup dockerd >>/var/log/dockerd-sam-local.log 2>&1 &
-    for _ in $(seq 60); do engine_up && break; sleep 1; done
+    # Its own session: a Ctrl-C that stops `make test` does not reach it (dockerd stops on SIGINT).
+    setsid nohup dockerd >>/var/log/dockerd-sam-local.log 2>&1 </dev/null &
+    for _ in $(seq 120); do engine_up && break; sleep 1; done
     engine_up || { echo "sam_image: dockerd did not start (see /var/log/dockerd-sam-local.log)" >&2; exit 1; }
   fi
 fi
@@ -68,16 +91,26 @@ echo "sam_image: $IMAGE is not here; building a stand-in" >&2
 if ! command -v debootstrap >/dev/null 2>&1; then
   [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || {
     echo "sam_image: debootstrap is needed (apt-get install debootstrap, as root)" >&2; exit 1; }
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  apt_install debootstrap || { echo "sam_image: could not install debootstrap" >&2; exit 1; }
 fi
 [[ $(id -u) -eq 0 ]] || { echo "sam_image: building the stand-in needs root (debootstrap)" >&2; exit 1; }
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# --one-file-system: never into a /proc or /dev a failed debootstrap left mounted in the root file system.
+trap 'rm -rf --one-file-system "$WORK"' EXIT
 ROOTFS=$WORK/rootfs
-debootstrap --variant=minbase --arch="$DEB_ARCH" --include=python3,ca-certificates trixie "$ROOTFS" \
-  "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+OLD_IMAGE=$("$DOCKER" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+for attempt in 1 2; do  # a mirror mid-sync fails a download now and then
+  if debootstrap --variant=minbase --arch="$DEB_ARCH" --include=python3,ca-certificates trixie "$ROOTFS" \
+      "$DEBIAN_MIRROR" >"$WORK/debootstrap.log" 2>&1; then
+    break
+  fi
+  tail -20 "$WORK/debootstrap.log" >&2
+  [[ $attempt -lt 2 ]] || exit 1
+  echo "sam_image: debootstrap failed; trying again" >&2
+  rm -rf --one-file-system "$ROOTFS"
+  sleep 15
+done
 PYTHON_VERSION=$(chroot "$ROOTFS" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [[ "$PYTHON_VERSION" == "3.13" ]] || { echo "sam_image: trixie's python3 is $PYTHON_VERSION, not 3.13" >&2; exit 1; }
 
@@ -101,7 +134,9 @@ rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/* "$ROOTFS"/usr/sha
 tar -C "$ROOTFS" --numeric-owner -c . | "$DOCKER" import \
   --change 'ENV LANG=C.UTF-8 TZ=:/etc/localtime PATH=/usr/local/bin:/usr/bin:/bin LAMBDA_TASK_ROOT=/var/task LAMBDA_RUNTIME_DIR=/var/runtime' \
   --change 'WORKDIR /var/task' \
-  --change 'LABEL token-vending.stand-in=1' \
+  --change "LABEL token-vending.stand-in=$RECIPE" \
   --change 'ENTRYPOINT ["/var/runtime/bootstrap"]' \
   - "$IMAGE" >/dev/null
+# The stand-in this one replaces, unless SAM's images still build on it.
+[[ -z "$OLD_IMAGE" ]] || "$DOCKER" rmi "$OLD_IMAGE" >/dev/null 2>&1 || true
 echo "sam_image: built $IMAGE (stand-in)" >&2

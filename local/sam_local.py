@@ -9,6 +9,9 @@ What runs where:
   (``--add-host host.docker.internal:host-gateway``), as the committed ``env.json`` says;
 * ``sam local start-lambda`` on the gateway's port 3001: the token API function's ``AWS_ENDPOINT_URL_LAMBDA``
   (``env.json``) sends its provider invocations there, so they run in SAM's containers too;
+* when one of those ports is taken (``make local``, a LocalStack on 4566, another checkout's tests), every
+  service gets a free port instead, and SAM is given ``.aws-sam-local/env.json``: the committed ``env.json`` with
+  only those ports changed (:func:`env_vars`). The tests always use free ports.
 * ``sam local start-api`` on http://127.0.0.1:3000 (``--api-port``).
 
 SAM runs the template built for this machine's architecture: :func:`local_template` is template.yaml with the
@@ -36,10 +39,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from local.lambda_service import REPO_ROOT
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from local.providers import EmulatorFleet
     from local.stack import LocalStack
 
@@ -50,11 +56,14 @@ LOCAL_TEMPLATE = REPO_ROOT / ".aws-sam-local.template.yaml"
 BUILD_DIR = REPO_ROOT / ".aws-sam-local" / "build"
 CACHE_DIR = REPO_ROOT / ".aws-sam-local" / "cache"
 ENV_JSON = REPO_ROOT / "env.json"
+ENV_VARS = REPO_ROOT / ".aws-sam-local" / "env.json"
+"""The env-vars file SAM is given: ``env.json`` with the ports this run's services listen on."""
 IMAGE_SCRIPT = REPO_ROOT / "local" / "sam_image.sh"
 AWS_PORT = 4566
 LAMBDA_PORT = 3001
 EMULATOR_PORT_BASE = 9001
 DOCKER_HOST = "host.docker.internal"
+_DOCKER_HOST_PORT = re.compile(rf"(?<=//{re.escape(DOCKER_HOST)}:)(\d+)\b")
 _ARCHITECTURE_LINE = re.compile(r"^(\s*(?:Architectures|CompatibleArchitectures): \[)arm64(\])|"
                                 r"(BuildArchitecture: )arm64\b", re.MULTILINE)
 
@@ -132,15 +141,68 @@ def build(architecture: str | None = None) -> Path:
     return BUILD_DIR / "template.yaml"
 
 
-def start_backend(host: str) -> tuple[LocalStack, EmulatorFleet]:
-    """The embedded AWS on ``host``:4566 (table and secrets as ``env.json`` names them) and the provider emulators
-    on ``host``:9001, 9002, ... in template order."""
+def committed_ports() -> dict[str, int]:
+    """The ports ``env.json`` names: ``aws``, ``lambda`` and each provider's route (9001, 9002, ... in template
+    order)."""
+    from local.stack import PROVIDERS
+
+    return {"aws": AWS_PORT, "lambda": LAMBDA_PORT,
+            **{provider.route: EMULATOR_PORT_BASE + index for index, provider in enumerate(PROVIDERS)}}
+
+
+def ports_free(host: str, ports: Iterable[int]) -> bool:
+    """Whether every port can be bound on ``host`` now (a LocalStack on 0.0.0.0:4566 takes 172.17.0.1:4566 too)."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no owner
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def env_vars(ports: Mapping[str, int]) -> dict[str, dict[str, str]]:
+    """The committed ``env.json`` with every ``host.docker.internal`` port moved to the one the service listens on
+    in this run (``ports`` as :func:`committed_ports` names them); nothing else changes. A port no local service
+    has is an error rather than a function left pointing at whatever else listens there."""
+    moved = {committed: ports[name] for name, committed in committed_ports().items()}
+
+    def repoint(match: re.Match[str]) -> str:
+        port = int(match.group(1))
+        if port not in moved:
+            raise ValueError(f"{ENV_JSON.name} names {DOCKER_HOST}:{port}, which no local service listens on")
+        return str(moved[port])
+
+    committed: dict[str, dict[str, str]] = json.loads(ENV_JSON.read_text())
+    return {function: {name: _DOCKER_HOST_PORT.sub(repoint, value) for name, value in variables.items()}
+            for function, variables in committed.items()}
+
+
+def write_env_vars(ports: Mapping[str, int], path: Path = ENV_VARS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(env_vars(ports), indent=2) + "\n")
+    return path
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    if port is None:
+        raise ValueError(f"no port in {url}")
+    return port
+
+
+def start_backend(host: str, ports: Mapping[str, int] | None = None) -> tuple[LocalStack, EmulatorFleet]:
+    """The embedded AWS (table and secrets as ``env.json`` names them) and the provider emulators on ``host``, on
+    ``ports`` (named as :func:`committed_ports` names them; free ports where not given). :func:`backend_ports`
+    says where they listen."""
     from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
     from local.stack import PROVIDERS, LocalStack, StackConfig
 
-    fleet = EmulatorFleet(ports={p.route: EMULATOR_PORT_BASE + i for i, p in enumerate(PROVIDERS)}, host=host).start()
+    ports = ports or {}
+    fleet = EmulatorFleet(ports={p.route: ports.get(p.route, 0) for p in PROVIDERS}, host=host).start()
     try:
-        stack = LocalStack(StackConfig(host=host, aws_port=AWS_PORT, api_port=0, lambda_port=0,
+        stack = LocalStack(StackConfig(host=host, aws_port=ports.get("aws", 0), api_port=0, lambda_port=0,
                                        provider_urls=fleet.urls(), credentials=dict(LOCAL_CREDENTIALS))).start()
     except BaseException:
         fleet.stop()
@@ -148,10 +210,28 @@ def start_backend(host: str) -> tuple[LocalStack, EmulatorFleet]:
     return stack, fleet
 
 
+def backend_ports(stack: LocalStack, fleet: EmulatorFleet) -> dict[str, int]:
+    """Where the embedded AWS (``aws``) and each provider's emulator (by route) listen."""
+    return {"aws": _port(stack.aws_url), **{route: _port(url) for route, url in fleet.urls().items()}}
+
+
 def _sam_containers() -> set[str]:
-    result = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=sam.cli.container.type=lambda"],
-                            capture_output=True, text=True, check=False, timeout=60)
-    return set(result.stdout.split())
+    """SAM's Lambda containers that run this checkout's build (SAM bind-mounts a function's built code from
+    :data:`BUILD_DIR`): another checkout's tests or ``make sam-local`` started theirs, not ours to remove."""
+    listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", "label=sam.cli.container.type=lambda"],
+                            capture_output=True, text=True, check=False, timeout=60).stdout.split()
+    if not listed:
+        return set()
+    # One that went away between the two commands is missing from the output (and inspect exits 1).
+    inspected = subprocess.run(["docker", "inspect", "--format", "{{.Id}} {{json .Mounts}}",
+                                *listed], capture_output=True, text=True, check=False, timeout=60).stdout
+    build = BUILD_DIR.resolve()
+    ours = set()
+    for line in inspected.splitlines():
+        container, _, mounts = line.partition(" ")
+        if any(Path(mount.get("Source", "/")).resolve().is_relative_to(build) for mount in json.loads(mounts or "[]")):
+            ours.add(container)
+    return ours
 
 
 @dataclass
@@ -222,24 +302,34 @@ def free_port(host: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.sam_local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--api-port", type=int, default=3000)
+    parser.add_argument("--api-port", type=int, default=None,
+                        help="port of sam local start-api on 127.0.0.1 (default 3000, or a free one if taken)")
     args = parser.parse_args(argv)
+    api_port = args.api_port
+    if api_port is None:  # make local serves 127.0.0.1:3000 too
+        api_port = 3000 if ports_free("127.0.0.1", [3000]) else free_port("127.0.0.1")
     ensure_engine()
     template = build()
     gateway = bridge_gateway()
-    stack, fleet = start_backend(gateway)
-    sam = SamLocal(template)
+    committed = committed_ports()
+    fixed = ports_free(gateway, committed.values())
+    stack, fleet = start_backend(gateway, committed if fixed else None)
+    lambda_port = LAMBDA_PORT if fixed else free_port(gateway)
+    env_file = write_env_vars({**backend_ports(stack, fleet), "lambda": lambda_port})
+    sam = SamLocal(template, env_vars=env_file)
     stopped = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
-        lambda_url = sam.start("start-lambda", gateway, LAMBDA_PORT)
-        api_url = sam.start("start-api", "127.0.0.1", args.api_port)
+        lambda_url = sam.start("start-lambda", gateway, lambda_port)
+        api_url = sam.start("start-api", "127.0.0.1", api_port)
         print(f"\nsam local running (Ctrl-C to stop)\n"
               f"  API (sam local start-api)        {api_url}/token/{{provider}}  (no SigV4 check)\n"
               f"  Lambda (sam local start-lambda)  {lambda_url}\n"
               f"  embedded AWS                     {stack.aws_url}\n"
-              f"  providers                        {', '.join(f'{r}={u}' for r, u in fleet.urls().items())}\n\n"
+              f"  providers                        {', '.join(f'{r}={u}' for r, u in fleet.urls().items())}\n"
+              f"  env vars (sam local --env-vars)  {env_file.relative_to(REPO_ROOT)}"
+              f"{'' if fixed else '  (ports taken: free ones chosen, not those of env.json)'}\n\n"
               f"  try: curl -s {api_url}/token/pyng   (the first request to a function starts its container)\n",
               file=sys.stderr, flush=True)
         stopped.wait()

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from local.sam_local import LAMBDA_PORT, SamLocal, bridge_gateway, build, engine_problem, free_port, start_backend
+from local.sam_local import (
+    SamLocal,
+    backend_ports,
+    bridge_gateway,
+    build,
+    engine_problem,
+    free_port,
+    start_backend,
+    write_env_vars,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,6 +50,8 @@ def built(engine: str) -> Path:
 
 @pytest.fixture(scope="session")
 def backend(engine: str) -> Iterator[tuple[LocalStack, EmulatorFleet]]:
+    """The embedded AWS and the emulators on free ports of the gateway: a ``make local``, a LocalStack on 4566 or
+    another checkout's tests may hold the committed ones."""
     stack, fleet = start_backend(engine)
     yield stack, fleet
     stack.stop()
@@ -48,19 +59,26 @@ def backend(engine: str) -> Iterator[tuple[LocalStack, EmulatorFleet]]:
 
 
 @pytest.fixture(scope="session")
-def sam(built: Path, backend: Any) -> Iterator[SamLocal]:
-    """``sam local`` on the built template with the committed ``env.json``; stopped (containers removed) at the
-    end of the session."""
-    runner = SamLocal(built)
+def lambda_port(engine: str) -> int:
+    return free_port(engine)
+
+
+@pytest.fixture(scope="session")
+def sam(built: Path, backend: Any, lambda_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamLocal]:
+    """``sam local`` on the built template with ``env.json`` moved to this session's ports; stopped (containers
+    removed) at the end of the session."""
+    env_file = write_env_vars({**backend_ports(*backend), "lambda": lambda_port},
+                              tmp_path_factory.mktemp("sam") / "env.json")
+    runner = SamLocal(built, env_vars=env_file)
     yield runner
     runner.stop()
 
 
 @pytest.fixture(scope="session")
-def start_lambda(sam: SamLocal, engine: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``sam local start-lambda`` where ``env.json`` sends the token API's invocations (gateway:3001)."""
+def start_lambda(sam: SamLocal, engine: str, lambda_port: int, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``sam local start-lambda`` where the env-vars file sends the token API's invocations."""
     log = (tmp_path_factory.mktemp("sam") / "start-lambda.log").open("w")
-    return sam.start("start-lambda", engine, LAMBDA_PORT, log=log)
+    return sam.start("start-lambda", engine, lambda_port, log=log)
 
 
 @pytest.fixture(scope="session")

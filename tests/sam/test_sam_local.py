@@ -5,6 +5,8 @@ provider, from containers that reach the embedded AWS and the provider emulators
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +16,12 @@ import requests
 from botocore.config import Config
 
 from local.lambda_service import REPO_ROOT
+from local.sam_local import SamLocal, local_architecture
 from local.stack import API_FUNCTION, PROVIDERS
 from token_vending.request import fingerprint
 
 if TYPE_CHECKING:
-    from local.sam_local import SamLocal
+    from pathlib import Path
 
 pytestmark = [pytest.mark.sam, pytest.mark.slow]
 
@@ -146,3 +149,28 @@ def test_start_api_reports_a_provider_refusal_through_start_lambda(start_api: st
     assert response.status_code == 502, response.text
     body = response.json()
     assert (body["error"], body["upstream_error"]) == ("upstream_rejected", "invalid_client")
+
+
+def test_stop_removes_only_the_containers_running_this_checkouts_build(engine: str, built: Path, tmp_path: Path
+                                                                        ) -> None:
+    """Another checkout's tests or ``make sam-local`` may run SAM containers meanwhile: stopping ours leaves
+    theirs alone (and removes ours, started or not)."""
+    image = os.environ.get("SAM_LOCAL_BASE_IMAGE", f"public.ecr.aws/lambda/python:3.13-{local_architecture()}")
+
+    def create(code: Path) -> str:
+        return subprocess.run(["docker", "create", "--label", "sam.cli.container.type=lambda", "--mount",
+                               f"type=bind,source={code},target=/var/task,readonly", image],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    def exists(container: str) -> bool:
+        return subprocess.run(["docker", "container", "inspect", container], capture_output=True,
+                              check=False, timeout=60).returncode == 0
+
+    runner = SamLocal(built)
+    ours, theirs = create(built.parent / "PyngFunction"), create(tmp_path)
+    try:
+        runner.stop()
+        assert not exists(ours)
+        assert exists(theirs)
+    finally:
+        subprocess.run(["docker", "rm", "-f", ours, theirs], capture_output=True, check=False, timeout=60)
