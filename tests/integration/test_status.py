@@ -157,7 +157,8 @@ def test_every_state_in_json_and_table(table: tuple[Any, str], capsys: pytest.Ca
     header = lines[0]
     for row_line in lines[1:len(document["tokens"]) + 1]:  # aligned: every column starts where its header does
         start = header.index("FINGERPRINT")
-        assert row_line[start - 2:start] == "  " and row_line[start] != " "
+        assert row_line[start - 2:start] == "  "
+        assert row_line[start] != " "
     for item in fleet.values():
         assert item.access_token not in text
         assert item.access_token not in json.dumps(document)
@@ -165,7 +166,9 @@ def test_every_state_in_json_and_table(table: tuple[Any, str], capsys: pytest.Ca
 
     assert status.main(["--table", name, "--budgets", "autopay=2"]) == 0
     printed = capsys.readouterr().out
-    assert "budget spent" in printed and "cooling down" in printed and "idle" in printed
+    assert "budget spent" in printed
+    assert "cooling down" in printed
+    assert "idle" in printed
 
 
 def test_entry_point_json_as_a_subprocess(table: tuple[Any, str], aws_env: dict[str, str]) -> None:
@@ -173,7 +176,7 @@ def test_entry_point_json_as_a_subprocess(table: tuple[Any, str], aws_env: dict[
     fleet = make_fleet(client, name, time.time())
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     env |= aws_env | {"PYTHONPATH": str(REPO_ROOT / "layers" / "token_vending"), "UPSTREAM_BUDGETS": "autopay=2"}
-    done = subprocess.run([sys.executable, "-m", "token_vending.status", "--json", "--table", name],  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "token_vending.status", "--json", "--table", name],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
