@@ -212,3 +212,20 @@ def test_no_credentials(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     assert status.main(["--table", "anything"]) == 2
     assert "no AWS credentials" in capsys.readouterr().err
+
+
+def test_watch_redraws_until_ctrl_c(table: tuple[Any, str], monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _, name = table
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(status.time, "sleep", sleep)
+    assert status.main(["--table", name, "--watch", "2", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert naps == [2.0, 2.0]
+    assert [json.loads(line)["table"] for line in lines] == [name, name]  # one document per redraw
