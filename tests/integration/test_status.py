@@ -224,7 +224,7 @@ def test_watch_redraws_until_ctrl_c(table: tuple[Any, str], monkeypatch: pytest.
         if len(naps) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(status.time, "sleep", sleep)
+    monkeypatch.setattr(time, "sleep", sleep)
     assert status.main(["--table", name, "--watch", "2", "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert naps == [2.0, 2.0]
