@@ -229,3 +229,43 @@ def test_watch_redraws_until_ctrl_c(table: tuple[Any, str], monkeypatch: pytest.
     lines = capsys.readouterr().out.splitlines()
     assert naps == [2.0, 2.0]
     assert [json.loads(line)["table"] for line in lines] == [name, name]  # one document per redraw
+
+
+@pytest.mark.parametrize("with_output", [True, False])
+def test_stack_names_its_table(moto_server: str, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str], with_output: bool) -> None:
+    """``--stack``: the stack's CacheTableName output, else its CacheTable resource (CloudFormation on moto)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    template: dict[str, Any] = {"Resources": {status.TABLE_LOGICAL_ID: {"Type": "AWS::DynamoDB::Table", "Properties": {
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"},
+                                 {"AttributeName": "sk", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}]}}}}
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    named = f"status-output-{uuid.uuid4().hex[:8]}"  # the output wins over the resource when there is one
+    if with_output:
+        create_table(dynamodb, named)
+        template["Outputs"] = {status.TABLE_OUTPUT: {"Value": named}}
+    stack = f"status-{uuid.uuid4().hex[:8]}"
+    cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+    cloudformation.create_stack(StackName=stack, TemplateBody=json.dumps(template))
+    physical = cloudformation.describe_stack_resource(
+        StackName=stack, LogicalResourceId=status.TABLE_LOGICAL_ID)["StackResourceDetail"]["PhysicalResourceId"]
+    expected = named if with_output else physical
+    now = time.time()
+    TokenCache(expected, dynamodb).put(token("pyng", "billing:batches:read", fetched=now - 100, lifetime=900))
+
+    assert status.main(["--stack", stack, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["table"] == expected
+    assert [row["scope"] for row in document["tokens"]] == ["billing:batches:read"]
+    cloudformation.delete_stack(StackName=stack)
+
+
+def test_missing_stack_is_a_one_line_error(moto_server: str, aws_env: dict[str, str],
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    assert status.main(["--stack", "no-such-stack"]) == 2
+    assert capsys.readouterr().err.strip() == ("token_vending.status: stack no-such-stack does not exist "
+                                                "(or cannot be described)")

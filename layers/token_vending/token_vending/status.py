@@ -68,6 +68,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        # The functions' own reader of REFRESH_MARGIN_*, REFRESH_AHEAD_IDLE_HOURS (the table is named apart here).
         cache = cache_settings({**env, constants.CACHE_TABLE_ENV: "-"}, None)
         budget_overrides(env, None)  # a malformed list is refused now, not on the first provider's row
         return cls(RefreshPolicy(cache.refresh_margin_seconds, cache.refresh_margin_ratio), cache.idle_seconds, env)
