@@ -202,11 +202,12 @@ def report(rows: Sequence[Row], budgets: Mapping[str, Mapping[str, Any]], settin
 def _entry(row: Row, budget: Mapping[str, Any] | None, settings: Settings, now: float) -> dict[str, Any]:
     token = row.token
     states: list[str] = []
+    malformed = list(row.malformed)
     document: dict[str, Any] = {"provider": row.provider, "scope": row.scope_key, "state": states,
                                 "fingerprint": None, "expires_at": None, "time_left_seconds": None,
                                 "renewal_due": None, "renewal_due_in_seconds": None, "lifetime_seconds": None,
                                 "fetched_at": None, "last_use": None, "last_use_seconds_ago": None,
-                                "lease": None, "cool_down": None, "budget": None, "malformed": row.malformed}
+                                "lease": None, "cool_down": None, "budget": None, "malformed": malformed}
     if token is not None:
         due = settings.policy.enters_margin(token)
         used = last_use(token)
@@ -242,10 +243,10 @@ def _entry(row: Row, budget: Mapping[str, Any] | None, settings: Settings, now: 
         document["budget"] = {"spent": 0 if budget is None else spent, "limit": limit,
                               "forced": 0 if budget is None else budget.get("forced")}
         if budget is not None and budget.get("malformed"):
-            row.malformed.append("budget")
+            malformed.append("budget")
         elif spent is not None and spent >= limit:
             states.append("budget spent")
-    if row.malformed:
+    if malformed:
         states.append("malformed")
     return document
 
