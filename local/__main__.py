@@ -32,6 +32,7 @@ from pathlib import Path
 
 from local.providers import LOCAL_CREDENTIALS, ProviderEmulator
 from local.stack import DUMMY_AWS, PROVIDERS, REGION, LocalStack, StackConfig, caller_credentials
+from token_vending import constants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, default=3000)
     parser.add_argument("--lambda-port", type=int, default=3001)
-    parser.add_argument("--aws-port", type=int, default=4566)
+    parser.add_argument("--aws-port", type=int, default=constants.LOCAL_AWS_PORT)
     parser.add_argument("--provider-port-base", type=int, default=9001,
                         help="port of the first provider's emulator (the next ones follow, in template order)")
     parser.add_argument("--config", type=Path, help="JSON file with real provider URLs and credentials")

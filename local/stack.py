@@ -29,9 +29,10 @@ from local.api_gateway import ApiGateway
 from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService, SqsEventSource
 from local.sigv4 import Credentials
 from local.template import Evaluator, expanded_template, function_env, load_template, provider_functions
+from token_vending import constants
 
 LOG = logging.getLogger("local")
-TABLE_NAME = "token-vending-local"
+TABLE_NAME = constants.LOCAL_TABLE_NAME
 API_FUNCTION = "TokenApiFunction"
 PROVIDER_TIMEOUT = 25
 """The provider functions' timeout (template.yaml's)."""
@@ -148,7 +149,7 @@ class StackConfig:
     host: str = "127.0.0.1"
     api_port: int = 3000
     lambda_port: int = 3001
-    aws_port: int = 4566
+    aws_port: int = constants.LOCAL_AWS_PORT
     dynamodb_endpoint: str | None = None
     """``None``: the embedded moto server serves DynamoDB too."""
     secrets_endpoint: str | None = None

@@ -82,14 +82,14 @@ def test_fresh_and_usable() -> None:
 def test_a_stored_token_beyond_any_sane_lifetime_is_a_miss_not_a_crash() -> None:
     """An item no provider answer can produce any more (an ``exp`` past the year 9999) is replaced, never served:
     serving it would fail every caller when its expiry is written out."""
-    from token_vending.cache import _token_from_item
+    from token_vending.cache import token_from_item
 
     def item(expires_at: int) -> dict[str, Any]:
         return {"access_token": {"S": "t"}, "expires_at": {"N": str(expires_at)}, "fetched_at": {"N": "1000.0"}}
 
-    assert _token_from_item("p", "", item(1000 + 3600)) is not None
-    assert _token_from_item("p", "", item(1000 + MAX_SANE_LIFETIME + 1)) is None
-    assert _token_from_item("p", "", item(253402300800 * 4)) is None
+    assert token_from_item("p", "", item(1000 + 3600)) is not None
+    assert token_from_item("p", "", item(1000 + MAX_SANE_LIFETIME + 1)) is None
+    assert token_from_item("p", "", item(253402300800 * 4)) is None
 
 
 def test_a_jwt_exp_of_hundreds_of_digits_is_read_as_a_comparable_number() -> None:

@@ -96,7 +96,7 @@ class TokenCache:
         item = response.get("Item")
         if not item:
             return None
-        token = _token_from_item(provider, scope_key, item)
+        token = token_from_item(provider, scope_key, item)
         if token is None or token.expires_at <= (time.time() if now is None else now):
             return None
         return token
@@ -114,7 +114,7 @@ class TokenCache:
             while True:
                 page = self.client.query(**kwargs)
                 for item in page.get("Items", []):
-                    token = _token_from_item(provider, item["sk"]["S"][len(TOKEN_PREFIX):], item)
+                    token = token_from_item(provider, item["sk"]["S"][len(TOKEN_PREFIX):], item)
                     if token is not None:
                         tokens.append(token)
                 if "LastEvaluatedKey" not in page:
@@ -228,7 +228,7 @@ class TokenCache:
         except _error_types() as exc:
             if _is_condition_failure(exc):
                 old = _response(exc).get("Item") or {}
-                return _lease_from_item(old, default_expiry=now + seconds)
+                return lease_from_item(old, default_expiry=now + seconds)
             raise CacheUnavailable(_describe(exc)) from None
         # A lapsed cool-down we replaced tells how many refreshes failed in a row before ours.
         previous = response.get("Attributes") or {}
@@ -243,7 +243,7 @@ class TokenCache:
         except _error_types() as exc:
             raise CacheUnavailable(_describe(exc)) from None
         item = response.get("Item")
-        return _lease_from_item(item, default_expiry=0.0) if item else None
+        return lease_from_item(item, default_expiry=0.0) if item else None
 
     def record_failure(self, provider: str, scope_key: str, owner: str, until: float,
                        error: dict[str, Any], *, failures: int = 1) -> None:
@@ -273,7 +273,7 @@ class TokenCache:
             pass
 
 
-def _lease_from_item(item: dict[str, Any], default_expiry: float) -> LeaseResult:
+def lease_from_item(item: dict[str, Any], default_expiry: float) -> LeaseResult:
     failure: dict[str, Any] | None = None
     raw = item.get("failure", {}).get("S")
     if raw:
@@ -297,7 +297,7 @@ def _number(attribute: Any, default: float) -> float:
         return default
 
 
-def _token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> CachedToken | None:
+def token_from_item(provider: str, scope_key: str, item: dict[str, Any]) -> CachedToken | None:
     try:
         token = item["access_token"]["S"]
         expires_at = int(item["expires_at"]["N"])

@@ -97,3 +97,9 @@ DEFAULT_SECRET_MAX_AGE = 300
 DEFAULT_REFRESH_AHEAD_IDLE_HOURS = 24
 PURGE_AFTER_EXPIRY_SECONDS = 3600
 """The DynamoDB TTL attribute is set this long after ``expires_at``; reads never rely on it."""
+
+# --- the local stack (``make local``) -------------------------------------------------------
+LOCAL_TABLE_NAME = "token-vending-local"
+"""The local stack's cache table: what ``python -m token_vending.status`` reads unless told otherwise."""
+LOCAL_AWS_PORT = 4566
+"""The port of the local stack's embedded AWS (DynamoDB, Secrets Manager, SQS) on loopback."""

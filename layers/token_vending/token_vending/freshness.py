@@ -27,6 +27,10 @@ class RefreshPolicy:
         lifetime: a provider handing out very short tokens must not be asked for one per call."""
         return min(max(self.margin_seconds, self.margin_ratio * lifetime), lifetime / 2)
 
+    def enters_margin(self, token: CachedToken) -> float:
+        """When ``token`` enters its refresh margin: from then on it is renewed (epoch seconds)."""
+        return token.expires_at - self.margin(token.lifetime)
+
     def min_ttl_limit(self, lifetime: int) -> int:
         """The largest ``min_ttl`` a token of ``lifetime`` seconds can keep outside its refresh margin.
         Applied to the *documented* lifetime before anything else, so it never depends on cache state."""

@@ -58,7 +58,7 @@ class Renewal:
     @classmethod
     def of(cls, token: CachedToken, policy: RefreshPolicy) -> Renewal:
         useful = token.lifetime - policy.margin(token.lifetime)
-        due = token.expires_at - policy.margin(token.lifetime) - min(LEAD_SECONDS, LEAD_SHARE * useful)
+        due = policy.enters_margin(token) - min(LEAD_SECONDS, LEAD_SHARE * useful)
         return cls(scope_key=token.scope_key, fetched_at=token.fetched_at, due=max(due, token.fetched_at))
 
     def retry(self, now: float, not_before: float = 0.0) -> Renewal:

@@ -77,7 +77,7 @@ class CacheSettings:
     """A scope set unused this long is left to expire (``REFRESH_AHEAD_IDLE_HOURS``)."""
 
 
-def _cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettings:
+def cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSettings:
     return CacheSettings(
         table_name=_require(env, constants.CACHE_TABLE_ENV, provider),
         refresh_margin_seconds=_number(env, constants.REFRESH_MARGIN_SECONDS_ENV,
@@ -158,12 +158,12 @@ class ProviderSettings:
                                          constants.DEFAULT_UPSTREAM_RETRIES, provider)),
             secret_max_age=int(_number(env, constants.SECRET_MAX_AGE_ENV, constants.DEFAULT_SECRET_MAX_AGE,
                                        provider)),
-            cache=_cache_settings(env, provider),
+            cache=cache_settings(env, provider),
             client_auth=_client_auth(env, provider),
             signing_key_id=env.get(constants.SIGNING_KEY_ID_ENV, "").strip(),
             assertion_audience=env.get(constants.ASSERTION_AUDIENCE_ENV, "").strip(),
             ca_bundle=env.get(constants.CA_BUNDLE_ENV, "").strip(),
-            upstream_budget=_budget(env, provider, documented),
+            upstream_budget=provider_budget(env, provider, documented),
             renewal_queue_url=env.get(constants.RENEWAL_QUEUE_URL_ENV, "").strip(),
         )
 
@@ -207,7 +207,7 @@ def unknown_budget_routes(env: Mapping[str, str] = os.environ) -> list[str]:
     return sorted(set(names) - set(by_name()))
 
 
-def _budget(env: Mapping[str, str], provider: str, documented: int) -> int:
+def provider_budget(env: Mapping[str, str], provider: str, documented: int) -> int:
     """This provider's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented lifetime."""
     from token_vending.budget import default_budget
 
@@ -272,7 +272,7 @@ class ApiSettings:
             }
         except (ValueError, TypeError, KeyError, AttributeError):
             raise Misconfigured(f"setting {constants.PROVIDERS_ENV} is malformed") from None
-        cache = _cache_settings(env, None)
+        cache = cache_settings(env, None)
         return cls(providers=providers, table_name=cache.table_name,
                    memory_cache_seconds=cache.memory_cache_seconds,
                    refresh_margin_seconds=cache.refresh_margin_seconds,
