@@ -25,7 +25,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # `sam build` looks for python3.13 on PATH.
 export PATH := $(dir $(PYTHON313)):$(PATH)
 
-.PHONY: help local test lint typecheck unit integration template scan bench build clean deps generate sam-image sam-local
+.PHONY: help local test lint typecheck unit integration template scan bench build deploy delete clean deps generate sam-image sam-local
 
 help:
 	@echo "make local   run the API on http://127.0.0.1:3000/v1/token/ (SigV4-signed) with an embedded AWS and provider emulators"
@@ -33,6 +33,8 @@ help:
 	@echo "make scan    checkov (template.yaml) and bandit (code); make test runs them too, on SAM's output as well"
 	@echo "make bench   benchmarks (figures printed as name: value)"
 	@echo "make build   sam build"
+	@echo "make deploy  sam build, then sam deploy (--guided the first time; ENV=prod for samconfig.toml's prod)"
+	@echo "make delete  sam delete the ENV's stack (ENV=default)"
 	@echo "make generate  rewrite env.json and events/ from template.yaml and the catalogue"
 	@echo "make sam-local  the real sam local start-api on http://127.0.0.1:3000 (Docker; embedded AWS and emulators)"
 	@echo "make sam-image  a container engine and the Lambda base image for sam local (make test runs it)"
@@ -106,6 +108,21 @@ bench: $(VENV)/.installed node_modules/.installed
 
 build: $(SAM_VENV)/.installed
 	$(SAM) build
+
+# `make deploy` (ENV=default): `sam deploy --config-env $(ENV)` once samconfig.toml names the environment's
+# stack_name, else `sam deploy --guided`, which asks and saves the answers there. The template's Fn::ForEach
+# needs SAM CLI's language extensions (samconfig.toml enables them for its environments; the variable, for a
+# new one). Your own AWS credentials: the dummy ones this Makefile sets for local runs are dropped.
+ENV ?= default
+SAM_STACK_NAME = $(shell $(PYTHON313) -c 'import sys, tomllib; env = tomllib.load(open("samconfig.toml", "rb")).get(sys.argv[1], {}); print(next((s["parameters"]["stack_name"] for s in env.values() if isinstance(s, dict) and "stack_name" in s.get("parameters", {})), ""))' $(ENV) 2>/dev/null)
+AWS_CALLER = $(if $(filter file,$(origin AWS_ACCESS_KEY_ID)),env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_DEFAULT_REGION) SAM_CLI_ENABLE_LANGUAGE_EXTENSIONS=1
+
+deploy: $(SAM_VENV)/.installed
+	$(AWS_CALLER) $(SAM) build $(if $(SAM_STACK_NAME),--config-env $(ENV))
+	$(AWS_CALLER) $(SAM) deploy $(if $(SAM_STACK_NAME),--config-env $(ENV),--guided --config-env $(ENV))
+
+delete: $(SAM_VENV)/.installed
+	$(AWS_CALLER) $(SAM) delete --config-env $(ENV)
 
 generate: $(VENV)/.installed
 	$(PY) -m local.generate
