@@ -460,7 +460,7 @@ def test_private_key_jwt_kms_unreachable_is_unavailable_without_a_cool_down(depl
 
 def test_private_key_jwt_kms_alias_moved_every_assertion_verifies_by_its_kid(deploy: Any, aws: dict[str, Any],
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's rotation against Authlib holding both keys (it picks the key by ``kid``): a token before the
+    """The guide's rotation against Authlib holding both keys (it picks the key by ``kid``): a token before the
     alias moves, one while the environment still has the old key resolved, one once that resolution (a minute)
     has aged, however long the secret is cached. Every request is granted; the ``kid`` moves with the alias."""
     import token_vending.assertion

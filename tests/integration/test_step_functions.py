@@ -4,7 +4,7 @@ behind the local Lambda service (the stack ``make local`` runs), which asks the 
 
 What a workflow relies on: the token reaches the step that uses it and is gone from the execution's output and
 from every history event after that step; ``UpstreamUnavailable`` is retried until the provider answers;
-``UpstreamRejected`` and ``InvalidRequest`` are caught by name and their contract error body is read as the README
+``UpstreamRejected`` and ``InvalidRequest`` are caught by name and their contract error body is read as docs/contract.md
 says. Retry waits are shortened in a definition derived from the real one (:func:`quick_definition`)."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_an_outage_is_retried_until_the_provider_answers(sfn: tuple[Any, Any], e
 
 
 def read_contract_error(execution: dict[str, Any]) -> dict[str, Any]:
-    """As the README says: the failed execution's cause is the contract error body."""
+    """As docs/contract.md says: the failed execution's cause is the contract error body."""
     body: dict[str, Any] = json.loads(execution["cause"])
     return body
 

@@ -61,7 +61,7 @@ FAST = {"LEASE_SECONDS": str(int(LEASE_SECONDS)), "UPSTREAM_READ_TIMEOUT": "2", 
 DEFAULT_RETRIES = {key: value for key, value in FAST.items() if key not in ("UPSTREAM_RETRIES", "LEASE_SECONDS")}
 """The default retries (2) with the default lease (20 s), so retries really can happen and are seen bounded."""
 COOL_DOWN_SECONDS = 10
-"""README, cache semantics: a failed refresh is remembered for 10 s (timeouts, 5xx, invalid answers)."""
+"""docs/cache-semantics.md: a failed refresh is remembered for 10 s (timeouts, 5xx, invalid answers)."""
 HANG_UP_SLACK = 1.5
 """Scheduling slack on a 2-core machine between the lease's end and the provider seeing the client hang up."""
 ERROR_KEYS = {"error", "error_description", "provider"}

@@ -788,7 +788,7 @@ SAFE_ACCESS_LOG_VARIABLES = {
 
 
 def test_every_gateway_response_forbids_caching(template: dict[str, Any], translated: dict[str, Any]) -> None:
-    """README: every response carries Cache-Control: no-store and Pragma: no-cache, API Gateway's own
+    """docs/contract.md: every response carries Cache-Control: no-store and Pragma: no-cache, API Gateway's own
     error responses included (DEFAULT_4XX and DEFAULT_5XX stand for every type not listed)."""
     declared = template["Resources"]["TokenVendingApi"]["Properties"]["GatewayResponses"]
     responses = _api_body(translated)["x-amazon-apigateway-gateway-responses"]

@@ -287,7 +287,7 @@ def test_an_incomplete_secret_is_read_again_within_seconds_once_filled_not_after
                 store.get()
         assert reads == ["read"]  # a broken secret is not read on every request
         client.put_secret_value(SecretId="pyng", SecretString=json.dumps({"client_id": "id", "client_secret": "s"}))
-        clock[0] += 5  # the README's promise: used within 5 s of being filled
+        clock[0] += 5  # docs/operations.md's promise: used within 5 s of being filled
         assert store.get().client_id == "id"
         assert store.get().client_id == "id"
         assert reads == ["read", "read"]  # then cached for its max age again

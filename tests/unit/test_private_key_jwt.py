@@ -228,7 +228,7 @@ def verify_by_kid(token: str, keys: Any, algorithm: str = "ES256") -> str:
 
 
 def test_private_key_jwt_kms_alias_move_every_assertion_verifies_by_its_kid(kms: Any, clock: Clock) -> None:
-    """The README's rotation: register the new key beside the old, move the alias (UpdateAlias). Before, during
+    """The guide's rotation: register the new key beside the old, move the alias (UpdateAlias). Before, during
     (the old key still resolved, for up to a minute) and after, every assertion verifies with the key its kid
     names, and kms:Sign is always called with that key, never with the alias."""
     alias = "alias/token-signing-es256"
