@@ -1,6 +1,6 @@
-"""A seventh provider, added by following README's "Adding a provider" literally, in a copy of the repository.
+"""A seventh provider, added by following the guide (docs/adding-a-provider.md) literally, in a copy of the repository.
 
-The steps are the README's own code blocks (a drifting guide fails here). The provider is a standards-based
+The steps are the guide's own code blocks (a drifting guide fails here). The provider is a standards-based
 one: with ``--config``, ``make local`` sends its token requests to Authlib's authorization server
 (``tests.support.authlib_server``); without, to the emulator its catalogue entry gives it by default.
 """
@@ -38,10 +38,8 @@ BUDGET_LINES, BUDGET_FILES = 50, 5
 
 
 def readme_steps() -> tuple[str, str, str, str]:
-    """The catalogue entry, the parameters, the console group and the mapping row, as the README shows them."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Adding a provider"):]
-    section = section[:section.index("\n## ", 3)]
+    """The catalogue entry, the parameters, the console group and the mapping row, as the guide shows them."""
+    section = (ROOT / "docs" / "adding-a-provider.md").read_text()
     # The blocks sit in a numbered list: their lines carry its three spaces of indentation.
     blocks = [re.sub(r"^ {3}", "", block, flags=re.M)
               for block in re.findall(r"```(?:python|yaml)\n(.*?)```", section, re.S)]
