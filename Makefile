@@ -25,7 +25,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # `sam build` looks for python3.13 on PATH.
 export PATH := $(dir $(PYTHON313)):$(PATH)
 
-.PHONY: help local test lint typecheck unit integration template scan bench build deploy delete clean deps generate sam-image sam-local
+.PHONY: help local test lint typecheck unit integration template scan bench build deploy delete clean deps generate sam-image sam-local release-check
 
 help:
 	@echo "make local   run the API on http://127.0.0.1:3000/v1/token/ (SigV4-signed) with an embedded AWS and provider emulators"
@@ -38,6 +38,7 @@ help:
 	@echo "make generate  rewrite env.json and events/ from template.yaml and the catalogue"
 	@echo "make sam-local  the real sam local start-api on http://127.0.0.1:3000 (Docker; embedded AWS and emulators)"
 	@echo "make sam-image  a container engine and the Lambda base image for sam local (make test runs it)"
+	@echo "make release-check  one version everywhere, the client wheel in dist/ (twine check), sam publish's metadata (docs/releases.md)"
 
 $(VENV)/.installed: requirements-dev.txt layers/token_vending/requirements.txt
 	@test -n "$(PYTHON313)" || { echo "python3.13 not found (pyenv install 3.13.0, or put it on PATH)"; exit 1; }
@@ -127,5 +128,11 @@ delete: $(SAM_VENV)/.installed
 generate: $(VENV)/.installed
 	$(PY) -m local.generate
 
+# docs/releases.md: the release tests, then the caller library's wheel in dist/, checked as PyPI would.
+release-check: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(PY) -m pytest tests/unit/test_release.py tests/template/test_release.py -q
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist clients/python
+	$(PY) -m twine check --strict dist/token_vending_client-*.whl
+
 clean:
-	rm -rf $(VENV) .tools node_modules .aws-sam .aws-sam-local .aws-sam-local.template.yaml .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools node_modules dist clients/python/build clients/python/*.egg-info .aws-sam .aws-sam-local .aws-sam-local.template.yaml .mypy_cache .ruff_cache .hypothesis

@@ -1,12 +1,8 @@
 """The caller library against the local service (the stack ``make local`` runs): through the API and by
-invoking the provider function directly, and installed from its own folder as a user would."""
+invoking the provider function directly (its wheel: tests/unit/test_release.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import zipfile
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -18,7 +14,6 @@ from token_vending_client import client as client_module
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 SCOPE = "billing:batches:read"
@@ -80,18 +75,3 @@ def test_auth_on_a_request(stack: Any, emulators: Any, session: boto3.Session) -
     auth = TokenVendingAuth("aria", api_url=stack.stage_url, session=session)
     requests.get(f"{stack.api_url}aria", auth=auth, hooks={"response": record}, timeout=30)
     assert seen == [f"Bearer {emulators['aria'].issued[0]['access_token']}"]
-
-
-@pytest.mark.slow
-def test_the_package_installs_from_its_folder(tmp_path: Path) -> None:
-    """``pip install ./clients/python`` builds: the wheel holds the package and its py.typed marker."""
-    from tests.unit.conftest import REPO_ROOT
-
-    source = tmp_path / "source"  # a copy: setuptools writes build/ and egg-info/ next to the sources
-    shutil.copytree(REPO_ROOT / "clients" / "python", source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
-                    str(source)], check=True, timeout=300)
-    [wheel] = tmp_path.glob("token_vending_client-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "token_vending_client/py.typed" in names
-    assert {"token_vending_client/auth.py", "token_vending_client/client.py"} <= set(names)

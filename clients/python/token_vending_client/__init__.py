@@ -23,6 +23,8 @@ from token_vending_client.errors import (
     UpstreamUnavailable,
 )
 
+__version__ = "0.2.0"  # the layer's token_vending.__version__: tests/unit/test_release.py holds them equal
+
 __all__ = [
     "AccessDenied",
     "InternalError",
@@ -36,5 +38,6 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "__version__",
     "get_token",
 ]
