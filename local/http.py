@@ -13,6 +13,10 @@ MAX_BODY = 10 * 1024 * 1024
 """API Gateway's largest request payload (10 MB): a longer declared body is refused before it is read."""
 
 
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+"""What every refusal carries, as the deployed API's gateway responses do."""
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no delayed-ACK stall
@@ -27,10 +31,25 @@ class JsonHandler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         length = parse_whole(raw) if raw is not None else 0
         if length is None or length > MAX_BODY or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            self.send_json(400, json.dumps({"message": "Bad Request"}).encode(), {"Connection": "close"})
+            self.send_error(400)
             return None
         return self.rfile.read(length) if length else b""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Every refusal the standard library makes (414 request line too long, 431 header too large, 501 unknown
+        method, 400 unparsable request) in JSON with ``no-store`` instead of its HTML page, through
+        :meth:`error_response`. ``message`` is not used: it may quote the request (the caller's input); the
+        status's own phrase is. The connection is closed, as the standard library does: the request may not be
+        framed."""
+        phrase = self.responses.get(code, ("Error",))[0]
+        status, headers, body = self.error_response(int(code), phrase)
+        self.close_connection = True
+        self.send_json(status, body, {**headers, "Connection": "close"})
+
+    def error_response(self, code: int, message: str) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body of a refusal the standard library makes; the API overrides it with the
+        deployed gateway responses."""
+        return code, {**NO_STORE}, json.dumps({"message": message}).encode()
 
     def send_json(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -38,7 +57,8 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has the headers of the body it does not carry
+            self.wfile.write(body)
 
 
 def serve_in_thread(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
