@@ -30,6 +30,7 @@ import sys
 import threading
 from pathlib import Path
 
+from local.http import PortInUse, check_ports
 from local.providers import LOCAL_CREDENTIALS, ProviderEmulator
 from local.stack import DUMMY_AWS, PROVIDERS, REGION, LocalStack, StackConfig, caller_credentials
 from token_vending import constants
@@ -63,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--config names providers the template does not deploy: {', '.join(unknown)}")
     client_auth = dict(item.split("=", 1) for item in args.client_auth)
+    ports = {args.api_port: ("API", "--api-port"), args.lambda_port: ("Lambda Invoke API", "--lambda-port"),
+             args.aws_port: ("embedded AWS", "--aws-port")}
+    for index, provider in enumerate(PROVIDERS):
+        if not overrides.get(provider.route):
+            ports.setdefault(args.provider_port_base + index,
+                             (f"{provider.route}'s emulator", "--provider-port-base"))
+    try:
+        check_ports(args.host, ports)  # before anything starts: nothing half-started is left behind
+    except PortInUse as exc:
+        print(f"python -m local: {exc}", file=sys.stderr)
+        return 2
     urls: dict[str, str] = {}
     credentials: dict[str, tuple[str, str]] = {}
     emulators: list[ProviderEmulator] = []
@@ -88,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
-        stack.start()
+        try:
+            stack.start()
+        except PortInUse as exc:  # taken since the check: still one line, and everything started is stopped
+            print(f"python -m local: {exc}", file=sys.stderr)
+            return 2
         by_route = {emulator.route: emulator for emulator in emulators}
         for route in client_auth:
             if route in by_route:  # the emulator checks assertions against the key it was registered with

@@ -206,7 +206,7 @@ class ApiGateway:
                 return gateway.gateway_response("DEFAULT_5XX" if code >= 500 else "DEFAULT_4XX", code, message,
                                                 error_type, request_id)
 
-        self._server = serve_in_thread(host, port, Handler)
+        self._server = serve_in_thread(host, port, Handler, what="API", option="--api-port")
         return int(self._server.server_address[1])
 
     def respond(self, event: dict[str, Any], handler: Any, request_id: str) -> int:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from token_vending.numbers import parse_whole
@@ -61,8 +65,67 @@ class JsonHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-def serve_in_thread(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), handler)
+class PortInUse(Exception):
+    """A port the local stack means to listen on is taken; the message is the one line a developer reads."""
+
+    def __init__(self, host: str, port: int, what: str, option: str) -> None:
+        holder = port_holder(port)
+        by = f" by {holder}" if holder else ""
+        super().__init__(f"port {port} ({what}) on {host} is in use{by} (another `make local`?): stop it or pass "
+                         f"{option}")
+        self.port = port
+
+
+def check_ports(host: str, ports: dict[int, tuple[str, str]]) -> None:
+    """Raises :class:`PortInUse` for the first of ``ports`` (port -> what listens there, the option that moves
+    it) that cannot be bound now, before anything is started: a second ``make local`` is told which port, rather
+    than dying half-started or leaving a stale listener to answer. Port 0 (any free port) is skipped."""
+    for port, (what, option) in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise PortInUse(host, port, what, option) from None
+
+
+def port_holder(port: int) -> str | None:
+    """``pid N (command line)`` of the process listening on ``port``, when this user may see it (Linux's
+    ``/proc``); ``None`` otherwise: the message then names the port alone."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (process / "fd").iterdir()):
+                command = (process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {process.name} ({command[:80]})"
+        except OSError:
+            continue
+    return None
+
+
+def serve_in_thread(host: str, port: int, handler: type[BaseHTTPRequestHandler], *, what: str = "a local server",
+                    option: str = "another port") -> ThreadingHTTPServer:
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUse(host, port, what, option) from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
