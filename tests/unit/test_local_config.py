@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from local.__main__ import ConfigError, real_provider
 from local.lambda_service import REPO_ROOT
 from token_vending.credentials import ALL_FIELDS
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 URL = "https://login.example.test/oauth/token"
 
@@ -45,7 +47,7 @@ def test_a_pem_key_is_enough_for_private_key_jwt() -> None:
     ({"token_url": URL, "client_id": 5, "client_secret": "s"}, "pyng's client_id must be a string"),
 ])
 def test_an_incomplete_or_unknown_entry_is_refused_naming_the_field(entry: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError, match="^--config: ") as refused:
+    with pytest.raises(ConfigError, match=r"^--config: ") as refused:
         real_provider("pyng", entry)
     assert message in str(refused.value)
     assert "\n" not in str(refused.value)
