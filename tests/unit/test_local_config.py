@@ -65,3 +65,24 @@ def test_the_command_refuses_an_incomplete_entry_in_one_line_exit_2(tmp_path: Pa
     assert finished.stderr.strip() == ("python -m local: --config: pyng has unknown field 'client_secret_' (known: "
                                        f"token_url, client_auth, {', '.join(ALL_FIELDS)})")
     assert "s3cr3t" not in finished.stderr
+
+
+def test_the_whole_document_is_the_provider_s_secret() -> None:
+    """What ``--config`` read is what the provider function finds in Secrets Manager: the PEM key as written."""
+    from moto.server import ThreadedMotoServer
+
+    from local.stack import LocalStack, StackConfig
+
+    _, document, _ = real_provider("pyng", {"token_url": URL, "client_auth": "private_key_jwt", "client_id": "c",
+                                            "private_key": "-----BEGIN PRIVATE KEY-----\nMIG...\n", "kid": "k1"})
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        stack = LocalStack(StackConfig(secrets={"pyng": document}, credentials={"pyng": ("other", "other")}))
+        host, port = server.get_host_and_port()
+        stack.dynamodb_url = stack.secrets_url = f"http://{host}:{port}"
+        stack.seed_secrets()
+        stored = stack.client("secretsmanager").get_secret_value(SecretId=stack.secret_name("pyng"))
+    finally:
+        server.stop()
+    assert json.loads(stored["SecretString"]) == document
