@@ -16,7 +16,11 @@ BatchSize 1, ReportBatchItemFailures) hands to the provider function.
 during ``REFRESH_AHEAD_IDLE_HOURS`` (24, set it in the environment) is left to expire.
 
 Real provider endpoints can be used instead of an emulator: ``--config local.json`` with
-``{"pyng": {"token_url": "https://...", "client_id": "...", "client_secret": "..."}}``.
+``{"pyng": {"token_url": "https://...", "client_id": "...", "client_secret": "..."}}``. An entry takes
+``token_url``, ``client_auth`` (``client_secret_basic``, ``client_secret_post``, ``private_key_jwt``,
+``tls_client_auth``; else the catalogue entry's) and any field of the provider's secret (``client_secret``,
+``private_key`` as PEM, ``certificate``, ``ca_chain``, ``kid``, ``algorithm``); an unknown key or a field the
+method needs and the entry lacks is refused in one line, exit 2.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+from local.http import PortInUse, check_ports
 from local.providers import LOCAL_CREDENTIALS, ProviderEmulator
 from local.stack import DUMMY_AWS, PROVIDERS, REGION, LocalStack, StackConfig, caller_credentials
 from token_vending import constants
@@ -58,19 +64,40 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
 
-    overrides = json.loads(args.config.read_text()) if args.config else {}
+    try:
+        overrides = read_config(args.config) if args.config else {}
+        for route, entry in overrides.items():
+            if route in {provider.route for provider in PROVIDERS}:
+                real_provider(route, entry)  # refused here, before any port is checked or anything started
+    except ConfigError as exc:
+        print(f"python -m local: {exc}", file=sys.stderr)
+        return 2
     unknown = sorted(set(overrides) - {provider.route for provider in PROVIDERS})
     if unknown:
         parser.error(f"--config names providers the template does not deploy: {', '.join(unknown)}")
     client_auth = dict(item.split("=", 1) for item in args.client_auth)
+    ports = {args.api_port: ("API", "--api-port"), args.lambda_port: ("Lambda Invoke API", "--lambda-port"),
+             args.aws_port: ("embedded AWS", "--aws-port")}
+    for index, provider in enumerate(PROVIDERS):
+        if not overrides.get(provider.route):
+            ports.setdefault(args.provider_port_base + index,
+                             (f"{provider.route}'s emulator", "--provider-port-base"))
+    try:
+        check_ports(args.host, ports)  # before anything starts: nothing half-started is left behind
+    except PortInUse as exc:
+        print(f"python -m local: {exc}", file=sys.stderr)
+        return 2
     urls: dict[str, str] = {}
     credentials: dict[str, tuple[str, str]] = {}
     emulators: list[ProviderEmulator] = []
+    secrets: dict[str, dict[str, str]] = {}
+    provider_env: dict[str, dict[str, str]] = {}
     for index, provider in enumerate(PROVIDERS):
         real = overrides.get(provider.route)
         if real:
-            urls[provider.route] = real["token_url"]
-            credentials[provider.route] = (real["client_id"], real["client_secret"])
+            urls[provider.route], secrets[provider.route], method = real_provider(provider.route, real)
+            if method:
+                provider_env[provider.route] = {constants.CLIENT_AUTH_ENV: method}
             continue
         port = args.provider_port_base + index
         emulator = ProviderEmulator(provider.route, host=args.host, port=port).start()
@@ -80,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
                                    aws_port=args.aws_port, provider_urls=urls, credentials=credentials,
+                                   secrets=secrets, provider_env=provider_env,
                                    refresh_ahead_every=args.refresh_ahead or None, renewals=renewals,
                                    client_auth=client_auth,
                                    function_env={"REFRESH_AHEAD_INTERVAL": str(int(args.refresh_ahead or 300)),
@@ -88,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
-        stack.start()
+        try:
+            stack.start()
+        except PortInUse as exc:  # taken since the check: still one line, and everything started is stopped
+            print(f"python -m local: {exc}", file=sys.stderr)
+            return 2
         by_route = {emulator.route: emulator for emulator in emulators}
         for route in client_auth:
             if route in by_route:  # the emulator checks assertions against the key it was registered with
@@ -110,6 +142,52 @@ def main(argv: list[str] | None = None) -> int:
         for emulator in emulators:
             emulator.stop()
     return 0
+
+
+class ConfigError(Exception):
+    """``--config`` cannot be used as written; the message is one line naming the provider and the field."""
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--config {path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"--config {path}: must be a JSON object of provider -> settings")
+    return document
+
+
+def real_provider(route: str, entry: Any) -> tuple[str, dict[str, str], str]:
+    """A ``--config`` entry as (token URL, the provider's secret document, the client authentication method if
+    the entry names one). Its keys are ``token_url``, ``client_auth`` (an RFC 7591 method name, else the catalogue
+    entry's) and the secret's own fields (:data:`~token_vending.credentials.ALL_FIELDS`); an unknown key or a
+    field the method cannot do without is refused, naming it (never its value)."""
+    from token_vending.catalogue import entry as catalogue_entry
+    from token_vending.credentials import ALL_FIELDS, required_fields
+    from token_vending.profile import AUTH_METHODS, ClientAuth
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"--config: {route} must be an object of settings")
+    known = ("token_url", "client_auth", *ALL_FIELDS)
+    unknown = sorted(set(entry) - set(known))
+    if unknown:
+        raise ConfigError(f"--config: {route} has unknown field {unknown[0]!r} (known: {', '.join(known)})")
+    for name, value in entry.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"--config: {route}'s {name} must be a string")
+    method = entry.get("client_auth", "")
+    if method and method not in AUTH_METHODS:
+        raise ConfigError(f"--config: {route}'s client_auth must be one of {', '.join(AUTH_METHODS)}")
+    profile = catalogue_entry(route)
+    auth = AUTH_METHODS[method] if method else profile.auth if profile is not None else ClientAuth.FORM_BODY
+    needed = ("token_url", *required_fields(auth, kms_signing=False))
+    missing = [name for name in needed if not entry.get(name)]
+    if missing:
+        named = method or next((name for name, value in AUTH_METHODS.items() if value is auth), auth.value)
+        raise ConfigError(f"--config: {route} ({named} client authentication) needs {missing[0]!r}")
+    document = {name: entry[name] for name in ALL_FIELDS if entry.get(name)}
+    return entry["token_url"], document, method
 
 
 def _user() -> str:

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
@@ -117,6 +118,12 @@ def proxy_event(method: str, target: str, headers: list[tuple[str, str]], source
     }
 
 
+def missing_authentication_token() -> SignatureRefused:
+    """API Gateway's answer to a method or path the API has no route for, signed or not."""
+    return SignatureRefused("MISSING_AUTHENTICATION_TOKEN", "MissingAuthenticationTokenException",
+                            "Missing Authentication Token")
+
+
 def _proxy_result(result: Any) -> bool:
     """Whether a function's result is a proxy response API Gateway can send: an HTTP status code (a number, not a
     boolean), a string body (or none) and an object of headers (or none); anything else is its 502."""
@@ -152,8 +159,7 @@ class ApiGateway:
         (else ``Missing Authentication Token``, whatever the signature), then the signature must verify."""
         provider = route(method, target.partition("?")[0], self.stage)
         if provider is None:
-            raise SignatureRefused("MISSING_AUTHENTICATION_TOKEN", "MissingAuthenticationTokenException",
-                                   "Missing Authentication Token")
+            raise missing_authentication_token()
         return provider, verify(Request(method, target, headers, body), self.credentials, self.region)
 
     def serve(self, host: str, port: int) -> int:
@@ -186,7 +192,21 @@ class ApiGateway:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
-        self._server = serve_in_thread(host, port, Handler)
+            def error_response(self, code: int, message: str) -> tuple[int, dict[str, str], bytes]:
+                """The deployed gateway response of what the standard library refuses: a method the API has no
+                route for (HEAD, TRACE, an unknown verb: the library's 501) is ``Missing Authentication Token``
+                as any other; a request line or header too long (414, 431) or unparsable (400) keeps its status
+                through ``DEFAULT_4XX``."""
+                request_id = str(uuid.uuid4())
+                if code == HTTPStatus.NOT_IMPLEMENTED:
+                    refused = missing_authentication_token()
+                    return gateway.gateway_response(refused.response_type, 403, refused.message,
+                                                    refused.error_type, request_id)
+                error_type = "InternalServerErrorException" if code >= 500 else "BadRequestException"
+                return gateway.gateway_response("DEFAULT_5XX" if code >= 500 else "DEFAULT_4XX", code, message,
+                                                error_type, request_id)
+
+        self._server = serve_in_thread(host, port, Handler, what="API", option="--api-port")
         return int(self._server.server_address[1])
 
     def respond(self, event: dict[str, Any], handler: Any, request_id: str) -> int:

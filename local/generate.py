@@ -19,7 +19,7 @@ import sys
 import uuid
 from typing import Any
 
-from local.stack import API_FUNCTION, PROVIDERS, TABLE_NAME, deployed, secret_name
+from local.stack import API_FUNCTION, PROVIDERS, TABLE_NAME, DeployedProvider, deployed, secret_name
 from local.template import ROOT
 from token_vending.catalogue import by_name
 
@@ -106,16 +106,31 @@ def api_event(route: str, index: int, query: dict[str, str] | None) -> dict[str,
     }
 
 
+def min_ttl_limit(provider: DeployedProvider) -> int:
+    """The largest ``min_ttl`` the provider's function accepts (the layer's own rule: its documented lifetime,
+    ``TOKEN_LIFETIME`` if set, less the refresh margin): an event must not ask a short-lived provider for more."""
+    from token_vending import constants
+    from token_vending.freshness import RefreshPolicy
+    from token_vending.settings import cache_settings
+
+    env = provider.environment
+    profile = by_name().get(provider.route)
+    documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
+    lifetime = int(env.get(constants.TOKEN_LIFETIME_ENV) or documented)
+    cache = cache_settings(env, provider.route)
+    return RefreshPolicy(cache.refresh_margin_seconds, cache.refresh_margin_ratio).min_ttl_limit(lifetime)
+
+
 def events() -> dict[str, dict[str, Any]]:
     """File name -> content: a request for one allowed scope where the provider has scopes, else one
-    asking for a token that lasts at least five minutes."""
+    asking for a token that lasts at least five minutes (or as long as the provider's tokens allow)."""
     files: dict[str, dict[str, Any]] = {}
     for index, provider in enumerate(PROVIDERS):
         scopes = provider.environment.get("ALLOWED_SCOPES", "").split()
-        query = {"scope": scopes[-1]} if scopes else {"min_ttl": "300"}
+        query = {"scope": scopes[-1]} if scopes else {"min_ttl": str(min(300, min_ttl_limit(provider)))}
         files[f"api-{provider.route}.json"] = api_event(provider.route, index, query)
         files[f"invoke-{provider.route}.json"] = {**({"scope": scopes[-1]} if scopes else {}),
-                                                  "min_ttl": 60, "force_refresh": False}
+                                                  "min_ttl": min(60, min_ttl_limit(provider)), "force_refresh": False}
     return files
 
 

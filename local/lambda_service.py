@@ -283,7 +283,7 @@ class LambdaService:
                     headers["X-Amz-Function-Error"] = error
                 self.send_json(200, payload, headers)
 
-        self._server = serve_in_thread(host, port, Handler)
+        self._server = serve_in_thread(host, port, Handler, what="Lambda Invoke API", option="--lambda-port")
         return int(self._server.server_address[1])
 
     def stop(self) -> None:

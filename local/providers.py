@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self, cast
@@ -84,6 +84,9 @@ _FORM_TYPE: Final = "application/x-www-form-urlencoded"
 _MAX_BODY: Final = 1024 * 1024
 _MAX_ASSERTION_SECONDS: Final = 300
 _LOOPBACK_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
+UNDOCUMENTED_LIFETIME: Final = 3600
+"""Seconds an emulator's tokens live when neither its rules nor a catalogue entry say (a plain RFC 6749 server's
+customary hour)."""
 _BODY_MEMBERS: Final = frozenset({"access_token", "token_type", "expires_in", "scope"})
 
 
@@ -345,7 +348,8 @@ class _Endpoint:
             return f"{rules.token_prefix}{secrets.token_urlsafe(32)}"
         now = int(time.time())
         values: dict[str, Any] = {
-            "iat": now, "exp": now + settings.lifetime(rules.expires_in), "jti": secrets.token_hex(16),
+            "iat": now, "exp": now + settings.lifetime(rules.expires_in or UNDOCUMENTED_LIFETIME),
+            "jti": secrets.token_hex(16),
             "client_id": settings.client_id, "scope": scope or "",
             **{name: settings.options[name] for name, _ in rules.options},
         }
@@ -611,15 +615,17 @@ class ProviderEmulator:
     def __init__(self, route: str | ClientCredentialsProfile, *, port: int = 0, host: str = "127.0.0.1",
                  client_id: str | None = None, client_secret: str | None = None, rules: EmulatorRules | None = None,
                  **options: Any) -> None:
+        profile = route if isinstance(route, ClientCredentialsProfile) else catalogue.entry(route)
         if isinstance(route, ClientCredentialsProfile):
             rules = rules or route.emulator
             route = route.name
         elif rules is None:
-            found = catalogue.entry(route)
-            if found is None:
+            if profile is None:
                 known = ", ".join(entry.name for entry in catalogue.CATALOGUE)
                 raise ValueError(f"unknown route {route!r}; expected one of {known} (or its rules)")
-            rules = found.emulator
+            rules = profile.emulator
+        if rules.expires_in is None:  # tokens as long-lived as the entry documents (an hour without an entry)
+            rules = replace(rules, expires_in=profile.lifetime if profile is not None else UNDOCUMENTED_LIFETIME)
         valueless = set(rules.response_fields) - _BODY_MEMBERS - {name for name, _ in rules.extra_fields}
         if valueless:
             raise ValueError(f"{route}: response_fields without a value: {', '.join(sorted(valueless))}")

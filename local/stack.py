@@ -156,6 +156,8 @@ class StackConfig:
     """``None``: the embedded moto server."""
     provider_urls: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Route -> its whole secret document (``--config``: a PEM key, a certificate...), instead of ``credentials``."""
     function_env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every function (e.g. ``MEMORY_CACHE_SECONDS``)."""
     provider_env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -359,11 +361,13 @@ class LocalStack:
         secrets = self.client("secretsmanager")
         for provider in PROVIDERS:
             credentials = self.config.credentials.get(provider.route)
-            if credentials is None:
-                continue
-            document = {"client_id": credentials[0]}
-            if self.config.client_auth.get(provider.route) != "private_key_jwt":
-                document["client_secret"] = credentials[1]
+            document = self.config.secrets.get(provider.route)
+            if document is None:
+                if credentials is None:
+                    continue
+                document = {"client_id": credentials[0]}
+                if self.config.client_auth.get(provider.route) != "private_key_jwt":
+                    document["client_secret"] = credentials[1]
             value = json.dumps(document)
             try:
                 secrets.create_secret(Name=self.secret_name(provider.route), SecretString=value)

@@ -81,3 +81,31 @@ def test_local_service_answers_and_stops_cleanly_on_ctrl_c() -> None:
     for pid in children:
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text().lower(), f"process {pid} outlived the runner"
+
+
+@pytest.mark.parametrize(("which", "option", "what"), [
+    ("api", "--api-port", "API"), ("lambda", "--lambda-port", "Lambda Invoke API"),
+    ("aws", "--aws-port", "embedded AWS"), ("emulator", "--provider-port-base", "emulator"),
+])
+def test_a_port_in_use_is_one_line_naming_it_and_nothing_starts(which: str, option: str, what: str) -> None:
+    """A second ``make local`` (or anything else on a port it needs) is told which port, by whom, and how to move
+    it: exit 2, no traceback, and nothing left listening on the other ports."""
+    ports = {"api": free_port(), "lambda": free_port(), "aws": free_port()}
+    ports["emulator"] = free_run_of_ports(len(PROVIDERS), avoid=set(ports.values()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "layers" / "token_vending")])}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[which]))
+        holder.listen()
+        finished = subprocess.run(
+            [sys.executable, "-m", "local", "--api-port", str(ports["api"]), "--lambda-port", str(ports["lambda"]),
+             "--aws-port", str(ports["aws"]), "--provider-port-base", str(ports["emulator"])],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 2, output
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if "in use" in line]
+    assert f"port {ports[which]} (" in line
+    assert what in line
+    assert f"pid {os.getpid()} " in line  # the holder, found in /proc: this test's own process
+    assert f"stop it or pass {option}" in line
+    assert all(_bindable(port) for port in ports.values() if port != ports[which])

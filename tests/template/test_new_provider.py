@@ -80,7 +80,11 @@ def _follow_the_guide(copy: Path) -> None:
     rows = re.search(r"^  Providers:\n(?:    .*\n)+", text, re.M)
     assert rows is not None
     text = text[:rows.end()] + row + text[rows.end():]
-    text, loops = re.subn(r"AlternativePayments\]", f"AlternativePayments, {KEY}]", text)
+    # "At the end of each of the five loop lists": the collection of every Fn::ForEach over the providers (its
+    # identifier is Provider, or Function for the alarms), found by its place in the loop, not by the name of
+    # whichever provider happens to be last.
+    text, loops = re.subn(r"(Fn::ForEach::\w+:\n\s*- (?:Provider|Function)\n\s*- \[[^\]\n]*)\]", rf"\1, {KEY}]",
+                          text)
     assert loops == 5, f"the guide names five loop lists, the template has {loops}"
     template.write_text(text)
     generated = subprocess.run([sys.executable, "-m", "local.generate"], cwd=copy, env=_env(copy),

@@ -179,3 +179,54 @@ def test_a_malformed_content_length_is_a_bad_request_not_a_hang(gateway: tuple[s
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert lambdas.events == []
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Sends ``request`` as written and reads the answer until the gateway closes the connection."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "error"), [
+    (b"GET /v1/token/pyng?scope=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "invalid_request"),
+    (b"GET /v1/token/pyng HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "invalid_request"),
+    (b"BREW /v1/token/pyng HTTP/1.1\r\nHost: x\r\n\r\n", 403, "access_denied"),
+    (b"TRACE /v1/token/pyng HTTP/1.1\r\nHost: x\r\n\r\n", 403, "access_denied"),
+    (b"GET /v1/token/pyng HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "invalid_request"),
+], ids=["70KB-url", "70KB-header", "BREW", "TRACE", "bad-length"])
+def test_what_the_http_server_refuses_is_a_deployed_gateway_response(
+        gateway: tuple[str, RecordingLambdas], request_bytes: bytes, status: int, error: str) -> None:
+    """No HTML page from the standard library: JSON in the template's gateway-response shape, ``no-store``; an
+    unknown method is ``Missing Authentication Token``, as for any method the API has no route for."""
+    url, lambdas = gateway
+    code, headers, body = _raw(url, request_bytes)
+    assert code == status
+    assert headers["content-type"] == "application/json"
+    assert (headers["cache-control"], headers["pragma"]) == ("no-store", "no-cache")
+    document = json.loads(body)
+    assert document["error"] == error
+    assert document["request_id"] == headers["x-amzn-requestid"]
+    assert "aaaa" not in document["error_description"]  # the caller's input is not echoed
+    if status == 403:
+        assert document["error_description"] == "Missing Authentication Token"
+    assert lambdas.events == []
+
+
+def test_head_is_missing_its_authentication_token_without_a_body(gateway: tuple[str, RecordingLambdas]) -> None:
+    url, lambdas = gateway
+    code, headers, body = _raw(url, b"HEAD /v1/token/pyng HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert code == 403
+    assert (headers["content-type"], headers["cache-control"]) == ("application/json", "no-store")
+    assert int(headers["content-length"]) > 0
+    assert body == b""
+    assert lambdas.events == []

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import requests
@@ -854,3 +854,18 @@ def test_main_serves_until_signalled(sig: signal.Signals) -> None:
     assert proc.returncode == 0, err
     assert "-> 200" in err
     assert secret not in out + err
+
+
+@pytest.mark.parametrize("token", ["opaque", "jwt"])
+def test_an_entry_s_documented_lifetime_is_what_its_emulator_issues(start: Factory,
+                                                                    token: Literal["opaque", "jwt"]) -> None:
+    """A provider documented at 300 s gets 300 s tokens locally (``expires_in`` and a JWT's ``exp - iat``),
+    without stating it again in its emulator rules."""
+    rules = EmulatorRules(token=token, claims=(("iat", "{iat}"), ("exp", "{exp}")) if token == "jwt" else ())
+    profile = ClientCredentialsProfile(name="acme", auth=ClientAuth.BASIC_HEADER, lifetime=300, emulator=rules)
+    emu = start(profile)
+    body = assert_json(standard_request(profile, emu), 200)
+    assert body["expires_in"] == 300
+    if token == "jwt":
+        claims = decode_jwt(body["access_token"], emu.jwt_key)
+        assert claims["exp"] - claims["iat"] == 300

@@ -76,3 +76,31 @@ def test_min_ttl_above_documented_lifetime_minus_margin_is_refused_before_any_ca
 def test_default_min_ttl_never_exceeds_the_limit() -> None:
     """Issue 8 item 5: a caller never gets a client error for a parameter it did not send."""
     assert parse_request({}, provider="p", allowed=frozenset(), default=frozenset(), min_ttl_limit=45).min_ttl == 45
+
+
+def test_a_too_long_scope_is_told_the_limit() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({"scope": "x" * 10_000})
+    assert refused.value.description == "scope is too long: at most 2048 characters"
+
+
+@pytest.mark.parametrize("raw", ["-1", -1, "901", 5000])
+def test_a_min_ttl_out_of_range_is_told_the_range(raw: Any) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({"min_ttl": raw})
+    assert refused.value.description.startswith("min_ttl must be between 0 and 810 seconds for this provider")
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", True])
+def test_a_min_ttl_that_is_no_number_is_told_the_range_too(raw: Any) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({"min_ttl": raw})
+    assert refused.value.description.startswith("min_ttl must be a whole number of seconds; between 0 and 810")
+
+
+def test_a_scope_outside_the_configured_set_names_the_allowed_ones_not_the_request() -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse({"scope": "billing:admin billing:batches:read"})
+    assert refused.value.description == ("scope names 1 scope(s) outside the configured set; this provider allows: "
+                                         "billing:batches:read billing:customers:read")
+    assert "billing:admin" not in refused.value.description

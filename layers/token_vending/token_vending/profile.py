@@ -122,8 +122,9 @@ class EmulatorRules:
     ``jwt`` (HS256 over ``claims``)."""
     token_prefix: str = ""
     token_type: str = "Bearer"
-    expires_in: int = 3600
-    """Default ``expires_in`` (run-time option), and the JWT lifetime."""
+    expires_in: int | None = None
+    """Default ``expires_in`` (run-time option), and the JWT lifetime; ``None``: the entry's documented
+    ``lifetime`` (what a provider that keeps its word issues)."""
     claims: tuple[tuple[str, str], ...] = (
         ("sub", "{client_id}"), ("iat", "{iat}"), ("exp", "{exp}"), ("jti", "{jti}"))
     """JWT claims in order; ``{client_id}``, ``{scope}``, ``{iat}``, ``{exp}``, ``{jti}`` (a random id) and the

@@ -42,8 +42,10 @@ class TokenRequest:
 def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset[str]) -> frozenset[str]:
     if raw is None:
         return default
-    if not isinstance(raw, str) or len(raw) > MAX_PARAMETER_LENGTH:
+    if not isinstance(raw, str):
         raise InvalidRequest("scope must be a space-separated string", provider=provider)
+    if len(raw) > MAX_PARAMETER_LENGTH:
+        raise InvalidRequest(f"scope is too long: at most {MAX_PARAMETER_LENGTH} characters", provider=provider)
     try:
         requested = parse_scope_set(raw)
     except ValueError as exc:
@@ -54,9 +56,10 @@ def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset
         raise InvalidRequest("this provider takes no scope", provider=provider)
     outside = requested - allowed
     if outside:
-        # Name how many, not which: the values are caller input and are not echoed back.
-        raise InvalidRequest(f"scope names {len(outside)} scope(s) outside the configured set",
-                             provider=provider)
+        # Name how many, not which: the values are caller input and are not echoed back. The allowed ones are
+        # configuration (a template parameter), not secrets: naming them tells the caller what to ask for.
+        raise InvalidRequest(f"scope names {len(outside)} scope(s) outside the configured set; this provider "
+                             f"allows: {' '.join(sorted(allowed))}", provider=provider)
     return requested
 
 
@@ -65,18 +68,20 @@ def _min_ttl(raw: Any, provider: str, limit: int) -> int:
     from what the cache holds: the same request gets the same answer on a cold or a warm cache."""
     if raw is None:
         return min(constants.DEFAULT_MIN_TTL, limit)  # never a client error for a parameter not sent
+    allowed = (f"min_ttl must be between 0 and {limit} seconds for this provider (its tokens are documented to "
+               f"live long enough for that, refresh margin included)")
     if isinstance(raw, bool):
-        raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
+        raise InvalidRequest(f"min_ttl must be a whole number of seconds; {allowed.removeprefix('min_ttl must be ')}",
+                             provider=provider)
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 9:
-        value = int(raw)
+    elif isinstance(raw, str) and raw.isascii() and raw.removeprefix("-").isdigit() and len(raw) <= 10:
+        value = int(raw)  # a negative number is a number out of range, and is told so
     else:
-        raise InvalidRequest("min_ttl must be an integer number of seconds", provider=provider)
-    if not 0 <= value <= limit:
-        raise InvalidRequest(f"min_ttl must be between 0 and {limit} for this provider (its tokens are "
-                             f"documented to live long enough for that, refresh margin included)",
+        raise InvalidRequest(f"min_ttl must be a whole number of seconds; {allowed.removeprefix('min_ttl must be ')}",
                              provider=provider)
+    if not 0 <= value <= limit:
+        raise InvalidRequest(allowed, provider=provider)
     return value
 
 
