@@ -6,7 +6,7 @@ signature is verified from the request as received (:mod:`local.sigv4`) with the
 refusals are the gateway responses template.yaml deploys (status, headers, body, rendered from the template, plus
 the ``x-amzn-ErrorType`` and ``x-amzn-RequestId`` headers API Gateway adds); and the proxy event (REST API,
 payload format 1.0) carries the verified caller in ``requestContext.identity``. What it cannot do (IAM policy and
-resource policy evaluation, throttling), the README says.
+resource policy evaluation, throttling), docs/local-run.md says.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def env_json() -> dict[str, dict[str, str]]:
                                  "scopes": provider.environment.get("ALLOWED_SCOPES", ""),
                                  "default_scopes": provider.environment.get("DEFAULT_SCOPES", "")}
     # The API's provider table as one declared variable: sam local does not expand the loop in its
-    # environment (README, "Running it locally").
+    # environment (docs/sam-local-and-step-functions.md).
     api = {**COMMON, "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_SERVICE,
            "PROVIDERS": json.dumps(table, separators=(",", ":"))}
     return {API_FUNCTION: api, **functions}
