@@ -132,15 +132,6 @@ def cfn_lint_metadata(old: dict[str, Any], provider: Provider) -> None:
         metadata["cfn-lint"] = {"config": {"ignore_checks": checks}}
 
 
-def signing_key_needs_private_key_jwt(conditions: dict[str, Any], provider: Provider) -> None:
-    """Has<Key>SigningKey needs <Key>ClientAuth private_key_jwt as well (the Rules that refused a key without
-    it could not be looped): a key given for another method grants nothing."""
-    name = f"Has{provider.key}SigningKey"
-    assert conditions[name] == {"Fn::Not": [{"Fn::Equals": [{"Ref": f"{provider.key}SigningKeyArn"}, ""]}]}
-    conditions[name] = {"Fn::And": [
-        conditions[name], {"Fn::Equals": [{"Ref": f"{provider.key}ClientAuth"}, SIGNING_KEY_CLIENT_AUTH]}]}
-
-
 def output_descriptions(outputs: dict[str, Any], provider: Provider) -> None:
     """The outputs' descriptions are the loop's, naming the key (every provider function takes a scope)."""
     function, secret = outputs[f"{provider.key}FunctionArn"], outputs[f"{provider.key}SecretArn"]
@@ -254,7 +245,6 @@ def test_provider_conditions_and_outputs_are_the_old_ones_but_for_the_intended_c
     provider, template = BY_KEY[key], load_template()
     conditions = {name: copy.deepcopy(value) for name, value in GOLDEN["Conditions"].items() if key in name}
     assert set(conditions) == {f"Create{key}Secret", f"Has{key}SigningKey"}
-    signing_key_needs_private_key_jwt(conditions, provider)
     assert {name: template["Conditions"][name] for name in conditions} == conditions
     outputs = {name: copy.deepcopy(value) for name, value in GOLDEN["Outputs"].items() if name.startswith(key)}
     assert set(outputs) == {f"{key}FunctionArn", f"{key}SecretArn"}

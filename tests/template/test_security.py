@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import itertools
 import json
 import re
@@ -325,24 +326,33 @@ def test_signing_conditions_are_what_the_layer_sends() -> None:
         assert ast.unparse(algorithm.value) == "KMS_ALGORITHMS", f"{where}: {ast.unparse(algorithm)}"
 
 
+@pytest.mark.parametrize("catalogue_signs", [False, True], ids=["catalogue-other-method", "catalogue-private-key-jwt"])
 @pytest.mark.parametrize("route", list(PROVIDERS))
-def test_a_signing_key_is_granted_only_with_private_key_jwt(
-    translated: dict[str, Any], route: str, monkeypatch: pytest.MonkeyPatch
+def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
+    translated: dict[str, Any], route: str, catalogue_signs: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A key given for a function that would never sign with it grants nothing (Has<Provider>SigningKey needs
-    private_key_jwt too), and the function refuses it as misconfigured: no kms:Sign is held unused. (Rules no
-    longer refuse the combination before deployment: the template's loops cannot write one per provider.)"""
+    """Has<Provider>SigningKey follows the key alone: with <Provider>ClientAuth empty the catalogue's method
+    applies, and an entry whose method is private_key_jwt signs with the key, so it must hold kms:Sign. With
+    any other effective method the function refuses the key as misconfigured before anything is signed. No key,
+    no grant, whatever the method. (Rules do not refuse the combination: the template's loops cannot write one
+    per provider.)"""
     provider = PROVIDERS[route]
+    if catalogue_signs:  # an entry added with private_key_jwt as its method (docs/adding-a-provider.md)
+        from token_vending import catalogue
+        from token_vending.profile import ClientAuth
+
+        profile = dataclasses.replace(catalogue.entry(route), auth=ClientAuth.PRIVATE_KEY_JWT)
+        monkeypatch.setattr(catalogue, "CATALOGUE", tuple(
+            profile if candidate.name == route else candidate for candidate in catalogue.CATALOGUE))
     key = {f"{provider.key}SigningKeyArn": SIGNING_KEYS[route]}
     methods = translated["Parameters"][f"{provider.key}ClientAuth"]["AllowedValues"]
-    assert SIGNING_KEY_CLIENT_AUTH in methods
+    assert {"", SIGNING_KEY_CLIENT_AUTH} <= set(methods)
     for method in methods:
         evaluate = Evaluator(translated, key | {f"{provider.key}ClientAuth": method})
         assert not evaluate.rules_hold()
-        signs = method == SIGNING_KEY_CLIENT_AUTH
-        assert evaluate.condition(f"Has{provider.key}SigningKey") is signs, method
-        expected = {f"{provider.function}Role": _signing_statements(SIGNING_KEYS[route])} if signs else {}
-        assert _signing_grants(translated, evaluate) == expected, method
+        assert evaluate.condition(f"Has{provider.key}SigningKey"), method
+        assert _signing_grants(translated, evaluate) == {
+            f"{provider.function}Role": _signing_statements(SIGNING_KEYS[route])}, method
         # the function deployed so: told of the key, refused unless it signs with it
         variables = evaluate(translated["Resources"][provider.function]["Properties"]["Environment"])["Variables"]
         assert variables["SIGNING_KEY_ID"] == SIGNING_KEYS[route]
@@ -352,7 +362,7 @@ def test_a_signing_key_is_granted_only_with_private_key_jwt(
             monkeypatch.setenv(name, str(value))
         function = ProviderFunction.from_catalogue(route, logger=MagicMock(), metrics=MagicMock(),
                                                    dynamodb=MagicMock(), secretsmanager=MagicMock())
-        if signs:
+        if method == SIGNING_KEY_CLIENT_AUTH or (method == "" and catalogue_signs):
             assert function.vendor().settings.signing_key_id == SIGNING_KEYS[route]
         else:
             with pytest.raises(Misconfigured, match="SIGNING_KEY_ID needs CLIENT_AUTH private_key_jwt"):
