@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         emulators.append(emulator)
         urls[provider.route] = emulator.url
         credentials[provider.route] = LOCAL_CREDENTIALS[provider.route]
+        if _signs_by_default(provider.route):  # as --client-auth ROUTE=private_key_jwt: a local KMS key signs
+            client_auth.setdefault(provider.route, "private_key_jwt")
 
     stack = LocalStack(StackConfig(host=args.host, api_port=args.api_port, lambda_port=args.lambda_port,
                                    aws_port=args.aws_port, provider_urls=urls, credentials=credentials,
@@ -156,6 +158,16 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"--config {path}: must be a JSON object of provider -> settings")
     return document
+
+
+def _signs_by_default(route: str) -> bool:
+    """Whether ``route``'s catalogue entry authenticates with ``private_key_jwt`` (its emulator then verifies
+    assertions signed by the key the local stack creates, as with ``--client-auth``)."""
+    from token_vending.catalogue import entry
+    from token_vending.profile import ClientAuth
+
+    profile = entry(route)
+    return profile is not None and profile.auth is ClientAuth.PRIVATE_KEY_JWT
 
 
 def real_provider(route: str, entry: Any) -> tuple[str, dict[str, str], str]:

@@ -37,14 +37,15 @@ GENERATED = {"env.json", f"events/api-{ROUTE}.json", f"events/invoke-{ROUTE}.jso
 BUDGET_LINES, BUDGET_FILES = 50, 5
 
 
-def readme_steps() -> tuple[str, str, str, str]:
-    """The catalogue entry, the parameters, the console group and the mapping row, as the guide shows them."""
+def readme_steps() -> tuple[str, str, str, str, str]:
+    """The catalogue entry, the parameters, the console group, the mapping row and the token API's scope
+    settings, as the guide shows them."""
     section = (ROOT / "docs" / "adding-a-provider.md").read_text()
     # The blocks sit in a numbered list: their lines carry its three spaces of indentation.
     blocks = [re.sub(r"^ {3}", "", block, flags=re.M)
               for block in re.findall(r"```(?:python|yaml)\n(.*?)```", section, re.S)]
-    assert len(blocks) == 4, "the guide's four code blocks (entry, parameters, console group, mapping row)"
-    return blocks[0], blocks[1], blocks[2], blocks[3]
+    assert len(blocks) == 5, "the guide's five code blocks (entry, parameters, console group, mapping row, scopes)"
+    return blocks[0], blocks[1], blocks[2], blocks[3], blocks[4]
 
 
 def _copy_repository(target: Path) -> None:
@@ -65,7 +66,7 @@ def _copy_repository(target: Path) -> None:
 
 
 def _follow_the_guide(copy: Path) -> None:
-    entry, parameters, group, row = readme_steps()
+    entry, parameters, group, row, api_scopes = readme_steps()
     catalogue = copy / "layers" / "token_vending" / "token_vending" / "catalogue.py"
     text = catalogue.read_text()
     end = text.index("\n)\n", text.index("CATALOGUE:"))
@@ -80,6 +81,8 @@ def _follow_the_guide(copy: Path) -> None:
     rows = re.search(r"^  Providers:\n(?:    .*\n)+", text, re.M)
     assert rows is not None
     text = text[:rows.end()] + row + text[rows.end():]
+    at = text.index("\n", text.index("          DEFAULT_SCOPES_Pyng:")) + 1  # "after DEFAULT_SCOPES_Pyng"
+    text = text[:at] + api_scopes + text[at:]
     # "At the end of each of the five loop lists": the collection of every Fn::ForEach over the providers (its
     # identifier is Provider, or Function for the alarms), found by its place in the loop, not by the name of
     # whichever provider happens to be last.
@@ -236,16 +239,38 @@ def test_make_local_serves_it_from_its_default_emulator(copy: Path) -> None:
 
 @pytest.mark.integration
 def test_make_local_config_sends_it_to_a_standards_server(copy: Path, tmp_path: Path) -> None:
-    client = RegisteredClient("urn:acme:svc-1", "p@ss:w+rd/=&", frozenset({"billing:read"}))
-    with AuthlibTokenServer([client], expires_in=3600) as server:
+    """The guide's last step for private_key_jwt with a PEM key: the JWKS its command prints (through the copy's
+    code) is what the provider registers, and Authlib's server then grants the 5-minute token for the scopes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from joserfc import jwk
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    (tmp_path / "acme-key.pem").write_text(pem)
+    printed = subprocess.run([sys.executable, "-m", "token_vending.jwks", "--pem", str(tmp_path / "acme-key.pem")],
+                             cwd=copy, env=_env(copy), capture_output=True, text=True, check=False)
+    assert printed.returncode == 0, printed.stderr
+    jwks = json.loads(printed.stdout)
+    (registered,) = jwks["keys"]
+    assert "d" not in registered
+    assert registered["kid"] == jwk.import_key(pem, "EC").thumbprint()  # RFC 7638, computed by joserfc
+    scopes = frozenset({"billing:read", "billing:write"})  # the guide's AcmeScopes default
+    client = RegisteredClient("urn:acme:svc-1", "", scopes, frozenset({"private_key_jwt"}), jwks=jwks)
+    with AuthlibTokenServer([client], expires_in=300) as server:
         config = tmp_path / "local.json"
-        config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_id": client.client_id,
-                                              "client_secret": client.client_secret}}))
+        config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_auth": "private_key_jwt",
+                                              "client_id": client.client_id, "private_key": pem}}))
         with _local(copy, "--config", str(config)) as url:
             first = signed_get(f"{url}{ROUTE}", timeout=60)
             assert first.status_code == 200, first.text
+            assert set(first.json()["scope"].split()) == scopes
+            assert 240 <= first.json()["expires_in"] <= 300
             again = signed_get(f"{url}{ROUTE}", timeout=60)
             assert again.json()["access_token"] == first.json()["access_token"]
             assert server.token_requests == 1, "the second answer came from the cache"
             (request,) = server.received()
-            assert request.headers["Authorization"].startswith("Basic ")  # client_secret_basic, RFC 6749 2.3.1
+            assert "Authorization" not in request.headers  # no shared secret: a signed assertion (RFC 7523)
+            assert request.form["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+            assert set(request.form["scope"][0].split()) == scopes
