@@ -321,9 +321,9 @@ def test_shared_resources_are_the_old_ones_but_for_the_intended_changes() -> Non
     old = copy.deepcopy(GOLDEN["SharedResources"])
     new = {name: copy.deepcopy(template["Resources"][name]) for name in old}
     variables = new[TOKEN_API]["Properties"]["Environment"]["Variables"]
-    for name in [name for name in variables if name.startswith("FUNCTION_")]:
-        if name.removeprefix("FUNCTION_") not in GOLDEN_KEYS:
-            del variables[name]  # a provider added since: its function joins the token API's table
+    for name in [name for name in variables if re.match(r"(FUNCTION|SCOPES|DEFAULT_SCOPES)_", name)]:
+        if name.split("_")[-1] not in GOLDEN_KEYS:
+            del variables[name]  # a provider added since: its function (and scopes) join the token API's table
     functions_named_one_by_one(old)
     invoke_permission_per_provider(old, template)
     token_api_marks_use(old)

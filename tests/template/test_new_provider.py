@@ -122,6 +122,20 @@ def test_the_change_is_one_entry_and_its_parameters(copy: Path) -> None:
     assert len(changed) <= BUDGET_FILES, f"{len(changed)} files: {sorted(changed)}"
 
 
+def test_the_example_is_a_short_lived_scoped_private_key_jwt_provider(copy: Path) -> None:
+    script = ("from token_vending.catalogue import entry; e = entry('acme'); "
+              "print(e.auth.value, e.lifetime, e.scope.value)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=copy, env=_env(copy), capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    auth, lifetime, scope = result.stdout.split()
+    assert (auth, int(lifetime)) == ("private_key_jwt", 300)
+    assert scope == "required"
+    api_env = _expanded(copy)["Resources"]["TokenApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert api_env[f"SCOPES_{KEY}"] == {"Ref": f"{KEY}Scopes"}
+    assert api_env[f"DEFAULT_SCOPES_{KEY}"] == {"Ref": f"{KEY}DefaultScopes"}
+
+
 def test_sam_validate_and_cfn_lint_pass(copy: Path) -> None:
     env = tool_env(python313_dir())
     linted = run([require_tool(CFN_LINT), "template.yaml"], cwd=copy, env=env)
@@ -260,8 +274,9 @@ def test_make_local_config_sends_it_to_a_standards_server(copy: Path, tmp_path: 
     client = RegisteredClient("urn:acme:svc-1", "", scopes, frozenset({"private_key_jwt"}), jwks=jwks)
     with AuthlibTokenServer([client], expires_in=300) as server:
         config = tmp_path / "local.json"
-        config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_auth": "private_key_jwt",
-                                              "client_id": client.client_id, "private_key": pem}}))
+        # no client_auth: the guide's catalogue entry says private_key_jwt (a secret-based one would be refused)
+        config.write_text(json.dumps({ROUTE: {"token_url": server.url, "client_id": client.client_id,
+                                              "private_key": pem}}))
         with _local(copy, "--config", str(config)) as url:
             first = signed_get(f"{url}{ROUTE}", timeout=60)
             assert first.status_code == 200, first.text

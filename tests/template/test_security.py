@@ -337,13 +337,17 @@ def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
     no grant, whatever the method. (Rules do not refuse the combination: the template's loops cannot write one
     per provider.)"""
     provider = PROVIDERS[route]
-    if catalogue_signs:  # an entry added with private_key_jwt as its method (docs/adding-a-provider.md)
-        from token_vending import catalogue
-        from token_vending.profile import ClientAuth
+    from token_vending import catalogue
+    from token_vending.profile import ClientAuth
 
-        profile = dataclasses.replace(catalogue.entry(route), auth=ClientAuth.PRIVATE_KEY_JWT)
-        monkeypatch.setattr(catalogue, "CATALOGUE", tuple(
-            profile if candidate.name == route else candidate for candidate in catalogue.CATALOGUE))
+    profile = catalogue.entry(route)
+    assert profile is not None
+    if catalogue_signs:  # an entry added with private_key_jwt as its method (docs/adding-a-provider.md)
+        profile = dataclasses.replace(profile, auth=ClientAuth.PRIVATE_KEY_JWT)
+    elif profile.auth is ClientAuth.PRIVATE_KEY_JWT:
+        profile = dataclasses.replace(profile, auth=ClientAuth.FORM_BODY)
+    monkeypatch.setattr(catalogue, "CATALOGUE", tuple(
+        profile if candidate.name == route else candidate for candidate in catalogue.CATALOGUE))
     key = {f"{provider.key}SigningKeyArn": SIGNING_KEYS[route]}
     methods = translated["Parameters"][f"{provider.key}ClientAuth"]["AllowedValues"]
     assert {"", SIGNING_KEY_CLIENT_AUTH} <= set(methods)

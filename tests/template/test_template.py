@@ -317,8 +317,8 @@ def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
         if logical_id != TOKEN_API:  # no SQS under sam local: no renewal timers (env.json empties the queue URL)
             assert env[constants.RENEWAL_QUEUE_URL_ENV] == "", logical_id
             optional_empty.add(constants.RENEWAL_QUEUE_URL_ENV)
-        if logical_id == TOKEN_API:  # all of SCOPES_Pyng; no token URL of its own
-            optional_empty |= {"DEFAULT_SCOPES_Pyng", constants.TOKEN_URL_ENV}
+        if logical_id == TOKEN_API:  # empty DEFAULT_SCOPES_<Key>: all of SCOPES_<Key>; no token URL of its own
+            optional_empty |= {name for name in env if name.startswith("DEFAULT_SCOPES_")} | {constants.TOKEN_URL_ENV}
         empty = {k for k, v in env.items() if v == "" and k not in optional_empty and not UNEXPANDED_LOOP.match(k)}
         assert not empty, f"{logical_id}: sam local would pass empty {sorted(empty)}"
     assert sam_local_env[TOKEN_API]["timeout"] == TOKEN_API_TIMEOUT

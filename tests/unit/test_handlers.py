@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from local.stack import PROVIDERS as DEPLOYED
 from tests.unit.conftest import REPO_ROOT, TABLE, load_app
 from token_vending.catalogue import CATALOGUE
 from token_vending.exceptions import UpstreamRejected
@@ -17,7 +18,9 @@ EVENTS = REPO_ROOT / "events"
 ROUTES = {entry.name: entry.name for entry in CATALOGUE}
 """Route -> what ``load_app`` loads for it (the one provider function as that provider's copy)."""
 PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
-PROVIDERS = {entry.name: {"function": f"{entry.name}-fn", "scopes": PYNG_SCOPES if entry.name == "pyng" else "",
+SCOPES = {provider.route: provider.environment.get("ALLOWED_SCOPES", "") for provider in DEPLOYED}
+"""Route -> the scopes its template parameters grant by default (what ``events/`` requests from)."""
+PROVIDERS = {entry.name: {"function": f"{entry.name}-fn", "scopes": SCOPES[entry.name],
                           "lifetime": entry.lifetime} for entry in CATALOGUE}
 
 
@@ -44,7 +47,7 @@ class PyngFunction:
 
 
 def scope_key_of(raw: str | None, route: str) -> str:
-    scopes = (raw or (PYNG_SCOPES if route == "pyng" else "")).split()
+    scopes = (raw or SCOPES[route]).split()
     return " ".join(sorted(set(scopes)))
 
 
@@ -78,7 +81,7 @@ def test_invoke_event_files_are_served_from_the_cache(moto_table: Any, context: 
     monkeypatch.setenv("PROVIDER_NAME", route)
     monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
     monkeypatch.setenv("SECRET_ID", f"token-vending/{route}")
-    monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES if route == "pyng" else "")
+    monkeypatch.setenv("ALLOWED_SCOPES", SCOPES[route])
     event = json.loads((EVENTS / f"invoke-{route}.json").read_text())
     seed(moto_table, route, scope_key_of(event.get("scope"), route), f"cached-{route}")
     body = load_app(ROUTES[route]).handler(event, context)
