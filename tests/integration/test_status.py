@@ -269,3 +269,24 @@ def test_missing_stack_is_a_one_line_error(moto_server: str, aws_env: dict[str, 
     assert status.main(["--stack", "no-such-stack"]) == 2
     assert capsys.readouterr().err.strip() == ("token_vending.status: stack no-such-stack does not exist "
                                                 "(or cannot be described)")
+
+
+def test_the_local_stack_is_read_without_credentials_of_ones_own(aws_env: dict[str, str],
+                                                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user runs the command beside ``make local`` in a shell with no AWS credentials: the local stack
+    takes any, so its table is read (a deployed one still needs the user's own: the test above)."""
+    from token_vending import constants
+
+    client = boto3.client("dynamodb", endpoint_url=aws_env["AWS_ENDPOINT_URL_DYNAMODB"], region_name="us-east-1")
+    create_table(client, constants.LOCAL_TABLE_NAME)
+    try:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        assert status.main(["--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["table"] == constants.LOCAL_TABLE_NAME
+    finally:
+        client.delete_table(TableName=constants.LOCAL_TABLE_NAME)

@@ -47,6 +47,8 @@ PROJECTED = ("pk", "sk", "access_token", "expires_at", "fetched_at", "lifetime",
 NO_SCOPE = "(none)"
 """How the human table shows a provider's scope set when the provider takes no scope."""
 EXIT_USAGE = 2
+LOCAL_CREDENTIALS = "testing"
+"""What the local stack (make local) runs with; used to read it when the shell has no credentials."""
 
 
 class StatusError(Exception):
@@ -398,6 +400,10 @@ def _connect(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[DynamoDB
         region = region or "us-east-1"
     try:
         session = boto3.session.Session(region_name=region)
+        if endpoint is not None and session.get_credentials() is None:
+            # The local stack takes any credentials: a reader of it needs none of its own.
+            session = boto3.session.Session(region_name=region, aws_access_key_id=LOCAL_CREDENTIALS,
+                                            aws_secret_access_key=LOCAL_CREDENTIALS)
         client = session.client("dynamodb", endpoint_url=endpoint)
         if args.stack is not None:
             return client, stack_table(session.client("cloudformation"), args.stack)
