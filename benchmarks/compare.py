@@ -16,6 +16,7 @@ Default figures: ``cold_start_ratio`` (with ``cold_start_api_ms``, ``cold_start_
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -64,13 +65,13 @@ def remove(target: Path) -> None:
 
 def table(rev: str, old: dict[str, list[float]], new: dict[str, list[float]]) -> list[str]:
     def median(values: list[float]) -> float:
-        finite = [value for value in values if value == value]
+        finite = [value for value in values if not math.isnan(value)]
         return statistics.median(finite) if finite else float("nan")
 
     rows = [("figure", rev[:12], "this tree", "this / " + rev[:12])]
     for name in sorted(set(old) | set(new)):
         before, after = median(old.get(name, [])), median(new.get(name, []))
-        ratio = after / before if before and before == before and after == after else float("nan")
+        ratio = after / before if before and not math.isnan(before) and not math.isnan(after) else float("nan")
         rows.append((name, f"{before:.3f}", f"{after:.3f}", f"{ratio:.3f}"))
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
