@@ -150,7 +150,8 @@ def output_descriptions(outputs: dict[str, Any], connection: Connection) -> None
     function["Description"] = (
         f'{connection.key} token function (invoke directly with {{"scope", "min_ttl", "force_refresh"}})')
     assert secret["Description"].startswith("Secret holding the ")
-    secret["Description"] = f"Secret holding the {connection.key} client credentials (fill it in if the stack created it)"
+    secret["Description"] = (
+        f"Secret holding the {connection.key} client credentials (fill it in if the stack created it)")
 
 
 def renewal_timers(old: dict[str, Any], connection: Connection) -> None:
@@ -218,7 +219,8 @@ def connection_name_and_alias_grants(old: dict[str, Any], connection: Connection
     statements = policy["PolicyDocument"]["Statement"]
     assert statements[-1]["Sid"] == "XRayTraces"
     key_arn = {"Fn::Sub": "arn:${AWS::Partition}:kms:${AWS::Region}:${AWS::AccountId}:key/*"}
-    alias = {"ForAnyValue:StringEquals": {"kms:ResourceAliases": {"Fn::Sub": f"alias/${{AWS::StackName}}/{connection.key}"}}}
+    alias_name = {"Fn::Sub": f"alias/${{AWS::StackName}}/{connection.key}"}
+    alias = {"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias_name}}
     algorithms = ["RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PSS_SHA_256", "ECDSA_SHA_256", "ECDSA_SHA_384", "ECDSA_SHA_512"]
     statements[-1:-1] = [
         {"Fn::If": [f"IsDefault{connection.key}", NO_VALUE, {
@@ -460,7 +462,8 @@ def test_the_default_connections_keep_what_sam_makes_of_them() -> None:
     def stable(resources: dict[str, str]) -> dict[str, str]:
         # the API's deployment is named after a hash SAM makes anew on every translation (AlwaysDeploy): a new
         # deployment of the same API on every stack update, by design
-        return {re.sub(r"^(TokenVendingApiDeployment)[0-9a-f]{10}$", r"\1", name): kind for name, kind in resources.items()}
+        return {re.sub(r"^(TokenVendingApiDeployment)[0-9a-f]{10}$", r"\1", name): kind
+                for name, kind in resources.items()}
 
     translated = {name: resource["Type"] for name, resource in translate()["Resources"].items()}
     assert stable(translated) == stable(BEFORE_CONNECTIONS["TranslatedResources"])

@@ -41,14 +41,15 @@ from tests.template.cfn import (
     ACCOUNT_ID,
     ALL_FUNCTIONS,
     CFN_LINT,
-    EXPANDED_LINT_IGNORES,
     CONNECTIONS,
+    EXPANDED_LINT_IGNORES,
     REGION,
     REQUIRED_PARAMETER_SAMPLES,
     ROOT,
     TOKEN_API,
     Evaluator,
     as_list,
+    fetch_settings,
     java_like_fullmatch,
     load_template,
     raw_template,
@@ -59,10 +60,8 @@ from tests.template.cfn import (
     translate,
     without_cfn_lint_ignores,
 )
-from token_vending import constants
 from token_vending.assertion import KMS_ALGORITHMS
 from token_vending.exceptions import Misconfigured
-from token_vending.provider_function import ProviderFunction
 
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 CHECKOV_HINT = "run `make deps` (it installs requirements-checkov.txt into .tools/checkov)"
@@ -75,7 +74,6 @@ SIGNING_KEYS = {
     f"{index}a5b2c3d-0000-4000-8000-00000000000{index}"
     for index, route in enumerate(CONNECTIONS, start=1)
 }
-LAYER_SETTINGS = {value for name, value in vars(constants).items() if name.endswith("_ENV") and "{" not in value}
 SIGNING_KEY_CLIENT_AUTH = "private_key_jwt"
 """The only method a KMS signing key is granted with (Has<Provider>SigningKey)."""
 KMS_SIGNING_ACTIONS = {"kms:Sign", "kms:GetPublicKey"}
@@ -331,11 +329,11 @@ def test_signing_conditions_are_what_the_layer_sends() -> None:
 def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
     translated: dict[str, Any], route: str, catalogue_signs: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Has<Provider>SigningKey follows the key alone: with <Provider>ClientAuth empty the catalogue's method
-    applies, and an entry whose method is private_key_jwt signs with the key, so it must hold kms:Sign. With
-    any other effective method the function refuses the key as misconfigured before anything is signed. No key,
-    no grant, whatever the method. (Rules do not refuse the combination: the template's loops cannot write one
-    per provider.)"""
+    """Has<Key>SigningKey follows the key alone: with <Key>ClientAuth empty the catalogue's method applies, and
+    an entry whose method is private_key_jwt signs with the key, so it must hold kms:Sign. With any other
+    effective method the function refuses the key as misconfigured before anything is signed. No key, no grant,
+    whatever the method. (Rules do not refuse the combination: the template's loops cannot write one per
+    connection.)"""
     connection = CONNECTIONS[route]
     from token_vending import catalogue
     from token_vending.profile import ClientAuth
@@ -357,20 +355,15 @@ def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
         assert evaluate.condition(f"Has{connection.key}SigningKey"), method
         assert _signing_grants(translated, evaluate) == {
             f"{connection.function}Role": _signing_statements(SIGNING_KEYS[route])}, method
-        # the function deployed so: told of the key, refused unless it signs with it
+        # the function deployed so: told of the key, refused (when it reads its secret) unless it signs with it
         variables = evaluate(translated["Resources"][connection.function]["Properties"]["Environment"])["Variables"]
         assert variables["SIGNING_KEY_ID"] == SIGNING_KEYS[route]
-        for name in LAYER_SETTINGS:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in variables.items():
-            monkeypatch.setenv(name, str(value))
-        function = ProviderFunction.from_catalogue(route, logger=MagicMock(), metrics=MagicMock(),
-                                                   dynamodb=MagicMock(), secretsmanager=MagicMock())
+        env = {name: str(value) for name, value in variables.items()}
         if method == SIGNING_KEY_CLIENT_AUTH or (method == "" and catalogue_signs):
-            assert function.vendor().settings.signing_key_id == SIGNING_KEYS[route]
+            assert fetch_settings(connection, env).signing_key_id == SIGNING_KEYS[route]
         else:
             with pytest.raises(Misconfigured, match="SIGNING_KEY_ID needs CLIENT_AUTH private_key_jwt"):
-                function.vendor()
+                fetch_settings(connection, env)
     for method in methods:  # no key: nothing granted, whatever the method
         evaluate = Evaluator(translated, {f"{connection.key}ClientAuth": method})
         assert not evaluate.condition(f"Has{connection.key}SigningKey")
@@ -415,7 +408,8 @@ def test_token_api_role_reads_the_cache_marks_use_and_invokes_the_provider_funct
         )
     expected.append(XRAY)
     assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key}) == expected
-    everyone_signs = {f"{connection.key}SigningKeyArn": SIGNING_KEYS[route] for route, connection in CONNECTIONS.items()}
+    everyone_signs = {f"{connection.key}SigningKeyArn": SIGNING_KEYS[route]
+                      for route, connection in CONNECTIONS.items()}
     everyone_signs |= {f"{connection.key}ClientAuth": SIGNING_KEY_CLIENT_AUTH for connection in CONNECTIONS.values()}
     assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key} | everyone_signs) == expected
     # lambda:InvokeFunction on each provider function, one policy each (a loop cannot add statements to one)

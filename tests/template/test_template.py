@@ -27,7 +27,6 @@ from tests.template.cfn import (
     CATALOGUE,
     CFN_LINT,
     CONNECTIONS,
-    Connection,
     DEFAULT_KEYS,
     EXPANDED_LINT_IGNORES,
     NO_VALUE,
@@ -36,6 +35,7 @@ from tests.template.cfn import (
     TEMPLATE,
     TOKEN_API,
     TOOLS_PYTHON,
+    Connection,
     Evaluator,
     emitted_metric_names,
     environment,
@@ -1048,8 +1048,8 @@ def check_token_api_connections(template: dict[str, Any], deployed_connections: 
     env = function_env(template, TOKEN_API)
     assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
     told = {name: value for name, value in env.items() if name.startswith(constants.PROVIDER_FUNCTION_ENV[:-5])}
-    assert told == {constants.PROVIDER_FUNCTION_ENV.format(key=connection.key): {"Fn::Sub": f"${{{connection.function}}}"}
-                    for connection in deployed_connections.values()}
+    assert told == {constants.PROVIDER_FUNCTION_ENV.format(key=c.key): {"Fn::Sub": f"${{{c.function}}}"}
+                    for c in deployed_connections.values()}
     deployed = environment(template, TOKEN_API)
     assert deployed[constants.PROVIDERS_ENV] == "", "the catalogue and FUNCTION_<Key> say it all when deployed"
     api = ApiSettings.from_env(deployed)
