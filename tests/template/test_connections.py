@@ -152,14 +152,19 @@ def test_the_connections_pattern_takes_keys_only() -> None:
 
 
 def test_the_rules_refuse_what_would_deploy_broken() -> None:
-    """The generic provider alone has no parameters and no name of its own to give a connection (OAuth2 needs a
-    label), and the example state machine needs the Pyng connection's function (CloudFormation refuses a
+    """A catalogue key alone is a default connection: any other provider's key alone (the generic OAuth2's) has
+    no parameters, and the template would name it by its key where the layer names it by its entry, so it needs
+    a label; and the example state machine needs the Pyng connection's function (CloudFormation refuses a
     reference to a resource the template does not declare)."""
     template = expanded_with(SEVEN_KEYS)
     assert not Evaluator(template).rules_hold()
     assert not Evaluator(template, {"Connections": "Pyng,OAuth2Acme"}).rules_hold()
-    assert Evaluator(template, {"Connections": "Pyng,OAuth2"}).rules_hold() == [
-        "Connections names OAuth2 without a label; add one (OAuth2Acme)"]
+    outside = [entry.key for entry in CATALOGUE if entry.key not in DEFAULT_KEYS]
+    assert outside, "the generic OAuth2 entry is no default connection"
+    for key in outside:
+        assert Evaluator(template, {"Connections": f"Pyng,{key}"}).rules_hold() == [
+            f"Connections names {key} without a label; add one ({key}Acme)"], key
+        assert not Evaluator(template, {"Connections": f"Pyng,{key}Acme"}).rules_hold(), key
     assert Evaluator(template, {"Connections": "Aria,AriaAu"}).rules_hold() == [
         "Connections must list Pyng, whose function the example state machine (GetTokenStateMachine) invokes"]
 
