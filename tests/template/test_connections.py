@@ -35,6 +35,7 @@ from tests.template.cfn import (
     SEVEN_KEYS,
     TEMPLATE,
     TOKEN_API,
+    TOOLS_PYTHON,
     Evaluator,
     as_list,
     connection_name,
@@ -243,6 +244,38 @@ def test_sam_translates_seven_connections(translated_seven: dict[str, Any]) -> N
     for connection in SEVEN.values():
         function = functions[connection.function]["Properties"]
         assert function["Role"] == {"Fn::GetAtt": [f"{connection.function}Role", "Arn"]}
+
+
+# SAM CLI's own implementation of AWS::LanguageExtensions (sam build and sam validate expand with it).
+_SAM_CLI_EXPANSION = r"""
+import json, sys
+from samcli.lib.cfn_language_extensions.api import process_template
+from samtranslator.yaml_helper import yaml_parse
+out = process_template(yaml_parse(open(sys.argv[1]).read()), parameter_values={"Connections": sys.argv[2]})
+print(json.dumps(out))
+"""
+
+
+def test_sam_clis_expansion_agrees(seven: dict[str, Any]) -> None:
+    """AWS's own implementation of the transform (SAM CLI's) makes the same resources, conditions and outputs of
+    the seven, and names each function's connection, partition and secret as local.template's expansion does:
+    the identifier is substituted in the mapping lookups' DefaultValue, an added connection's secret is its own."""
+    result = run([require_tool(TOOLS_PYTHON), "-c", _SAM_CLI_EXPANSION, TEMPLATE, ",".join(SEVEN_KEYS)])
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)
+    assert set(theirs["Resources"]) == set(seven["Resources"])
+    assert set(theirs["Conditions"]) == set(seven["Conditions"])
+    assert set(theirs["Outputs"]) == set(seven["Outputs"])
+    for name, connection in SEVEN.items():
+        variables = theirs["Resources"][connection.function]["Properties"]["Environment"]["Variables"]
+        assert variables[constants.CONNECTION_NAME_ENV] == name
+        (policy,) = theirs["Resources"][f"{connection.function}Role"]["Properties"]["Policies"]
+        (partition,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "OwnCachePartition"]
+        assert partition["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == [name]
+        if not connection.default:  # SAM CLI decides the condition: always the stack's placeholder
+            assert variables[constants.SECRET_ID_ENV] == {"Ref": f"{connection.key}Secret"}
+            unset = {constants.TOKEN_URL_ENV, constants.CLIENT_AUTH_ENV, constants.SIGNING_KEY_ID_ENV}
+            assert not set(variables) & unset
 
 
 # --- least privilege between the seven ---------------------------------------------------------------------------
