@@ -481,7 +481,7 @@ def pyng_function(moto_table: Any, token_endpoint: TokenEndpoint, monkeypatch: p
         Name="token-vending/hostile/pyng", SecretString=json.dumps({"client_id": CLIENT_ID,
                                                                    "client_secret": CLIENT_SECRET}))
     for name, value in {
-        "CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "TOKEN_URL": token_endpoint.url,
+        "CACHE_TABLE_NAME": TABLE, "CONNECTION_NAME": "pyng", "TOKEN_URL": token_endpoint.url,
         "TOKEN_VENDING_LOCAL_MODE": "true", "SECRET_ID": "token-vending/hostile/pyng",
         "ALLOWED_SCOPES": " ".join(PYNG_SCOPES), "TOKEN_LIFETIME": "900", "UPSTREAM_RETRIES": "0",
         # Every forced refresh reaches the token endpoint: a token fetched a moment ago does not
