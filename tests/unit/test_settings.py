@@ -65,7 +65,8 @@ def test_bad_settings_are_misconfigured_naming_the_variable(overrides: dict[str,
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"TOKEN_URL": "http://public-api.alternativepayments.io/oauth/token"}, "setting TOKEN_URL must be an https:// URL"),
+    ({"TOKEN_URL": "http://public-api.alternativepayments.io/oauth/token"},
+     "setting TOKEN_URL must be an https:// URL"),
     ({"TOKEN_URL": "http://127.0.0.1:9002/billing/oauth2/token"},  # not in local mode
      "setting TOKEN_URL must be an https:// URL"),
     ({"TOKEN_URL": "ftp://x/y"}, "setting TOKEN_URL must be an https:// URL"),
@@ -73,7 +74,8 @@ def test_bad_settings_are_misconfigured_naming_the_variable(overrides: dict[str,
     ({"DEFAULT_SCOPES": "billing:admin"},
      "setting DEFAULT_SCOPES is not a subset of the allowed scopes (setting ALLOWED_SCOPES)"),
     ({"ALLOWED_SCOPES": 'bad"scope'}, "setting ALLOWED_SCOPES holds an invalid scope"),
-    ({"ALLOWED_SCOPES": ""}, "setting ALLOWED_SCOPES is missing (or secret field scopes): the provider requires a scope"),
+    ({"ALLOWED_SCOPES": ""},
+     "setting ALLOWED_SCOPES is missing (or secret field scopes): the provider requires a scope"),
     ({"CLIENT_AUTH": "client_secret_jwt"}, "setting CLIENT_AUTH must be one of client_secret_basic, "),
     ({"SIGNING_KEY_ID": "alias/x"}, "setting SIGNING_KEY_ID needs CLIENT_AUTH private_key_jwt"),
 ])
@@ -203,8 +205,8 @@ def test_a_bad_secret_field_is_misconfigured_naming_the_field_not_its_value(secr
 def test_reserved_extra_parameters_are_the_ones_the_service_sets() -> None:
     from token_vending.profile import RESERVED_PARAMETERS
 
-    assert RESERVED_PARAMETERS == {"grant_type", "client_id", "client_secret", "client_assertion",
-                                   "client_assertion_type", "scope", "resource", "audience"}
+    assert {"grant_type", "client_id", "client_secret", "client_assertion", "client_assertion_type", "scope",
+            "resource", "audience"} == RESERVED_PARAMETERS
     for name in RESERVED_PARAMETERS:
         with pytest.raises(Misconfigured) as raised:
             resolved(BASE, {"extra_parameters": {name: "x"}})

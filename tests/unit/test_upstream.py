@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from token_vending.connection_settings import resolve
 from token_vending.credentials import ClientCredentials
 from token_vending.exceptions import UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile
-from token_vending.connection_settings import resolve
 from token_vending.settings import ProviderSettings
 from token_vending.upstream import UpstreamClient, Watchdog
 
