@@ -197,7 +197,7 @@ def test_credential_error_codes_default_to_invalid_client() -> None:
 
 # --- a connection's own parameters: audience, RFC 8707 resource, extra parameters --------------------------------
 
-RESOURCES = ("https://api.example.com/billing", "urn:example:ledger?v=2&x=a b")
+RESOURCES = ("https://api.example.com/billing", "urn:example:ledger?v=2&x=a%20b")
 EXTRA = {"organization": "org 1&2=3", "tenant": "t+ü"}
 
 
