@@ -409,3 +409,38 @@ def test_renewals_resolve_the_empty_key_and_leave_a_set_no_longer_allowed_to_exp
     kept = cache.get("PyngOrg2", "c", consistent=True)
     assert kept is not None
     assert kept.access_token == "old-c"
+
+
+def test_the_secrets_required_fields_follow_its_resolved_client_authentication(
+        moto_table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``client_auth`` in the secret decides which credential fields it must hold; each version is resolved (and its
+    unknown fields warned about) once, not on every read."""
+    import boto3
+
+    from token_vending import credentials as module
+    from token_vending.connection_settings import resolve
+    from token_vending.credentials import CredentialStore
+    from token_vending.settings import ProviderSettings
+
+    monkeypatch.setattr(module, "MISCONFIGURED_REREAD_SECONDS", 0.0)  # a fixed secret is read again at once
+    profile = connection("OAuth2Acme")
+    assert profile is not None
+    settings = ProviderSettings.from_env("OAuth2Acme", {"SECRET_ID": "acme", "CACHE_TABLE_NAME": TABLE,
+                                                        "SECRET_MAX_AGE": "0"}, profile=profile)
+    client = boto3.client("secretsmanager", region_name="us-east-1")
+    document = {"client_id": "acme", "token_url": "https://acme.example/t", "client_auth": "private_key_jwt",
+                "note": "x"}
+    client.create_secret(Name="acme", SecretString=json.dumps(document))
+    warned: list[list[str]] = []
+    store = CredentialStore("OAuth2Acme", "acme", 0, client, resolve=lambda doc: resolve(settings, doc, profile),
+                            warn=warned.append)
+    with pytest.raises(Misconfigured) as raised:
+        store.get()
+    assert raised.value.description == "secret field private_key is missing or empty"  # not client_secret
+    client.put_secret_value(SecretId="acme", SecretString=json.dumps({**document, "private_key": "PEM"}))
+    credentials = store.get()
+    assert credentials.settings is not None
+    assert credentials.settings.auth is ClientAuth.PRIVATE_KEY_JWT
+    assert credentials.settings.required_fields() == ("client_id", "private_key")
+    assert store.get() is credentials  # the same version: resolved once
+    assert warned == [["note"], ["note"]]  # once per version read
