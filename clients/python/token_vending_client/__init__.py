@@ -23,7 +23,7 @@ from token_vending_client.errors import (
     UpstreamUnavailable,
 )
 
-__version__ = "0.2.0"  # the layer's token_vending.__version__: tests/unit/test_release.py holds them equal
+__version__ = "0.3.0"  # the layer's token_vending.__version__: tests/unit/test_release.py holds them equal
 
 __all__ = [
     "AccessDenied",

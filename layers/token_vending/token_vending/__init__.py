@@ -7,4 +7,4 @@ and CHANGELOG.md's latest entry to it (neither can be read from here when it is 
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
