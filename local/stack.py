@@ -95,7 +95,7 @@ def renewal_source(template: dict[str, Any], logical_id: str, evaluate: Evaluato
 def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, DeployedProvider], dict[str, str]]:
     """Every provider function of template.yaml and the token API function's environment, evaluated with the
     parameters' defaults (``""`` for a parameter without one, such as PyngTokenUrl) or ``parameters``."""
-    template = expanded_template()
+    template = expanded_template(parameters=parameters)
     given = {name: "" for name, spec in template["Parameters"].items() if "Default" not in spec}
     evaluate = Evaluator(template, {**given, **(parameters or {})}, resource_ref=lambda name: name)
 

@@ -1,14 +1,16 @@
 """template.yaml as CloudFormation reads it: short tags, ``Fn::ForEach`` expansion, intrinsic functions.
 
 The local stack, the generator of ``env.json`` and ``events/`` and the template tests all take what a
-function is deployed with from here, so none of them lists the providers or their settings again.
+function is deployed with from here, so none of them lists the connections or their settings again.
 
 :func:`expand` follows the ``AWS::LanguageExtensions`` rules the template relies on: a loop's identifier is
 replaced in keys and in every string of its body, ``Ref`` to the identifier becomes the item, loops nest
-and may sit anywhere (the token API's environment has one), ``Fn::FindInMap`` with literal keys (and
+and may sit anywhere (the token API's environment has one), a loop's collection is a list or a ``Ref`` to a
+``CommaDelimitedList`` parameter (its value as deployed: the default unless given, each item checked against
+the parameter's ``AllowedPattern`` as CloudFormation does), ``Fn::FindInMap`` with literal keys (and
 ``DefaultValue``) is resolved, and ``Ref``/``Fn::GetAtt`` whose target is a resolvable function
-(``{"Fn::Sub": "${Provider}Secret"}``, a ``Fn::FindInMap``) become plain references. Parameters and
-conditions are left alone: :class:`Evaluator` evaluates them with chosen parameter values.
+(``{"Fn::Sub": "${Connection}Secret"}``, a ``Fn::FindInMap``) become plain references. Other parameters and
+the conditions are left alone: :class:`Evaluator` evaluates them with chosen parameter values.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
 FOREACH = "Fn::ForEach::"
 PROVIDER_CODE = "functions/provider/"
-"""The ``CodeUri`` of every provider function (the token API's is ``functions/token_api/``)."""
+"""The ``CodeUri`` of every connection's function (the token API's is ``functions/token_api/``)."""
+CONNECTION_NAME = "CONNECTION_NAME"
+"""The variable that tells a connection's function its name (``token_vending.constants.CONNECTION_NAME_ENV``)."""
 
 
 class CfnLoader(yaml.SafeLoader):
@@ -70,18 +74,40 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     return copy.deepcopy(_load(path))
 
 
-def expanded_template(path: Path = TEMPLATE) -> dict[str, Any]:
-    """The template with every ``Fn::ForEach`` expanded (a fresh copy on every call)."""
-    return expand(load_template(path))
+def expanded_template(path: Path = TEMPLATE, parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The template with every ``Fn::ForEach`` expanded (a fresh copy on every call), its loops over a
+    ``CommaDelimitedList`` parameter (``Connections``) run over ``parameters``' value for it (as CloudFormation
+    receives it: ``"a,b"``), else the parameter's default. Other parameters in ``parameters`` are ignored here."""
+    return expand(load_template(path), parameters)
 
 
 # --- Fn::ForEach -------------------------------------------------------------------------------------
-def expand(template: dict[str, Any]) -> dict[str, Any]:
+def list_parameters(template: Mapping[str, Any], parameters: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """The value of every ``CommaDelimitedList`` parameter that has one (given, else its default), as the list a
+    ``Ref`` to it gives. An item its ``AllowedPattern`` refuses is refused here too (CloudFormation checks each
+    item): ``ValueError``. Items are stripped of surrounding spaces, as SAM CLI's expansion does."""
+    given = dict(parameters or {})
+    values: dict[str, list[str]] = {}
+    for name, spec in template.get("Parameters", {}).items():
+        if spec.get("Type") != "CommaDelimitedList" or (name not in given and "Default" not in spec):
+            continue
+        items = [item.strip() for item in str(given.get(name, spec.get("Default"))).split(",")]
+        pattern = spec.get("AllowedPattern")
+        refused = [item for item in items if pattern is not None and re.fullmatch(pattern, item) is None]
+        if refused:
+            raise ValueError(f"{name}: {refused} do not match its AllowedPattern {pattern}")
+        values[name] = items
+    return values
+
+
+def expand(template: dict[str, Any], parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``template`` with its loops expanded; ``parameters`` as for :func:`expanded_template`."""
     expanded = dict(template)
     mappings = template.get("Mappings", {})
+    lists = list_parameters(template, parameters)
     for section in ("Conditions", "Resources", "Outputs"):
         if section in template:
-            expanded[section] = _expand(template[section], {}, mappings)
+            expanded[section] = _expand(template[section], {}, mappings, lists)
     return expanded
 
 
@@ -91,11 +117,12 @@ def _substitute(text: str, bindings: Mapping[str, str]) -> str:
     return text
 
 
-def _expand(node: Any, bindings: Mapping[str, str], mappings: Mapping[str, Any]) -> Any:
+def _expand(node: Any, bindings: Mapping[str, str], mappings: Mapping[str, Any],
+            lists: Mapping[str, list[str]]) -> Any:
     if isinstance(node, str):
         return _substitute(node, bindings)
     if isinstance(node, list):
-        return [_expand(item, bindings, mappings) for item in node]
+        return [_expand(item, bindings, mappings, lists) for item in node]
     if not isinstance(node, dict):
         return node
     if set(node) == {"Ref"} and isinstance(node["Ref"], str) and node["Ref"] in bindings:
@@ -104,16 +131,18 @@ def _expand(node: Any, bindings: Mapping[str, str], mappings: Mapping[str, Any])
     for key, value in node.items():
         if key.startswith(FOREACH):
             identifier, collection, body = value
-            items = _expand(collection, bindings, mappings)
+            items = _expand(collection, bindings, mappings, lists)
+            if isinstance(items, dict) and set(items) == {"Ref"} and items["Ref"] in lists:
+                items = lists[items["Ref"]]
             if not isinstance(items, list):
-                raise TypeError(f"{key}: the collection must be a list")
+                raise TypeError(f"{key}: the collection must be a list or a Ref to a CommaDelimitedList parameter")
             for item in items:
-                for generated, fragment in _expand(body, {**bindings, identifier: str(item)}, mappings).items():
+                for generated, fragment in _expand(body, {**bindings, identifier: str(item)}, mappings, lists).items():
                     if generated in out:
                         raise ValueError(f"{key} generates {generated} twice")
                     out[generated] = fragment
         else:
-            out[_substitute(key, bindings)] = _expand(value, bindings, mappings)
+            out[_substitute(key, bindings)] = _expand(value, bindings, mappings, lists)
     return _resolve(out, mappings)
 
 
@@ -163,11 +192,12 @@ def function_env(template: Mapping[str, Any], logical_id: str) -> dict[str, Any]
 
 
 def provider_functions(template: Mapping[str, Any]) -> dict[str, str]:
-    """Route name -> logical ID of every provider function of an expanded template, in template order."""
+    """Connection name (``CONNECTION_NAME``, its route) -> logical ID (``<Key>Function``) of every connection's
+    function of an expanded template, in template order (the order of ``Connections``)."""
     found: dict[str, str] = {}
     for logical_id, resource in resources(template, "AWS::Serverless::Function").items():
         if resource["Properties"].get("CodeUri") == PROVIDER_CODE:
-            found[str(resource["Properties"]["Environment"]["Variables"]["PROVIDER_NAME"])] = logical_id
+            found[str(resource["Properties"]["Environment"]["Variables"][CONNECTION_NAME])] = logical_id
     return found
 
 

@@ -1,9 +1,10 @@
-"""Glue for the token API function: ``GET /token/{provider}`` over API Gateway's proxy integration.
+"""Glue for the token API function: ``GET /token/{name}`` over API Gateway's proxy integration.
 
 Cache hits are answered here from DynamoDB; everything else -- misses, forced refreshes, tokens too close
-to expiry -- is delegated with ``lambda:Invoke`` to the provider's own function, which alone holds that
-provider's credentials. The one write made here marks a scope set in use (``used_at``), rarely
-(:mod:`token_vending.usage`).
+to expiry -- is delegated with ``lambda:Invoke`` to the connection's own function, which alone holds that
+connection's credentials and settings (its scopes among them: here only their syntax is checked, and a request
+naming none is keyed ``""``, the connection's default scopes). The one write made here marks a scope set in use
+(``used_at``), rarely (:mod:`token_vending.usage`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
     from token_vending.request import TokenRequest
     from token_vending.settings import ProviderEntry
 
-_PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_CONNECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+"""What a connection's name looks like (``invoice-cloud``, ``AriaAu``): only such a name is echoed in an error."""
+PATH_PARAMETERS = ("provider", "connection", "name")
+"""The route's path parameter, by whichever name the API's resource gives it."""
 
 
 class TokenApi:
@@ -91,10 +95,9 @@ class TokenApi:
             settings = self.settings()
             entry = self._provider(event, settings)
             provider = entry.name
-            self.logger.append_keys(provider=provider)
-            self.metrics.add_dimension(name="provider", value=provider)
-            request = parse_request(_query(event, provider), provider=provider, allowed=entry.allowed_scopes,
-                                    default=entry.default_scopes,
+            self.logger.append_keys(connection=provider, provider=entry.provider or provider)
+            self.metrics.add_dimension(name="connection", value=provider)
+            request = parse_request(_query(event, provider), provider=provider, takes_scope=entry.takes_scope,
                                     min_ttl_limit=self.policy.min_ttl_limit(entry.lifetime))
             found = self._cached(request) if not request.force_refresh or request.refused else None
             if request.force_refresh and (found is None or not replaced(found[0].access_token, request)):
@@ -122,10 +125,11 @@ class TokenApi:
 
     def _provider(self, event: Any, settings: ApiSettings) -> ProviderEntry:
         params = event.get("pathParameters") if isinstance(event, dict) else None
-        name = params.get("provider") if isinstance(params, dict) else None
+        name = next((params[key] for key in PATH_PARAMETERS if key in params), None) if isinstance(params, dict) \
+            else None
         entry = settings.providers.get(name) if isinstance(name, str) else None
         if entry is None:
-            shown = name if isinstance(name, str) and _PROVIDER_NAME.match(name) else None
+            shown = name if isinstance(name, str) and _CONNECTION_NAME.match(name) else None
             raise UnknownProvider("no such provider is deployed", provider=shown)
         return entry
 
@@ -165,7 +169,7 @@ class TokenApi:
     def _invoke(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:
         from token_vending.tracing import subsegment
 
-        with subsegment("## provider function", provider=entry.name):
+        with subsegment("## provider function", connection=entry.name):
             return self._invoke_untraced(entry, request)
 
     def _invoke_untraced(self, entry: ProviderEntry, request: TokenRequest) -> dict[str, Any]:

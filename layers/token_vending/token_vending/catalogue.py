@@ -1,17 +1,26 @@
-"""The provider catalogue: one entry per provider, every fact about it in one place.
+"""The provider catalogue: one entry per provider, every fact about it in one place; and connections.
 
 An entry says how the provider's token endpoint wants to be called (credential placement and encoding,
 body encoding, scopes), what its document promises (lifetime, lifetime field names, the errors that mean
 bad credentials) and how its local emulator behaves. Everything else derives from it: the one provider
-function (it reads its entry by ``PROVIDER_NAME``), the token API's provider table, the local stack,
-``env.json`` and ``events/``; ``template.yaml`` loops over the same keys (a test keeps the two equal).
+function (it reads its connection's entry by ``CONNECTION_NAME``), the token API's table, the local stack,
+``env.json`` and ``events/``; ``template.yaml``'s ``Connections`` pattern names the same keys (a test keeps the
+two equal).
 
-Adding a standard RFC 6749 provider is one entry here plus its parameters in ``template.yaml``
-(README, "Adding a provider"). Each entry cites the provider's document in ``../shared/seeds``.
+A *connection* is one deployed credential set of one provider. Its key (an item of the template's
+``Connections``) is a catalogue key followed by a label (``AriaAu``, ``PyngOrg2``, ``OAuth2Acme``), or a
+catalogue key alone for the five default connections; its name (route, partition key, metric dimension,
+budget key) is the entry's name for those (``invoice-cloud``), otherwise the key itself. :func:`connection`
+turns a name into the profile everything is keyed by; :func:`connection_name` turns a key into a name.
+
+Adding a standard RFC 6749 provider needs no entry: ``OAuth2<Label>`` is a connection of the generic ``oauth2``
+entry, configured by its secret. Each entry cites the provider's document in ``../shared/seeds``.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from token_vending.profile import (
@@ -124,7 +133,22 @@ CATALOGUE: tuple[ClientCredentialsProfile, ...] = (
             token="hex", token_type="bearer",
             response_fields=("access_token", "expires_in", "token_type")),
     ),
+    # A standard RFC 6749 server (section 2.3.1's client_secret_basic, form-urlencoded parts; section 5
+    # answers): no documented URL, so its token URL is a setting (the secret's token_url), as are its scopes,
+    # audience, resources and extra parameters. Not a default connection: deployed as OAuth2<Label>.
+    ClientCredentialsProfile(
+        name="oauth2", template_key="OAuth2",
+        auth=ClientAuth.BASIC_HEADER, basic_encoding=BasicEncoding.RFC6749, body=BodyEncoding.FORM,
+        scope=ScopeMode.OPTIONAL, lifetime=3600,
+        emulator=EmulatorRules(),
+    ),
 )
+
+KEYS: tuple[str, ...] = tuple(entry.key for entry in CATALOGUE)
+"""The catalogue's keys, in order: what a connection key starts with (the template's ``Connections`` pattern)."""
+DEFAULT_CONNECTIONS: tuple[str, ...] = ("InvoiceCloud", "Pyng", "Aria", "Autopay", "AlternativePayments")
+"""The keys of the connections the template deploys by default (``Connections``), each named as its entry."""
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def by_name() -> Mapping[str, ClientCredentialsProfile]:
@@ -133,5 +157,32 @@ def by_name() -> Mapping[str, ClientCredentialsProfile]:
 
 
 def entry(name: str) -> ClientCredentialsProfile | None:
-    """The catalogue entry of a route name, or ``None``."""
+    """The catalogue entry of a provider's name, or ``None``."""
     return next((candidate for candidate in CATALOGUE if candidate.name == name), None)
+
+
+def connection(name: str) -> ClientCredentialsProfile | None:
+    """The profile of the connection ``name``, or ``None`` when no catalogue entry has it.
+
+    A name equal to an entry's name is that entry (a default connection). Otherwise the entry whose key is the
+    longest prefix of the name, the name being longer than the key and alphanumeric (it is the connection's key
+    verbatim, as the template's ``Connections`` allows): that entry with ``name`` replaced by the connection's,
+    so that the partition, budget, leases, renewals, metrics, logs and errors are the connection's own.
+    """
+    found = entry(name)
+    if found is not None:
+        return found
+    if not isinstance(name, str) or not _LABEL.match(name):
+        return None
+    prefixes = [candidate for candidate in CATALOGUE
+                if name.startswith(candidate.key) and len(name) > len(candidate.key)]
+    if not prefixes:
+        return None
+    provider = max(prefixes, key=lambda candidate: len(candidate.key))
+    return replace(provider, name=name, template_key=name, provider=provider.name)
+
+
+def connection_name(key: str) -> str:
+    """A connection's name from its key: the catalogue entry's name for an entry's own key (``InvoiceCloud`` ->
+    ``invoice-cloud``), otherwise the key itself (``AriaAu``)."""
+    return next((candidate.name for candidate in CATALOGUE if candidate.key == key), key)

@@ -13,18 +13,22 @@ CACHE_TABLE_ENV = "CACHE_TABLE_NAME"
 LOCAL_MODE_ENV = "TOKEN_VENDING_LOCAL_MODE"
 """``true`` only in local runs and tests: allows ``http://`` token URLs on loopback hosts."""
 
-# --- provider functions ---------------------------------------------------------------------
-PROVIDER_NAME_ENV = "PROVIDER_NAME"
+# --- provider functions (one per connection) ------------------------------------------------
+CONNECTION_NAME_ENV = "CONNECTION_NAME"
+"""The connection's name (its route, partition key and metric dimension): the catalogue entry it belongs to is
+:func:`token_vending.catalogue.connection` of it."""
 TOKEN_URL_ENV = "TOKEN_URL"  # noqa: S105 - a variable name, not a secret
 """The token endpoint; absent for a provider whose catalogue entry lists documented ``endpoints``, which
-REGION and STAGE choose from (Aria)."""
+REGION and STAGE choose from (Aria). The settings from here to ASSERTION_AUDIENCE are the environment's values
+of a connection's settings: a field of its secret overrides each (:mod:`token_vending.connection_settings`)."""
 REGION_ENV = "REGION"
 STAGE_ENV = "STAGE"
 SECRET_ID_ENV = "SECRET_ID"  # noqa: S105 - a variable name, not a secret
 ALLOWED_SCOPES_ENV = "ALLOWED_SCOPES"
-"""Space-separated scopes this deployment may request; empty when the provider takes no scope."""
+"""Space-separated scopes this connection may request (secret field ``scopes``); empty when it takes no scope."""
 DEFAULT_SCOPES_ENV = "DEFAULT_SCOPES"
-"""Space-separated scopes requested when the caller names none (defaults to ALLOWED_SCOPES)."""
+"""Space-separated scopes requested when the caller names none (secret field ``default_scopes``; defaults to the
+allowed scopes)."""
 AUDIENCE_ENV = "AUDIENCE"
 DEFAULT_LIFETIME_ENV = "DEFAULT_TOKEN_LIFETIME"
 """Lifetime assumed when the provider sends neither ``expires_in`` nor a JWT ``exp``."""
@@ -50,8 +54,9 @@ RENEWAL_QUEUE_URL_ENV = "RENEWAL_QUEUE_URL"
 """The provider's SQS renewal queue: each new token arms one delayed message that renews it as it reaches its
 refresh margin. Empty: no per-token timers (the scheduled run renews by its interval, as ``sam local`` does)."""
 UPSTREAM_BUDGETS_ENV = "UPSTREAM_BUDGETS"
-"""Comma-separated ``route=requests`` overrides of the providers' hourly token-request budgets; a provider not
-named gets the default its documented lifetime gives (:func:`token_vending.budget.default_budget`)."""
+"""Comma-separated ``name=requests`` overrides of the connections' hourly token-request budgets (by connection name:
+``AriaAu=30,pyng=200``); a connection not named gets the default its documented lifetime gives
+(:func:`token_vending.budget.default_budget`)."""
 SECRET_MAX_AGE_ENV = "SECRET_MAX_AGE"  # noqa: S105 - a variable name, not a secret
 CLIENT_AUTH_ENV = "CLIENT_AUTH"
 """An RFC 7591 auth method name overriding the profile's (``private_key_jwt``, ``tls_client_auth``, ...)."""
@@ -64,15 +69,14 @@ CA_BUNDLE_ENV = "UPSTREAM_CA_BUNDLE"
 
 # --- token API function ---------------------------------------------------------------------
 PROVIDER_FUNCTION_ENV = "FUNCTION_{key}"
-"""Per catalogue entry (``key`` = its template key, ``FUNCTION_InvoiceCloud``): the name of the deployed
-provider function. Written by the template's loop; a provider without one is not deployed (404)."""
-PROVIDER_SCOPES_ENV = "SCOPES_{key}"
-"""Per catalogue entry: its ALLOWED_SCOPES, when the provider has scope parameters (Pyng)."""
-PROVIDER_DEFAULT_SCOPES_ENV = "DEFAULT_SCOPES_{key}"
-"""Per catalogue entry: its DEFAULT_SCOPES (empty: all allowed scopes)."""
+"""Per connection (``key`` = its key in the template's ``Connections``, ``FUNCTION_InvoiceCloud``,
+``FUNCTION_AriaAu``): the name of its deployed function. Written by the template's loop; the route is
+:func:`token_vending.catalogue.connection_name` of the key. A connection without one is not deployed (404)."""
+PROVIDER_FUNCTION_PREFIX = PROVIDER_FUNCTION_ENV.removesuffix("{key}")
 PROVIDERS_ENV = "PROVIDERS"
-"""Optional JSON object: route name -> {"function": name or ARN, "scopes": "...", "default_scopes": "...",
-"lifetime": seconds}, for providers outside the catalogue (tests); merged over the catalogue's."""
+"""Optional JSON object: route name -> {"function": name or ARN, "lifetime": seconds}, for ``sam local`` and tests
+(connections outside the catalogue too); merged over the ``FUNCTION_<Key>`` ones. Other members are ignored: the
+token API knows no connection's scopes."""
 
 # --- defaults -------------------------------------------------------------------------------
 DEFAULT_MIN_TTL = 60

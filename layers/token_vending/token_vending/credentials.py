@@ -1,4 +1,9 @@
-"""Client credentials from Secrets Manager, cached by Powertools Parameters.
+"""Client credentials from Secrets Manager, cached by Powertools Parameters, with the connection's settings.
+
+The secret is one JSON document: the credential fields (:data:`ALL_FIELDS`) and the connection's non-secret
+settings (:data:`token_vending.connection_settings.SETTING_FIELDS`), resolved over the function's environment as
+the document is read. Which credential fields are required follows the resolved client authentication. A field
+that is neither is logged by name (never its value) and ignored: secrets may carry notes.
 
 A secret that is read but incomplete (a placeholder, a missing field) or cannot be read (deleted, denied) is the
 contract's ``misconfigured``, until a person fixes it. Powertools would keep the incomplete value for
@@ -18,11 +23,12 @@ from token_vending.documents import AmbiguousDocument, json_object
 from token_vending.exceptions import Misconfigured, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
+    from token_vending.connection_settings import ConnectionSettings
     from token_vending.profile import ClientAuth
 
 REQUIRED_FIELDS = ("client_id", "client_secret")
@@ -62,27 +68,40 @@ class ClientCredentials:
     ca_chain: str = field(default="", repr=False)
     kid: str = ""
     algorithm: str = ""
+    settings: ConnectionSettings | None = None
+    """The connection's settings as resolved with this version of the secret (``None``: read without them)."""
 
     @property
     def fingerprint(self) -> tuple[str, int]:
-        """Tells two versions apart (rotation) without keeping a second copy of the secret around."""
-        return self.client_id, hash((self.client_secret, self.private_key, self.certificate, self.ca_chain))
+        """Tells two versions apart (rotation) without keeping a second copy of the secret around: the credentials
+        and the settings they were resolved with (a changed setting may be what makes them work)."""
+        return self.client_id, hash((self.client_secret, self.private_key, self.certificate, self.ca_chain,
+                                     self.settings))
 
 
 class CredentialStore:
     def __init__(self, provider: str, secret_id: str, max_age: int,
                  client: SecretsManagerClient | Callable[[], SecretsManagerClient] | None = None,
-                 required: tuple[str, ...] = REQUIRED_FIELDS) -> None:
+                 required: tuple[str, ...] = REQUIRED_FIELDS, *,
+                 resolve: Callable[[Mapping[str, Any]], ConnectionSettings] | None = None,
+                 warn: Callable[[list[str]], None] | None = None) -> None:
         """``client`` may be a factory: the Secrets Manager client (and Powertools' provider) is then made on
-        the first read, never while the provider's token is served from the cache."""
+        the first read, never while the provider's token is served from the cache. ``resolve`` turns the document
+        into the connection's settings (raising ``Misconfigured``), whose client authentication then decides the
+        required fields (instead of ``required``); ``warn`` is told the names of fields nobody reads."""
         self.provider = provider
         self.secret_id = secret_id
         self.max_age = max_age
         self.required = required
+        self._resolve = resolve
+        self._warn = warn
         self._client = client
         self._secrets: SecretsProvider | None = None
         self._refused: tuple[float, str] | None = None
         """When (monotonic) and why the secret was last found incomplete or unreadable."""
+        self._parsed: tuple[str, ClientCredentials] | None = None
+        """The last document read and what it gave: Powertools hands back the same text until SecretMaxAge, so
+        it is resolved (and warned about) once per version, not once per fetch."""
 
     def _provider(self) -> SecretsProvider:
         if self._secrets is None:
@@ -127,6 +146,14 @@ class CredentialStore:
     def _parse(self, raw: Any) -> ClientCredentials:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "replace")
+        if self._parsed is not None and isinstance(raw, str) and raw == self._parsed[0]:
+            return self._parsed[1]
+        credentials = self._parse_document(raw)
+        if isinstance(raw, str):
+            self._parsed = (raw, credentials)
+        return credentials
+
+    def _parse_document(self, raw: Any) -> ClientCredentials:
         try:
             document = json_object(raw) if isinstance(raw, str) else None
         except AmbiguousDocument:
@@ -134,14 +161,24 @@ class CredentialStore:
                                 provider=self.provider) from None
         if document is None:
             raise Misconfigured("secret is not a JSON object", provider=self.provider)
-        for name in self.required:
+        settings = None
+        required = self.required
+        if self._resolve is not None:
+            from token_vending.connection_settings import unknown_fields
+
+            unknown = unknown_fields(document)
+            if unknown and self._warn is not None:
+                self._warn(unknown)
+            settings = self._resolve(document)
+            required = settings.required_fields()
+        for name in required:
             value = document.get(name)
             if not isinstance(value, str) or not value.strip():
                 raise Misconfigured(f"secret field {name} is missing or empty", provider=self.provider)
         for name in OPTIONAL_FIELDS:
             if not isinstance(document.get(name, ""), str):
                 raise Misconfigured(f"secret field {name} is not a string", provider=self.provider)
-        return ClientCredentials(**{name: document.get(name, "") for name in ALL_FIELDS})
+        return ClientCredentials(**{name: document.get(name, "") for name in ALL_FIELDS}, settings=settings)
 
 
 def _client_error_code(exc: BaseException) -> str | None:

@@ -48,7 +48,7 @@ class DegradedMode:
     def serve(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
         from token_vending.tracing import subsegment
 
-        with subsegment("## degraded", provider=self.provider):
+        with subsegment("## degraded", connection=self.provider):
             return self._serve(request, deadline, reason)
 
     def _serve(self, request: TokenRequest, deadline: float, reason: str) -> CachedToken:
@@ -66,7 +66,7 @@ class DegradedMode:
             if failure is not None:
                 return self.rules.serve_stale_or_raise(request, remembered,
                                                        stored_error(failure[1], failure[0], self.provider))
-            if self.fetcher.upstream.time_left(deadline) < MIN_ATTEMPT_SECONDS:
+            if self.fetcher.time_left(deadline) < MIN_ATTEMPT_SECONDS:
                 return self.rules.serve_stale_or_raise(request, remembered, no_time(self.provider))
             try:
                 token = self.fetcher.fetch(request, deadline, kind=None)

@@ -1,10 +1,12 @@
 """One token request to the provider, as every path of the provider function makes it.
 
 Why apart from the cache algorithm: whether a token comes from a caller's miss, a forced refresh, a renewal or
-the degraded mode, its fetch is the same -- the hourly budget is spent first (:mod:`token_vending.budget`), the
-secret is read, a client certificate about to expire is reported, and a rejected credential is retried once only
-if the secret changed (rotation). The secret store and the HTTP client are made on first use: a cold start
-answered from the cache needs neither.
+the degraded mode, its fetch is the same -- the secret is read (credentials and the connection's settings), the
+scopes are resolved (none named: the default scopes) and checked, the hourly budget is spent
+(:mod:`token_vending.budget`), a client certificate about to expire is reported, and a rejected credential is
+retried once only if the secret changed (rotation). The secret store and the HTTP client are made on first use: a
+cold start answered from the cache needs neither; the HTTP client is made again when a re-read secret changes the
+settings it was made with.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
     from token_vending.budget import Kind
     from token_vending.cache import TokenCache
+    from token_vending.connection_settings import ConnectionSettings
     from token_vending.credentials import ClientCredentials, CredentialStore
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.request import TokenRequest
@@ -38,13 +41,16 @@ CERTIFICATE_WARNING_DAYS = 21
 
 class Fetcher:
     def __init__(self, *, profile: ClientCredentialsProfile, settings: ProviderSettings, cache: TokenCache,
-                 credentials: Callable[[], CredentialStore], upstream: Callable[[], UpstreamClient], logger: Logger,
-                 metrics: Metrics) -> None:
+                 credentials: Callable[[], CredentialStore],
+                 upstream: Callable[[ConnectionSettings], UpstreamClient], logger: Logger, metrics: Metrics) -> None:
+        """``upstream`` makes the HTTP client for the settings a secret resolved to."""
         self.profile = profile
+        self.settings = settings
         self._make_credentials = credentials
         self._make_upstream = upstream
         self._credentials: CredentialStore | None = None
-        self._upstream: UpstreamClient | None = None
+        self._upstream: tuple[ConnectionSettings, UpstreamClient] | None = None
+        self._environment_only: ConnectionSettings | None = None
         self.logger = logger
         self.metrics = metrics
         self.budget = UpstreamBudget(cache, profile.name, settings.upstream_budget)
@@ -57,9 +63,39 @@ class Fetcher:
 
     @property
     def upstream(self) -> UpstreamClient:
-        if self._upstream is None:
-            self._upstream = self._make_upstream()
-        return self._upstream
+        """The HTTP client for the secret's current settings (reads the secret: a fetch path only)."""
+        return self.upstream_for(self.connection(self.credentials.get()))
+
+    def upstream_for(self, connection: ConnectionSettings) -> UpstreamClient:
+        """The HTTP client made with ``connection``, made again when the settings changed (a re-read secret)."""
+        if self._upstream is None or self._upstream[0] != connection:
+            self._upstream = (connection, self._make_upstream(connection))
+        return self._upstream[1]
+
+    def connection(self, credentials: ClientCredentials) -> ConnectionSettings:
+        """The settings ``credentials`` were resolved with; a store made without a resolver (tests) gives the
+        environment's alone."""
+        if credentials.settings is not None:
+            return credentials.settings
+        if self._environment_only is None:
+            from token_vending.connection_settings import resolve
+
+            self._environment_only = resolve(self.settings, {}, self.profile)
+        return self._environment_only
+
+    @staticmethod
+    def time_left(deadline: float) -> float:
+        """Seconds a fetch may take before ``deadline`` (the function still has to store and answer)."""
+        from token_vending.upstream import time_left
+
+        return time_left(deadline)
+
+    def check(self, request: TokenRequest) -> ConnectionSettings:
+        """Read the secret and check the request's scopes against the connection's: a miss does so before it
+        takes a lease or spends budget, so that a scope the connection does not allow never writes an item."""
+        connection = self.connection(self.credentials.get())
+        connection.scope(request.scopes, provider=self.profile.name)
+        return connection
 
     def fetch(self, request: TokenRequest, deadline: float, retries: int | None = None,
               kind: Kind | None = "miss") -> CachedToken:
@@ -103,12 +139,15 @@ class Fetcher:
               retries: int | None = None, kind: Kind | None = "miss") -> CachedToken:
         from aws_lambda_powertools.metrics import MetricUnit
 
+        connection = self.connection(credentials)
+        scope = connection.scope(request.scopes, provider=self.profile.name)  # checked before any budget is spent
+        upstream = self.upstream_for(connection)
         if kind is not None:
             self._spend(kind)
         count(self.metrics, "UpstreamRequest")
         started = time.perf_counter()
         try:
-            grant = self.upstream.fetch(credentials, request.scope_key, deadline, retries=retries)
+            grant = upstream.fetch(credentials, scope, deadline, retries=retries)
         except TokenVendingError as exc:
             if not exc.provider_fault:
                 raise
@@ -131,7 +170,7 @@ class Fetcher:
     def report_certificate(self, credentials: ClientCredentials) -> None:
         """``ClientCertificateDaysLeft`` whenever a client certificate is about to be used (and on every
         scheduled run): operators alarm on it well before the provider starts refusing the handshake."""
-        if self.profile.auth is not ClientAuth.TLS_CLIENT_AUTH or not credentials.certificate:
+        if self.connection(credentials).auth is not ClientAuth.TLS_CLIENT_AUTH or not credentials.certificate:
             return
         from aws_lambda_powertools.metrics import MetricUnit
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlencode
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 
 class ClientAuth(Enum):
@@ -144,11 +144,18 @@ class EmulatorRules:
     """A ``client_secret`` in the body alongside an Authorization header is refused (RFC 6749 2.3)."""
 
 
+RESERVED_PARAMETERS = frozenset({"grant_type", "client_id", "client_secret", "client_assertion",
+                                 "client_assertion_type", "scope", "resource", "audience"})
+"""Token request parameters the service sets itself: a connection's ``extra_parameters`` may not name them."""
+
+
 @dataclass(frozen=True)
 class ClientCredentialsProfile:
     name: str
-    """Route name (``/token/{name}``), DynamoDB partition key and, CamelCased, the template's key
-    (``invoice-cloud`` -> ``InvoiceCloud``: ``InvoiceCloudFunction``, ``InvoiceCloudTokenUrl``)."""
+    """Route name (``/token/{name}``), DynamoDB partition key and metric dimension. For a catalogue entry, the
+    provider's name (and the name of its default connection); for the profile of a connection
+    (:func:`token_vending.catalogue.connection`), the connection's name: everything keyed by it is then keyed by
+    the connection."""
     auth: ClientAuth
     lifetime: int = 3600
     """The token lifetime the provider's document promises (the shortest it says it grants): ``min_ttl`` is
@@ -172,36 +179,61 @@ class ClientCredentialsProfile:
     credential_error_statuses: frozenset[int] = frozenset()
     """HTTP statuses that mean "bad credentials" even when the body has no such code."""
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    template_key: str = ""
+    """The template's key when CamelCasing the name gives the wrong one (``oauth2`` -> ``OAuth2``, not
+    ``Oauth2``); empty: :attr:`key` derives it from the name."""
+    provider: str = ""
+    """The catalogue entry's name (``aria`` for the connection ``AriaAu``); empty: :attr:`name` (an entry of the
+    catalogue itself). Only for context (logs, the status command): nothing is keyed by it."""
+
+    def __post_init__(self) -> None:
+        if not self.provider:
+            object.__setattr__(self, "provider", self.name)
 
     @property
     def key(self) -> str:
-        """The template's name for this provider: ``alternative-payments`` -> ``AlternativePayments``."""
-        return "".join(part[:1].upper() + part[1:] for part in self.name.split("-"))
+        """The template's name for this provider or connection: ``alternative-payments`` ->
+        ``AlternativePayments``, ``oauth2`` -> ``OAuth2`` (:attr:`template_key`), ``AriaAu`` -> ``AriaAu``."""
+        return self.template_key or "".join(part[:1].upper() + part[1:] for part in self.name.split("-"))
 
     def build_request(self, *, client_id: str, client_secret: str, scope: str, audience: str,
-                      client_assertion: str = "") -> tuple[dict[str, str], bytes]:
-        """Headers and body for one token request, exactly as the provider documents it."""
+                      client_assertion: str = "", resource: Sequence[str] = (),
+                      extra_parameters: Mapping[str, str] | None = None) -> tuple[dict[str, str], bytes]:
+        """Headers and body for one token request, exactly as the provider documents it, plus the connection's
+        own parameters: ``audience`` when not empty (always with :attr:`send_audience`), one RFC 8707
+        ``resource`` per URI (a JSON string for one, a list for several) and ``extra_parameters`` (which may not
+        name a parameter the service sets: :data:`RESERVED_PARAMETERS`)."""
         headers = {"Accept": "application/json", "Content-Type": self.body.value, **self.extra_headers}
-        fields: dict[str, str] = {"grant_type": "client_credentials"}
+        fields: list[tuple[str, str]] = [("grant_type", "client_credentials")]
         if self.auth is ClientAuth.BASIC_HEADER:
             headers["Authorization"] = basic_authorization(client_id, client_secret, self.basic_encoding)
         elif self.auth is ClientAuth.PRIVATE_KEY_JWT:
             from token_vending.assertion import ASSERTION_TYPE  # off the cold path of the other methods
 
-            fields["client_id"] = client_id  # RFC 7523 2.2 allows it; Keycloak and Authlib look it up by it
-            fields["client_assertion_type"] = ASSERTION_TYPE
-            fields["client_assertion"] = client_assertion
+            fields.append(("client_id", client_id))  # RFC 7523 2.2 allows it; Keycloak and Authlib look it up by it
+            fields.append(("client_assertion_type", ASSERTION_TYPE))
+            fields.append(("client_assertion", client_assertion))
         elif self.auth is ClientAuth.TLS_CLIENT_AUTH:
-            fields["client_id"] = client_id  # RFC 8705 section 2: the certificate is the credential
+            fields.append(("client_id", client_id))  # RFC 8705 section 2: the certificate is the credential
         else:
-            fields["client_id"] = client_id
-            fields["client_secret"] = client_secret
+            fields.append(("client_id", client_id))
+            fields.append(("client_secret", client_secret))
         if self.scope is ScopeMode.REQUIRED or (self.scope is ScopeMode.OPTIONAL and scope):
-            fields["scope"] = scope
-        if self.send_audience:
-            fields["audience"] = audience
+            fields.append(("scope", scope))
+        if self.send_audience or audience:
+            fields.append(("audience", audience))
+        extra = dict(extra_parameters or {})
+        reserved = RESERVED_PARAMETERS.intersection(extra)
+        if reserved:
+            raise ValueError(f"extra parameter {min(reserved)} is set by the service")
         if self.body is BodyEncoding.JSON:
-            return headers, json.dumps(fields, separators=(",", ":")).encode()
+            document: dict[str, object] = dict(fields)
+            if resource:
+                document["resource"] = resource[0] if len(resource) == 1 else list(resource)
+            document.update(extra)
+            return headers, json.dumps(document, separators=(",", ":")).encode()
+        fields.extend(("resource", uri) for uri in resource)
+        fields.extend(extra.items())
         # quote_via=quote encodes the space between scopes as %20, as Pyng's example shows.
         return headers, urlencode(fields, quote_via=quote, safe=":").encode("ascii")
 

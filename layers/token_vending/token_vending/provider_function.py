@@ -1,8 +1,9 @@
-"""Glue for a provider function: direct-invocation payload in, token body out, errors by class name.
+"""Glue for a connection's function: direct-invocation payload in, token body out, errors by class name.
 
-``functions/provider/app.py`` is every provider's function: it declares the Powertools objects at module
-level and delegates to one :class:`ProviderFunction` built from the catalogue entry its ``PROVIDER_NAME``
-names, so that what differs between providers is only data.
+``functions/provider/app.py`` is every connection's function: it declares the Powertools objects at module
+level and delegates to one :class:`ProviderFunction` built from the profile of the connection its
+``CONNECTION_NAME`` names (:func:`token_vending.catalogue.connection`), so that what differs between connections
+is only data: the catalogue entry of its provider, its environment and its secret.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from token_vending.exceptions import InternalError, Misconfigured, TokenVendingError
+from token_vending.profile import ScopeMode
 from token_vending.request import parse_request
 from token_vending.response import token_body
 from token_vending.settings import ProviderSettings
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
 
+    from token_vending.connection_settings import ConnectionSettings
     from token_vending.credentials import CredentialStore
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.upstream import UpstreamClient
@@ -56,11 +59,14 @@ def _secrets_client() -> SecretsManagerClient:
     return boto3.client("secretsmanager", config=SECRETS_CONFIG)
 
 
-def _upstream_client(profile: ClientCredentialsProfile, settings: ProviderSettings) -> UpstreamClient:
-    """urllib3 and the token request's code are imported on the first miss only."""
+def _upstream_client(profile: ClientCredentialsProfile, settings: ProviderSettings,
+                     connection: ConnectionSettings) -> UpstreamClient:
+    """urllib3 and the token request's code are imported on the first miss only; the client is made again when a
+    re-read secret changes the connection's settings."""
     from token_vending.upstream import UpstreamClient
 
-    return UpstreamClient(profile, settings, kms=lambda: _kms_client(settings.signing_key_id))
+    return UpstreamClient(connection.profile(profile), settings, connection,
+                          kms=lambda: _kms_client(connection.signing_key_id))
 
 
 def _sqs_client() -> SQSClient:
@@ -84,74 +90,73 @@ class ProviderFunction:
         self.dynamodb = dynamodb
         self.secretsmanager = secretsmanager
         self._vendor: TokenVendor | None = None
-        metrics.set_default_dimensions(provider=profile.name)
+        metrics.set_default_dimensions(connection=profile.name)
 
     @classmethod
     def from_catalogue(cls, name: str, *, logger: Logger, metrics: Metrics, dynamodb: DynamoDBClient,
                        secretsmanager: SecretsManagerClient | None = None) -> ProviderFunction:
-        """The function of the catalogue entry ``name`` (``PROVIDER_NAME``). An unknown name still makes a
-        function, whose every invocation is the contract's ``misconfigured`` error (not an init failure)."""
-        from token_vending.catalogue import entry
+        """The function of the connection ``name`` (``CONNECTION_NAME``). A name no catalogue entry has still
+        makes a function, whose every invocation is the contract's ``misconfigured`` error (not an init
+        failure)."""
+        from token_vending.catalogue import connection
         from token_vending.profile import ClientAuth, ClientCredentialsProfile
 
-        profile = entry(name)
+        profile = connection(name)
         return cls(profile or ClientCredentialsProfile(name=name or "unknown", auth=ClientAuth.FORM_BODY),
                    logger=logger, metrics=metrics, dynamodb=dynamodb, secretsmanager=secretsmanager,
                    known=profile is not None)
 
     def vendor(self) -> TokenVendor:
-        """Built on first use and kept for the life of the execution environment."""
+        """Built on first use and kept for the life of the execution environment. Only the environment is read
+        here: the settings a fetch needs are resolved with the secret, on the first miss."""
         if self._vendor is None:
-            from dataclasses import replace
-
             from token_vending.cache import TokenCache
-            from token_vending.profile import ClientAuth
             from token_vending.vendor import TokenVendor
 
             if not self.known:
-                from token_vending.constants import PROVIDER_NAME_ENV
+                from token_vending.constants import CONNECTION_NAME_ENV
 
-                raise Misconfigured(f"setting {PROVIDER_NAME_ENV} names no provider of the catalogue",
+                raise Misconfigured(f"setting {CONNECTION_NAME_ENV} names no connection of a catalogue provider",
                                     provider=self.profile.name)
             settings = ProviderSettings.from_env(self.profile.name, profile=self.profile)
             from token_vending.settings import unknown_budget_routes
 
             unknown = unknown_budget_routes()
-            if unknown:  # a typo must not break every provider: warned here, the named provider keeps its default
+            if unknown:  # a typo must not break every connection: warned here, the named one keeps its default
                 from token_vending.constants import UPSTREAM_BUDGETS_ENV
 
-                self.logger.warning(f"setting {UPSTREAM_BUDGETS_ENV} names routes no provider has",
+                self.logger.warning(f"setting {UPSTREAM_BUDGETS_ENV} names connections no provider has",
                                     extra={"routes": unknown})
-            profile = self.profile
-            if settings.client_auth:  # the <Provider>ClientAuth parameter overrides the catalogue's method
-                profile = replace(profile, auth=ClientAuth.from_method(settings.client_auth))
-            if settings.signing_key_id and profile.auth is not ClientAuth.PRIVATE_KEY_JWT:
-                # The template grants kms:Sign only with private_key_jwt: a key alone is a mistake to name.
-                from token_vending.constants import CLIENT_AUTH_ENV, SIGNING_KEY_ID_ENV
-
-                raise Misconfigured(f"setting {SIGNING_KEY_ID_ENV} needs {CLIENT_AUTH_ENV} private_key_jwt",
-                                    provider=profile.name)
             timer = None
             if settings.renewal_queue_url:
                 from token_vending.renewal import RenewalTimer
 
                 timer = RenewalTimer(settings.renewal_queue_url, _sqs_client)
+            profile = self.profile
             self._vendor = TokenVendor(
                 profile=profile, settings=settings,
                 cache=TokenCache(settings.cache.table_name, self.dynamodb),
                 credentials=lambda: self._credential_store(profile, settings),
-                upstream=lambda: _upstream_client(profile, settings),
+                upstream=lambda connection: _upstream_client(profile, settings, connection),
                 logger=self.logger, metrics=self.metrics, timer=timer)
         return self._vendor
 
     def _credential_store(self, profile: ClientCredentialsProfile, settings: ProviderSettings) -> CredentialStore:
-        """Made on the first secret read (never while the token is cached): it and its module stay off the cold
-        path of a hit."""
-        from token_vending.credentials import CredentialStore, required_fields
+        """Made on the first secret read (never while the token is cached): it and its modules stay off the cold
+        path of a hit. Each version of the secret is resolved into the connection's settings as it is read."""
+        from token_vending.connection_settings import resolve
+        from token_vending.credentials import CredentialStore
 
-        required = required_fields(profile.auth, kms_signing=bool(settings.signing_key_id))
+        def warn(fields: list[str]) -> None:
+            from token_vending.exceptions import sanitise
+
+            # By name only: a field's value may be a secret someone parked there.
+            self.logger.warning("the secret has fields this service does not read; ignored",
+                                extra={"fields": [sanitise(name, 64) for name in fields]})
+
         return CredentialStore(profile.name, settings.secret_id, settings.secret_max_age,
-                               self.secretsmanager or _secrets_client, required=required)
+                               self.secretsmanager or _secrets_client,
+                               resolve=lambda document: resolve(settings, document, profile), warn=warn)
 
     def handle(self, event: Any, context: LambdaContext | None) -> dict[str, Any]:
         """Return the token body, or raise an exception named after the contract's error code.
@@ -160,7 +165,8 @@ class ProviderFunction:
         returns a summary; an SQS event (the renewal queue's) renews the tokens its messages name and returns
         the batch's failures. Neither ever returns a token.
         """
-        self.logger.append_keys(provider=self.profile.name)  # inject_lambda_context(clear_state) drops it
+        # inject_lambda_context(clear_state) drops them: set on every invocation.
+        self.logger.append_keys(connection=self.profile.name, provider=self.profile.provider)
         budget_ms = context.get_remaining_time_in_millis() if context is not None else DEFAULT_BUDGET_MS
         deadline = time.monotonic() + budget_ms / 1000 - RESPONSE_RESERVE_SECONDS
         if event == REFRESH_AHEAD_EVENT:
@@ -172,10 +178,10 @@ class ProviderFunction:
                 return self._renew(event, context, deadline)
         try:
             vendor = self.vendor()
-            settings = vendor.settings
-            request = parse_request(event, provider=self.profile.name, allowed=settings.allowed_scopes,
-                                    default=settings.default_scopes,
-                                    min_ttl_limit=vendor.policy.min_ttl_limit(settings.lifetime))
+            # Scope syntax here; whether the connection allows them is checked on a miss, with its secret.
+            request = parse_request(event, provider=self.profile.name,
+                                    min_ttl_limit=vendor.policy.min_ttl_limit(vendor.settings.lifetime),
+                                    takes_scope=self.profile.scope is not ScopeMode.OMIT)
             token = vendor.vend(request, deadline=deadline)
         except Misconfigured as exc:
             self.logger.error("misconfigured", extra={"error_description": exc.description})

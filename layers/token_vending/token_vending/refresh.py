@@ -65,7 +65,7 @@ class LeasedRefresh:
         """``renewal``: asked by refresh ahead, not a caller (the new token is not a use of its scope set)."""
         from token_vending.tracing import subsegment
 
-        with subsegment("## refresh", provider=self.provider):
+        with subsegment("## refresh", connection=self.provider):
             return self._refresh_under_lease(request, deadline, stale, renewal)
 
     def _refresh_under_lease(self, request: TokenRequest, deadline: float, stale: CachedToken | None,
@@ -77,7 +77,7 @@ class LeasedRefresh:
             lease_seconds = self._lease_seconds(deadline)
             lease_started = time.monotonic()
             fetch_deadline = min(deadline, lease_started + lease_seconds)
-            if self.fetcher.upstream.time_left(fetch_deadline) < MIN_ATTEMPT_SECONDS:
+            if self.fetcher.time_left(fetch_deadline) < MIN_ATTEMPT_SECONDS:
                 return self.rules.serve_stale_or_raise(request, stale, no_time(self.provider))
             lease = self.cache.acquire_lease(self.provider, key, self.owner, lease_seconds)
             if lease.acquired:

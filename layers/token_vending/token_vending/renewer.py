@@ -56,6 +56,8 @@ class Renewer:
         self.timer = timer
         self.logger = logger
         self.metrics = metrics
+        self._allowed: frozenset[str] | None = None
+        """The connection's allowed scopes as last read from its secret (per scheduled run, or per renewal)."""
 
     def refresh_ahead(self, deadline: float) -> dict[str, int]:
         """The scheduled run, a safety net under the per-token renewals: every live token of a scope set in use
@@ -64,11 +66,10 @@ class Renewer:
         token that would enter its margin before the next run. Scope sets nobody used for the idle period are
         left to expire; so are sets no longer configured."""
         summary = {"renewed": 0, "armed": 0, "fresh": 0, "idle": 0, "failed": 0}
-        if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH:
-            try:
-                self.fetcher.report_certificate(self.fetcher.credentials.get())
-            except TokenVendingError as exc:
-                self.logger.warning("could not read the client certificate", extra={"error": exc.code})
+        self._allowed = None
+        certificate = self._may_use_certificate()
+        if certificate:
+            self._report_certificate()  # even with no token to renew: the alarm must see it
         now = time.time()
         interval = self.settings.cache.refresh_ahead_interval
         try:
@@ -78,6 +79,8 @@ class Renewer:
             self.logger.warning("refresh ahead could not list tokens", extra={"reason": str(exc)})
             summary["failed"] += 1
             return summary
+        if live and not certificate:
+            self._report_certificate()  # the secret may name tls_client_auth; its settings judge the scope sets
         for token in live:
             if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
                 summary["idle"] += 1
@@ -131,6 +134,7 @@ class Renewer:
             if not self._arm(renewal):
                 raise RenewalNotArmed(renewal.scope_key)
             return "rearmed"
+        self._allowed = None  # read again: a renewal may come long after the last
         if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
             return "idle"
         outcome = self._renew_token(token, deadline)
@@ -179,11 +183,37 @@ class Renewer:
     def _arm(self, renewal: Renewal) -> bool:
         return arm(self.timer, renewal, logger=self.logger, metrics=self.metrics)
 
+    def _may_use_certificate(self) -> bool:
+        """Whether the environment says ``tls_client_auth`` (the catalogue's method or CLIENT_AUTH): the secret is
+        then read on every run. A secret that says so itself is read when there are tokens to judge."""
+        from token_vending.constants import CLIENT_AUTH_ENV
+
+        return (self.profile.auth is ClientAuth.TLS_CLIENT_AUTH
+                or self.settings.env(CLIENT_AUTH_ENV) == "tls_client_auth")
+
+    def _report_certificate(self) -> None:
+        """Read the secret (its settings judge the scope sets) and report a client certificate's days left."""
+        try:
+            credentials = self.fetcher.credentials.get()
+            self._allowed = self.fetcher.connection(credentials).allowed_scopes
+            self.fetcher.report_certificate(credentials)
+        except TokenVendingError as exc:
+            self.logger.warning("could not read the secret", extra={"error": exc.code})
+
     def _configured(self, key: str) -> bool:
-        """A stored scope set that is no longer configured is never requested again (left to expire)."""
+        """A stored scope set that is no longer allowed is never requested again (left to expire). The ``""`` key is
+        the default scopes, whatever they are now. The allowed scopes are the secret's settings: when it cannot be
+        read, the set is renewed, and the renewal fails as a caller's fetch would."""
         from token_vending.scopes import parse_scope_set
 
+        if key == "":
+            return True
+        if self._allowed is None:
+            try:
+                self._allowed = self.fetcher.connection(self.fetcher.credentials.get()).allowed_scopes
+            except TokenVendingError:
+                return True
         try:
-            return parse_scope_set(key) <= self.settings.allowed_scopes
+            return parse_scope_set(key) <= self._allowed
         except ValueError:
             return False

@@ -36,12 +36,16 @@ class TokenRequest:
 
     @property
     def scope_key(self) -> str:
+        """The cache key: the normalised set, or ``""`` for a request naming none (the connection's default
+        scopes, resolved when a token is fetched)."""
         return scope_key(self.scopes)
 
 
-def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset[str]) -> frozenset[str]:
+def _scopes(raw: Any, provider: str, takes_scope: bool) -> frozenset[str]:
+    """Syntax only: which scopes a connection allows is its own setting, checked by its function on a miss
+    (:func:`check_scopes`). No scope is the empty set: the ``""`` key, the connection's default scopes."""
     if raw is None:
-        return default
+        return frozenset()
     if not isinstance(raw, str):
         raise InvalidRequest("scope must be a space-separated string", provider=provider)
     if len(raw) > MAX_PARAMETER_LENGTH:
@@ -50,17 +54,23 @@ def _scopes(raw: Any, provider: str, allowed: frozenset[str], default: frozenset
         requested = parse_scope_set(raw)
     except ValueError as exc:
         raise InvalidRequest(f"scope is invalid: {exc}", provider=provider) from None
+    if requested and not takes_scope:
+        raise InvalidRequest("this provider takes no scope", provider=provider)
+    return requested
+
+
+def check_scopes(requested: frozenset[str], allowed: frozenset[str], *, provider: str) -> None:
+    """Refuse scopes the connection does not allow (its function, on a miss, once its settings are read)."""
     if not requested:
-        return default
+        return
     if not allowed:
         raise InvalidRequest("this provider takes no scope", provider=provider)
     outside = requested - allowed
     if outside:
         # Name how many, not which: the values are caller input and are not echoed back. The allowed ones are
-        # configuration (a template parameter), not secrets: naming them tells the caller what to ask for.
+        # configuration, not secrets: naming them tells the caller what to ask for.
         raise InvalidRequest(f"scope names {len(outside)} scope(s) outside the configured set; this provider "
                              f"allows: {' '.join(sorted(allowed))}", provider=provider)
-    return requested
 
 
 def _min_ttl(raw: Any, provider: str, limit: int) -> int:
@@ -98,11 +108,12 @@ def _force_refresh(raw: Any, provider: str) -> tuple[bool, str | None]:
                          "digits of its SHA-256)", provider=provider)
 
 
-def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: frozenset[str],
-                  default: frozenset[str], min_ttl_limit: int) -> TokenRequest:
+def parse_request(params: Mapping[str, Any] | None, *, provider: str, min_ttl_limit: int,
+                  takes_scope: bool = True) -> TokenRequest:
     """Validate caller parameters; unknown parameters are refused rather than silently ignored.
 
-    ``min_ttl_limit`` is :meth:`RefreshPolicy.min_ttl_limit` of the provider's documented lifetime.
+    ``min_ttl_limit`` is :meth:`RefreshPolicy.min_ttl_limit` of the provider's documented lifetime;
+    ``takes_scope`` is ``False`` for a provider that takes no scope (``ScopeMode.OMIT``): any scope is refused.
     """
     params = params or {}
     if not isinstance(params, Mapping):
@@ -114,7 +125,7 @@ def parse_request(params: Mapping[str, Any] | None, *, provider: str, allowed: f
     force_refresh, refused = _force_refresh(params.get("force_refresh"), provider)
     return TokenRequest(
         provider=provider,
-        scopes=_scopes(params.get("scope"), provider, allowed, default),
+        scopes=_scopes(params.get("scope"), provider, takes_scope),
         min_ttl=_min_ttl(params.get("min_ttl"), provider, min_ttl_limit),
         force_refresh=force_refresh,
         refused=refused,

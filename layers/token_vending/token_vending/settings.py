@@ -1,21 +1,22 @@
 """Typed settings read from the environment, validated once per execution environment.
 
 Parsing is deferred to the first invocation (not import time) so that a bad setting becomes the
-contract's ``misconfigured`` error naming the variable, instead of an opaque init failure.
+contract's ``misconfigured`` error naming the variable, instead of an opaque init failure. The settings only a
+fetch needs (token URL, client authentication, scopes, audience...) may also come from the connection's secret:
+they are resolved and validated when it is read (:mod:`token_vending.connection_settings`), never on a hit.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 from token_vending import constants
 from token_vending.exceptions import Misconfigured
 from token_vending.numbers import parse_decimal, parse_whole
-from token_vending.scopes import parse_scope_set
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -48,20 +49,6 @@ def _number(env: Mapping[str, str], name: str, default: float, provider: str | N
     if value < minimum:
         raise Misconfigured(f"setting {name} must be a finite number >= {minimum:g}", provider=provider)
     return value
-
-
-def check_token_url(url: str, *, local_mode: bool, provider: str | None) -> str:
-    """Credentials only ever travel over TLS; plain http is a local-emulator convenience."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-    except ValueError:
-        raise Misconfigured(f"setting {constants.TOKEN_URL_ENV} is not a URL", provider=provider) from None
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http" and local_mode and host in LOCAL_HOSTS:
-        return url
-    raise Misconfigured(f"setting {constants.TOKEN_URL_ENV} must be an https:// URL", provider=provider)
 
 
 @dataclass(frozen=True)
@@ -97,16 +84,23 @@ def cache_settings(env: Mapping[str, str], provider: str | None) -> CacheSetting
     )
 
 
+CONNECTION_ENV = (constants.TOKEN_URL_ENV, constants.REGION_ENV, constants.STAGE_ENV,
+                  constants.ALLOWED_SCOPES_ENV, constants.DEFAULT_SCOPES_ENV, constants.AUDIENCE_ENV,
+                  constants.CLIENT_AUTH_ENV, constants.SIGNING_KEY_ID_ENV, constants.ASSERTION_AUDIENCE_ENV)
+"""The environment variables of a connection's settings: defaults under its secret's fields (only the five default
+connections have them, from template parameters)."""
+
+
 @dataclass(frozen=True)
 class ProviderSettings:
-    """Everything a provider function needs besides its credentials."""
+    """What a connection's function reads from its environment: everything the cache needs, and the environment's
+    values of the settings only a fetch needs, kept as they are (:attr:`environment`). Those are resolved with the
+    secret's fields, and validated, when the secret is read (:mod:`token_vending.connection_settings`): a hit
+    never needs them."""
 
     provider: str
-    token_url: str
+    """The connection's name."""
     secret_id: str
-    allowed_scopes: frozenset[str]
-    default_scopes: frozenset[str]
-    audience: str
     default_lifetime: int
     lifetime: int
     connect_timeout: float
@@ -114,38 +108,35 @@ class ProviderSettings:
     upstream_retries: int
     secret_max_age: int
     cache: CacheSettings
-    client_auth: str = ""
-    """An RFC 7591 method name overriding the profile's auth, or empty."""
-    signing_key_id: str = ""
-    assertion_audience: str = ""
     ca_bundle: str = ""
     upstream_budget: int = 0
-    """Token requests an hour this provider may receive from the whole deployment (0: no budget)."""
+    """Token requests an hour this connection may send from the whole deployment (0: no budget)."""
     renewal_queue_url: str = ""
     """The SQS queue of per-token renewal timers; empty: renewal by the scheduled run only."""
+    local_mode: bool = False
+    """``TOKEN_VENDING_LOCAL_MODE``: plain http token URLs on loopback hosts are allowed."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """The non-empty values of :data:`CONNECTION_ENV`, unvalidated."""
+
+    def env(self, name: str) -> str:
+        """The environment's value of one of :data:`CONNECTION_ENV` (empty when unset)."""
+        return next((value for key, value in self.environment if key == name), "")
 
     @classmethod
     def from_env(cls, provider: str, env: Mapping[str, str] = os.environ, *,
                  profile: ClientCredentialsProfile | None = None) -> ProviderSettings:
-        """``profile``: the provider's catalogue entry, for its documented lifetime and endpoints."""
-        configured = env.get(constants.PROVIDER_NAME_ENV, provider).strip()
+        """``provider``: the connection's name; ``profile``: its profile, for its documented lifetime."""
+        configured = env.get(constants.CONNECTION_NAME_ENV, provider).strip()
         if configured != provider:
-            raise Misconfigured(f"setting {constants.PROVIDER_NAME_ENV} does not match this function",
+            raise Misconfigured(f"setting {constants.CONNECTION_NAME_ENV} does not match this function",
                                 provider=provider)
         documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
-        allowed = _scopes(env, constants.ALLOWED_SCOPES_ENV, provider)
-        default = _scopes(env, constants.DEFAULT_SCOPES_ENV, provider) or allowed
-        if not default <= allowed:
-            raise Misconfigured(f"setting {constants.DEFAULT_SCOPES_ENV} is not a subset of "
-                                f"{constants.ALLOWED_SCOPES_ENV}", provider=provider)
+        # AUDIENCE as it is: a value may have meaningful spaces; the others are trimmed.
+        raw = {name: env.get(name, "") if name == constants.AUDIENCE_ENV else env.get(name, "").strip()
+               for name in CONNECTION_ENV}
         return cls(
             provider=provider,
-            token_url=check_token_url(_token_url(env, provider, profile), local_mode=is_local_mode(env),
-                                      provider=provider),
             secret_id=_require(env, constants.SECRET_ID_ENV, provider),
-            allowed_scopes=allowed,
-            default_scopes=default,
-            audience=env.get(constants.AUDIENCE_ENV, ""),
             default_lifetime=int(_number(env, constants.DEFAULT_LIFETIME_ENV,
                                          constants.DEFAULT_TOKEN_LIFETIME, provider,
                                          minimum=constants.MIN_DEFAULT_TOKEN_LIFETIME)),
@@ -159,87 +150,65 @@ class ProviderSettings:
             secret_max_age=int(_number(env, constants.SECRET_MAX_AGE_ENV, constants.DEFAULT_SECRET_MAX_AGE,
                                        provider)),
             cache=cache_settings(env, provider),
-            client_auth=_client_auth(env, provider),
-            signing_key_id=env.get(constants.SIGNING_KEY_ID_ENV, "").strip(),
-            assertion_audience=env.get(constants.ASSERTION_AUDIENCE_ENV, "").strip(),
             ca_bundle=env.get(constants.CA_BUNDLE_ENV, "").strip(),
             upstream_budget=provider_budget(env, provider, documented),
             renewal_queue_url=env.get(constants.RENEWAL_QUEUE_URL_ENV, "").strip(),
+            local_mode=is_local_mode(env),
+            environment=tuple((name, value) for name, value in raw.items() if value),
         )
 
 
-def _token_url(env: Mapping[str, str], provider: str, profile: ClientCredentialsProfile | None) -> str:
-    """TOKEN_URL, or the documented endpoint REGION and STAGE choose (Aria's 12 Keycloak realms)."""
-    url = env.get(constants.TOKEN_URL_ENV, "").strip()
-    if url or profile is None or not profile.endpoints:
-        return url or _require(env, constants.TOKEN_URL_ENV, provider)
-    choice = f"{env.get(constants.REGION_ENV, '').strip()}/{env.get(constants.STAGE_ENV, '').strip()}"
-    if choice not in profile.endpoints:
-        raise Misconfigured(f"settings {constants.REGION_ENV} and {constants.STAGE_ENV} name no documented "
-                            f"endpoint (one of {', '.join(profile.endpoints)})", provider=provider)
-    return profile.endpoints[choice]
-
-
 def budget_overrides(env: Mapping[str, str], provider: str | None) -> dict[str, int]:
-    """UPSTREAM_BUDGETS as route -> requests an hour; a malformed list is refused (which entry was meant cannot be
-    known). Routes are not checked against the catalogue here: a typo must not break every provider's misses, so
-    the provider function warns about names no provider has (:func:`unknown_budget_routes`)."""
+    """UPSTREAM_BUDGETS as connection name -> requests an hour; a malformed list is refused (which entry was meant
+    cannot be known). Names are not checked here: a typo must not break every connection's misses, so the
+    function warns about names no connection can have (:func:`unknown_budget_routes`)."""
     raw = env.get(constants.UPSTREAM_BUDGETS_ENV, "").strip()
     overrides: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, _, value = item.partition("=")
         requests = parse_whole(value)
         if not name.strip() or requests is None or requests < 1:
-            raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} must be route=requests pairs "
+            raise Misconfigured(f"setting {constants.UPSTREAM_BUDGETS_ENV} must be name=requests pairs "
                                 "(a whole number of at least 1 in ASCII digits), comma-separated", provider=provider)
         overrides[name.strip()] = requests
     return overrides
 
 
 def unknown_budget_routes(env: Mapping[str, str] = os.environ) -> list[str]:
-    """Routes UPSTREAM_BUDGETS names that the catalogue does not have (most likely typos)."""
-    from token_vending.catalogue import by_name
+    """Names UPSTREAM_BUDGETS gives that no connection can have (most likely typos). A function knows no other
+    connection than its own, so a name is unknown only when it fits no catalogue entry at all
+    (:func:`token_vending.catalogue.connection` is ``None``)."""
+    from token_vending.catalogue import connection
 
     try:
         names = budget_overrides(env, None)
     except Misconfigured:
         return []
-    return sorted(set(names) - set(by_name()))
+    return sorted(name for name in names if connection(name) is None)
 
 
 def provider_budget(env: Mapping[str, str], provider: str, documented: int) -> int:
-    """This provider's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented lifetime."""
+    """This connection's hourly budget: its entry in UPSTREAM_BUDGETS, else the default of its documented
+    lifetime."""
     from token_vending.budget import default_budget
 
     return budget_overrides(env, provider).get(provider) or default_budget(documented)
 
 
-def _client_auth(env: Mapping[str, str], provider: str) -> str:
-    from token_vending.profile import AUTH_METHODS
-
-    method = env.get(constants.CLIENT_AUTH_ENV, "").strip()
-    if method and method not in AUTH_METHODS:
-        raise Misconfigured(f"setting {constants.CLIENT_AUTH_ENV} must be one of {', '.join(AUTH_METHODS)}",
-                            provider=provider)
-    return method
-
-
-def _scopes(env: Mapping[str, str], name: str, provider: str) -> frozenset[str]:
-    try:
-        return parse_scope_set(env.get(name, ""))
-    except ValueError:
-        raise Misconfigured(f"setting {name} holds an invalid scope", provider=provider) from None
-
-
 @dataclass(frozen=True)
 class ProviderEntry:
-    """What the token API function knows of one deployed provider."""
+    """What the token API function knows of one deployed connection: no scopes (they are the connection's own
+    settings, which its function checks), only what the catalogue says of its provider."""
 
     name: str
+    """The connection's name (the route)."""
     function: str
-    allowed_scopes: frozenset[str]
-    default_scopes: frozenset[str]
     lifetime: int
+    """The provider's documented lifetime: ``min_ttl`` is bounded by it minus its refresh margin."""
+    takes_scope: bool = True
+    """``False`` when the provider takes no scope (``ScopeMode.OMIT``): a request naming one is refused."""
+    provider: str = ""
+    """The catalogue entry's name (empty for a connection outside the catalogue: tests)."""
 
 
 @dataclass(frozen=True)
@@ -253,23 +222,14 @@ class ApiSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ApiSettings:
-        providers = _catalogue_providers(env)
+        providers = _deployed_connections(env)
         raw = env.get(constants.PROVIDERS_ENV, "").strip()
         if not raw and not providers:
             raise Misconfigured("no provider function is configured")
         try:
             document = json.loads(raw) if raw else {}
-            providers |= {
-                str(name): ProviderEntry(
-                    name=str(name),
-                    function=str(entry["function"]),
-                    allowed_scopes=parse_scope_set(str(entry.get("scopes", ""))),
-                    default_scopes=(parse_scope_set(str(entry.get("default_scopes", "")))
-                                    or parse_scope_set(str(entry.get("scopes", "")))),
-                    lifetime=int(entry.get("lifetime", _documented_lifetime(str(name)))),
-                )
-                for name, entry in document.items()
-            }
+            providers |= {str(name): _entry(str(name), str(entry["function"]), entry.get("lifetime"))
+                          for name, entry in document.items()}
         except (ValueError, TypeError, KeyError, AttributeError):
             raise Misconfigured(f"setting {constants.PROVIDERS_ENV} is malformed") from None
         cache = cache_settings(env, None)
@@ -279,25 +239,35 @@ class ApiSettings:
                    refresh_margin_ratio=cache.refresh_margin_ratio, idle_seconds=cache.idle_seconds)
 
 
-def _documented_lifetime(name: str) -> int:
-    """The catalogue's lifetime for a provider of the catalogue (``sam local``'s PROVIDERS names no lifetime)."""
-    from token_vending.catalogue import entry
+def _entry(name: str, function: str, lifetime: Any = None) -> ProviderEntry:
+    """A deployed connection as the catalogue describes it (``PROVIDERS`` may give a lifetime: tests; a name outside
+    the catalogue gets the default lifetime and may name scopes)."""
+    from token_vending.catalogue import connection
+    from token_vending.profile import ScopeMode
 
-    profile = entry(name)
-    return profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
+    profile = connection(name)
+    documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
+    return ProviderEntry(name=name, function=function,
+                         lifetime=int(lifetime) if lifetime is not None else documented,
+                         takes_scope=profile is None or profile.scope is not ScopeMode.OMIT,
+                         provider=profile.provider if profile is not None else "")
 
 
-def _catalogue_providers(env: Mapping[str, str]) -> dict[str, ProviderEntry]:
-    """The catalogue's providers that have a deployed function (``FUNCTION_<Key>``), with their scopes."""
-    from token_vending.catalogue import CATALOGUE
+_CONNECTION_KEY = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def _deployed_connections(env: Mapping[str, str]) -> dict[str, ProviderEntry]:
+    """The connections that have a deployed function (``FUNCTION_<Key>``), named by
+    :func:`~token_vending.catalogue.connection_name`; a key no catalogue entry prefixes is none of this service's."""
+    from token_vending.catalogue import connection, connection_name
 
     providers: dict[str, ProviderEntry] = {}
-    for profile in CATALOGUE:
-        function = env.get(constants.PROVIDER_FUNCTION_ENV.format(key=profile.key), "").strip()
-        if not function:
+    for variable, value in env.items():
+        key = variable.removeprefix(constants.PROVIDER_FUNCTION_PREFIX)
+        function = value.strip()
+        if key == variable or not function or not _CONNECTION_KEY.match(key):
             continue
-        allowed = _scopes(env, constants.PROVIDER_SCOPES_ENV.format(key=profile.key), profile.name)
-        default = _scopes(env, constants.PROVIDER_DEFAULT_SCOPES_ENV.format(key=profile.key), profile.name)
-        providers[profile.name] = ProviderEntry(name=profile.name, function=function, allowed_scopes=allowed,
-                                                default_scopes=default or allowed, lifetime=profile.lifetime)
+        name = connection_name(key)
+        if connection(name) is not None:
+            providers[name] = _entry(name, function)
     return providers

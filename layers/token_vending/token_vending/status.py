@@ -1,10 +1,11 @@
 """``python -m token_vending.status``: an operator's view of every cached token, read from the cache table.
 
-Per provider and scope set: the token's fingerprint (never the token), its time left, when its renewal is due
-(when it enters its refresh margin), when the scope set was last used (idle ones are left to expire), a running
-refresh lease, a failed refresh's cool-down and its back-off streak, and the provider's token requests this clock
-hour against its budget. Every judgement is made by the code the functions use (:class:`RefreshPolicy`,
-:func:`usage.last_use`, the cache's item readers, the budget's defaults), read with a paginated ``Scan``.
+Per connection (the table's partition) and scope set: the connection's provider, the token's fingerprint (never
+the token), its time left, when its renewal is due (when it enters its refresh margin), when the scope set was last
+used (idle ones are left to expire), a running refresh lease, a failed refresh's cool-down and its back-off streak,
+and the connection's token requests this clock hour against its budget. Every judgement is made by the code the
+functions use (:class:`RefreshPolicy`, :func:`usage.last_use`, the cache's item readers, the budget's defaults),
+read with a paginated ``Scan``.
 
 A separate entry point: no function imports it, so it costs the Lambda cold start nothing.
 """
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from token_vending import constants
 from token_vending.budget import WINDOW_SECONDS
 from token_vending.cache import BUDGET_PREFIX, LEASE_PREFIX, TOKEN_PREFIX, lease_from_item, token_from_item
-from token_vending.catalogue import entry
+from token_vending.catalogue import connection as connection_profile
 from token_vending.exceptions import Misconfigured
 from token_vending.freshness import RefreshPolicy
 from token_vending.request import fingerprint
@@ -44,8 +45,9 @@ TABLE_LOGICAL_ID = "CacheTable"
 PROJECTED = ("pk", "sk", "access_token", "expires_at", "fetched_at", "lifetime", "used_at",
              "lease_expires_at", "failure", "failures", "spent", "forced")
 """The attributes the view reads (each through a ``#`` name: some are DynamoDB reserved words)."""
-NO_SCOPE = "(none)"
-"""How the human table shows a provider's scope set when the provider takes no scope."""
+NO_SCOPE = "(default)"
+"""How the human table shows the ``""`` scope set: a request that named none (the connection's default scopes, or
+none for a provider that takes no scope)."""
 EXIT_USAGE = 2
 LOCAL_CREDENTIALS = "testing"
 """What the local stack (make local) runs with; used to read it when the shell has no credentials."""
@@ -63,24 +65,26 @@ class Settings:
     idle_seconds: float
     env: Mapping[str, str]
 
-    def budget(self, provider: str) -> int:
-        profile = entry(provider)
+    def budget(self, name: str) -> int:
+        """The hourly budget of the connection ``name`` (its override, else its provider's default)."""
+        profile = connection_profile(name)
         documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
-        return provider_budget(self.env, provider, documented)
+        return provider_budget(self.env, name, documented)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         # The functions' own reader of REFRESH_MARGIN_*, REFRESH_AHEAD_IDLE_HOURS (the table is named apart here).
         cache = cache_settings({**env, constants.CACHE_TABLE_ENV: "-"}, None)
-        budget_overrides(env, None)  # a malformed list is refused now, not on the first provider's row
+        budget_overrides(env, None)  # a malformed list is refused now, not on the first connection's row
         return cls(RefreshPolicy(cache.refresh_margin_seconds, cache.refresh_margin_ratio), cache.idle_seconds, env)
 
 
 @dataclass
 class Row:
-    """One provider and scope set (or a provider's budget alone, ``scope_key`` ``None``)."""
+    """One connection and scope set (or a connection's budget alone, ``scope_key`` ``None``)."""
 
-    provider: str
+    connection: str
+    """The connection's name: the item's partition key."""
     scope_key: str | None
     token: CachedToken | None = None
     lease: dict[str, Any] | None = None
@@ -139,45 +143,45 @@ def stack_table(cloudformation: Any, stack: str) -> str:
 
 
 def collect(items: Iterator[dict[str, Any]], now: float) -> tuple[list[Row], dict[str, dict[str, Any]]]:
-    """Token and lease items as rows (one per provider and scope set), and each provider's budget item of the
+    """Token and lease items as rows (one per connection and scope set), and each connection's budget item of the
     current clock hour (``spent``/``forced``; a malformed one has ``malformed``)."""
     rows: dict[tuple[str, str | None], Row] = {}
     budgets: dict[str, dict[str, Any]] = {}
     window = int(now // WINDOW_SECONDS) * WINDOW_SECONDS
 
-    def row(provider: str, key: str | None) -> Row:
-        return rows.setdefault((provider, key), Row(provider, key))
+    def row(name: str, key: str | None) -> Row:
+        return rows.setdefault((name, key), Row(name, key))
 
     for item in items:
-        provider = str(item.get("pk", {}).get("S", "?"))
+        name = str(item.get("pk", {}).get("S", "?"))
         sort_key = str(item.get("sk", {}).get("S", ""))
         if sort_key.startswith(TOKEN_PREFIX):
             key = sort_key[len(TOKEN_PREFIX):]
-            token = token_from_item(provider, key, item)
+            token = token_from_item(name, key, item)
             if token is None:
-                row(provider, key).malformed.append("token")
+                row(name, key).malformed.append("token")
             else:
-                row(provider, key).token = token
+                row(name, key).token = token
         elif sort_key.startswith(LEASE_PREFIX):
             key = sort_key[len(LEASE_PREFIX):]
             if _number(item.get("lease_expires_at")) is None:
-                row(provider, key).malformed.append("lease")
+                row(name, key).malformed.append("lease")
                 continue
             lease = lease_from_item(item, default_expiry=0.0)
-            row(provider, key).lease = {"expires_at": lease.expires_at, "failure": lease.failure,
-                                        "failed": "failure" in item, "failures": lease.failures}
+            row(name, key).lease = {"expires_at": lease.expires_at, "failure": lease.failure,
+                                    "failed": "failure" in item, "failures": lease.failures}
         elif sort_key.startswith(BUDGET_PREFIX):
             if sort_key != f"{BUDGET_PREFIX}{window}":
                 continue  # an earlier hour's counter, waiting for its TTL
             spent = _number(item.get("spent"))
-            budgets[provider] = ({"spent": int(spent), "forced": int(_number(item.get("forced")) or 0)}
-                                 if spent is not None else {"malformed": True})
+            budgets[name] = ({"spent": int(spent), "forced": int(_number(item.get("forced")) or 0)}
+                             if spent is not None else {"malformed": True})
         else:
-            row(provider, sort_key).malformed.append("item")
-    for provider in budgets:
-        if not any(found == provider for found, _ in rows):
-            row(provider, None)
-    return sorted(rows.values(), key=lambda r: (r.provider, r.scope_key or "")), budgets
+            row(name, sort_key).malformed.append("item")
+    for name in budgets:
+        if not any(found == name for found, _ in rows):
+            row(name, None)
+    return sorted(rows.values(), key=lambda r: (r.connection, r.scope_key or "")), budgets
 
 
 def _number(attribute: Any) -> float | None:
@@ -197,7 +201,7 @@ def report(rows: Sequence[Row], budgets: Mapping[str, Mapping[str, Any]], settin
         "table": table,
         "now": _time(now),
         "budget_window": {"start": _time(window), "end": _time(window + WINDOW_SECONDS)},
-        "tokens": [_entry(row, budgets.get(row.provider), settings, now) for row in rows],
+        "tokens": [_entry(row, budgets.get(row.connection), settings, now) for row in rows],
     }
 
 
@@ -205,7 +209,10 @@ def _entry(row: Row, budget: Mapping[str, Any] | None, settings: Settings, now: 
     token = row.token
     states: list[str] = []
     malformed = list(row.malformed)
-    document: dict[str, Any] = {"provider": row.provider, "scope": row.scope_key, "state": states,
+    profile = connection_profile(row.connection)
+    document: dict[str, Any] = {"connection": row.connection,
+                                "provider": profile.provider if profile is not None else None,
+                                "scope": row.scope_key, "state": states,
                                 "fingerprint": None, "expires_at": None, "time_left_seconds": None,
                                 "renewal_due": None, "renewal_due_in_seconds": None, "lifetime_seconds": None,
                                 "fetched_at": None, "last_use": None, "last_use_seconds_ago": None,
@@ -240,7 +247,7 @@ def _entry(row: Row, budget: Mapping[str, Any] | None, settings: Settings, now: 
             document["lease"] = {"until": _time(lease["expires_at"]), "seconds_left": round(left, 3)}
             states.append("renewing")
     if budget is not None or row.token is not None or row.lease is not None:
-        limit = settings.budget(row.provider)
+        limit = settings.budget(row.connection)
         spent = None if budget is None or budget.get("malformed") else int(budget.get("spent", 0))
         document["budget"] = {"spent": 0 if budget is None else spent, "limit": limit,
                               "forced": 0 if budget is None else budget.get("forced")}
@@ -259,8 +266,8 @@ def _time(epoch: float) -> dict[str, Any]:
 
 
 # --- human output ------------------------------------------------------------------------------------------------
-COLUMNS = ("PROVIDER", "SCOPE SET", "FINGERPRINT", "TIME LEFT", "RENEWAL DUE", "LAST USE", "LEASE", "COOL-DOWN",
-           "BUDGET", "STATE")
+COLUMNS = ("CONNECTION", "PROVIDER", "SCOPE SET", "FINGERPRINT", "TIME LEFT", "RENEWAL DUE", "LAST USE", "LEASE",
+           "COOL-DOWN", "BUDGET", "STATE")
 
 
 def duration(seconds: float) -> str:
@@ -283,7 +290,7 @@ def _relative(seconds: float) -> str:
 
 
 def table_lines(document: Mapping[str, Any]) -> list[str]:
-    """The human table: one line per provider and scope set, columns as wide as their widest cell."""
+    """The human table: one line per connection and scope set, columns as wide as their widest cell."""
     tokens = document["tokens"]
     if not tokens:
         return [f"{document['table']}: no tokens cached ({document['now']['iso']})"]
@@ -318,15 +325,15 @@ def _cells(token: Mapping[str, Any]) -> tuple[str, ...]:
     budget = token["budget"]
     spent = "-" if budget is None else f"{'?' if budget['spent'] is None else budget['spent']}/{budget['limit']}"
     state = ", ".join(token["state"]) + (f" ({', '.join(token['malformed'])})" if token["malformed"] else "")
-    return (token["provider"], NO_SCOPE if scope == "" else (scope or "-"), token["fingerprint"] or "-", time_left,
-            renewal, last, leased, cool, spent, state or "-")
+    return (token["connection"], token["provider"] or "?", NO_SCOPE if scope == "" else (scope or "-"),
+            token["fingerprint"] or "-", time_left, renewal, last, leased, cool, spent, state or "-")
 
 
 # --- command line ------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m token_vending.status", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog="Provider settings (refresh margin, idle hours, budgets) are the functions' defaults unless given "
+        epilog="Connection settings (refresh margin, idle hours, budgets) are the functions' defaults unless given "
                "here or in the environment under the functions' own names (REFRESH_MARGIN_SECONDS, "
                "REFRESH_MARGIN_RATIO, REFRESH_AHEAD_IDLE_HOURS, UPSTREAM_BUDGETS); a deployed stack's values are "
                "its parameters (RefreshMarginSeconds, RefreshMarginRatio, RefreshAheadIdleHours, UpstreamBudgets). "
@@ -343,7 +350,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh-margin-seconds", metavar="SECONDS")
     parser.add_argument("--refresh-margin-ratio", metavar="RATIO")
     parser.add_argument("--idle-hours", metavar="HOURS")
-    parser.add_argument("--budgets", metavar="ROUTE=REQUESTS,...", help="hourly budgets (UPSTREAM_BUDGETS)")
+    parser.add_argument("--budgets", metavar="NAME=REQUESTS,...",
+                        help="hourly budgets by connection name (UPSTREAM_BUDGETS)")
     return parser
 
 

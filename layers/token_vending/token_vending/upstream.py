@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from urllib3.util.retry import Retry
 
     from token_vending.assertion import KmsSigner
+    from token_vending.connection_settings import ConnectionSettings
     from token_vending.credentials import ClientCredentials
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.settings import ProviderSettings
@@ -269,19 +270,27 @@ def _client_certificate_alert(exc: BaseException) -> str | None:
     return None
 
 
+def time_left(deadline: float) -> float:
+    """Seconds a fetch may take before ``deadline`` (the function still has to store and answer)."""
+    return deadline - time.monotonic() - SAFETY_SECONDS
+
+
 class UpstreamClient:
-    """Calls one provider's token endpoint as its profile says.
+    """Calls one connection's token endpoint as its provider's profile and its settings say.
 
     A fresh one-connection pool per fetch: fetches are rare (about once per token lifetime), and each
     carries its own deadline (retries and watchdog).
     """
 
-    def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings,
+    def __init__(self, profile: ClientCredentialsProfile, settings: ProviderSettings, connection: ConnectionSettings,
                  kms: Callable[[], KMSClient] | None = None) -> None:
-        """``profile`` is the effective one (its ``auth`` already the ``CLIENT_AUTH`` override, if any);
-        ``kms`` makes the KMS client on first use (only ``private_key_jwt`` with a KMS key needs one)."""
+        """``profile`` is the effective one (its ``auth`` already the ``client_auth`` override, if any:
+        :meth:`ConnectionSettings.profile`); ``settings`` gives the timeouts and retries, ``connection`` the token
+        URL and the request's parameters; ``kms`` makes the KMS client on first use (only ``private_key_jwt`` with a
+        KMS key needs one)."""
         self.profile = profile
         self.settings = settings
+        self.connection = connection
         self._kms = kms
         self._retry_class: type[Retry] | None = None
         self._kms_signer: KmsSigner | None = None
@@ -298,9 +307,10 @@ class UpstreamClient:
             deadline=deadline, attempt_seconds=attempt_seconds,  # type: ignore[call-arg]
         )
 
-    def time_left(self, deadline: float) -> float:
+    @staticmethod
+    def time_left(deadline: float) -> float:
         """Seconds a fetch may take before ``deadline`` (the function still has to store and answer)."""
-        return deadline - time.monotonic() - SAFETY_SECONDS
+        return time_left(deadline)
 
     def fetch(self, credentials: ClientCredentials, scope: str, deadline: float, *,
               retries: int | None = None) -> TokenGrant:
@@ -314,19 +324,21 @@ class UpstreamClient:
         name = self.profile.name
         assertion = self._assertion(credentials) if self.profile.auth is ClientAuth.PRIVATE_KEY_JWT else ""
         ssl_context = self._tls_context(credentials) if self.profile.auth is ClientAuth.TLS_CLIENT_AUTH else None
+        connection = self.connection
         headers, body = self.profile.build_request(
             client_id=credentials.client_id, client_secret=credentials.client_secret, scope=scope,
-            audience=self.settings.audience, client_assertion=assertion)
+            audience=connection.audience, client_assertion=assertion, resource=connection.resource,
+            extra_parameters=dict(connection.extra_parameters))
         end = deadline - SAFETY_SECONDS
         remaining = end - time.monotonic()
         if remaining <= MIN_READ_TIMEOUT:
             raise UpstreamTimeout("no time left to call the provider", provider=name, provider_fault=False)
         timeout = (min(self.settings.connect_timeout, remaining), min(self.settings.read_timeout, remaining))
         started = time.time()
-        path = _path(self.settings.token_url)
+        path = _path(connection.token_url)
         with Watchdog(end) as watchdog:
             try:
-                pool = _watched_pool(self.settings.token_url, watchdog, timeout, ssl_context=ssl_context,
+                pool = _watched_pool(connection.token_url, watchdog, timeout, ssl_context=ssl_context,
                                      ca_bundle=self.settings.ca_bundle)
                 with pool:
                     response: BaseHTTPResponse = pool.urlopen(
@@ -359,18 +371,18 @@ class UpstreamClient:
         name = self.profile.name
         try:
             signer: KmsSigner | PemSigner
-            if self.settings.signing_key_id:
+            if self.connection.signing_key_id:
                 # The secret (read again every SecretMaxAge) names the algorithm: a change is signed with at once.
                 if self._kms_signer is None or self._kms_signer.algorithm != credentials.algorithm:
                     if self._kms is None:
                         raise SigningKeyError("no KMS client for the signing key")
-                    self._kms_signer = KmsSigner(self._kms(), self.settings.signing_key_id,
+                    self._kms_signer = KmsSigner(self._kms(), self.connection.signing_key_id,
                                                  credentials.algorithm, max_age=self.settings.secret_max_age)
                 signer = self._kms_signer
             else:
                 signer = PemSigner(credentials.private_key, credentials.algorithm, credentials.kid or None)
             return client_assertion(signer, client_id=credentials.client_id,
-                                    audience=self.settings.assertion_audience or self.settings.token_url)
+                                    audience=self.connection.assertion_audience or self.connection.token_url)
         except SigningKeyError as exc:
             raise Misconfigured(str(exc), provider=name) from None
         except (ClientError, BotoCoreError) as exc:  # KMS refused or unreachable
@@ -381,7 +393,7 @@ class UpstreamClient:
 
         from token_vending.tls import CertificateError, client_context
 
-        if urlsplit(self.settings.token_url).scheme != "https":
+        if urlsplit(self.connection.token_url).scheme != "https":
             raise Misconfigured("tls_client_auth needs an https:// token URL", provider=self.profile.name)
         try:
             return client_context(credentials.certificate, credentials.private_key, credentials.ca_chain,

@@ -4,8 +4,9 @@ Order of preference for one request:
 
 1. this execution environment's memory (a few seconds),
 2. the DynamoDB item, if fresh,
-3. a refresh under a DynamoDB lease (:mod:`token_vending.refresh`): exactly one environment calls the provider,
-   the others poll the item with consistent reads and take over only if the holder's lease lapses,
+3. on a miss, the secret is read (the connection's settings) and the request's scopes are checked against them;
+   then a refresh under a DynamoDB lease (:mod:`token_vending.refresh`): exactly one environment calls the
+   provider, the others poll the item with consistent reads and take over only if the holder's lease lapses,
 4. on refresh failure, the old token if it still meets ``min_ttl`` (stale on error, :mod:`token_vending.serving`);
    the failed refresh's lease stays as a cool-down (:mod:`token_vending.cooldown`), so no caller asks the
    provider again until it lapses.
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 from token_vending.cache import CachedToken, CacheUnavailable, TokenCache
 from token_vending.counting import count
 from token_vending.degraded import DegradedMode
+from token_vending.exceptions import InvalidRequest, TokenVendingError
 from token_vending.fetch import Fetcher
 from token_vending.freshness import RefreshPolicy
 from token_vending.memory import MemoryCache
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools import Logger, Metrics
 
+    from token_vending.connection_settings import ConnectionSettings
     from token_vending.credentials import CredentialStore
     from token_vending.profile import ClientCredentialsProfile
     from token_vending.renewal import Renewal, RenewalTimer
@@ -52,11 +55,11 @@ if TYPE_CHECKING:
 
 class TokenVendor:
     def __init__(self, *, profile: ClientCredentialsProfile, settings: ProviderSettings, cache: TokenCache,
-                 credentials: Callable[[], CredentialStore], upstream: Callable[[], UpstreamClient], logger: Logger,
-                 metrics: Metrics, timer: RenewalTimer | None = None) -> None:
-        """``credentials`` and ``upstream`` make the secret store and the HTTP client on first use: a cold start
-        answered from the cache needs neither. ``timer``: arms each new token's renewal (``None``: the scheduled
-        run renews by its interval)."""
+                 credentials: Callable[[], CredentialStore], upstream: Callable[[ConnectionSettings], UpstreamClient],
+                 logger: Logger, metrics: Metrics, timer: RenewalTimer | None = None) -> None:
+        """``credentials`` and ``upstream`` make the secret store and the HTTP client (for the settings the secret
+        resolves to) on first use: a cold start answered from the cache needs neither. ``timer``: arms each new
+        token's renewal (``None``: the scheduled run renews by its interval)."""
         self.profile = profile
         self.settings = settings
         self.cache = cache
@@ -108,6 +111,14 @@ class TokenVendor:
             self._note_use(cached)
             return cached
         count(self.metrics, "CacheMiss")
+        try:
+            # The connection's settings are its secret's: its scopes are checked once it is read, before any lease
+            # or budget is taken (a scope it does not allow writes nothing).
+            self.fetcher.check(request)
+        except InvalidRequest:
+            raise
+        except TokenVendingError as exc:  # the secret cannot be read or is wrong: as a failed refresh would
+            return self.rules.serve_stale_or_raise(request, cached, exc)
         try:
             return self.refresher.refresh(request, deadline, stale=cached)
         except CacheUnavailable as exc:
