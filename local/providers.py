@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSERTION_TYPE", "DEFAULT_PORTS", "JSON_CONTENT_TYPE", "LOCAL_CREDENTIALS", "OMIT", "PYNG_SCOPES", "ROUTES",
-    "EmulatorFleet", "Fault", "ProviderEmulator", "RecordedRequest", "decode_jwt", "encode_jwt",
-    "local_credentials", "main",
+    "EmulatorFleet", "Fault", "ProviderEmulator", "RecordedRequest", "connection_emulator", "decode_jwt",
+    "encode_jwt", "local_credentials", "main",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -576,7 +576,8 @@ class _Handler(BaseHTTPRequestHandler):
             with emulator._lock:
                 emulator.issued.append(reply.body)
                 emulator.issued_to[str(reply.body.get("access_token"))] = reply.client_id
-        self._send(reply.status, _json_bytes(reply.body), reply.headers, close=False, path=path)
+        self._send(reply.status, _json_bytes(reply.body), reply.headers, close=False, path=path,
+                   client=reply.client_id)
 
     def _play(self, fault: Fault, path: str) -> None:
         if fault.delay > 0:
@@ -601,8 +602,11 @@ class _Handler(BaseHTTPRequestHandler):
                    defaults=False)
 
     def _send(self, status: int, payload: bytes, headers: tuple[tuple[str, str], ...], *, close: bool, path: str,
-              defaults: bool = True) -> None:
-        _LOG.info("%s %s %s -> %d", self.server.emulator.route, self.command, path, status)
+              defaults: bool = True, client: str = "") -> None:
+        """``client``: the client a token was issued to, logged by its id (which connection asked; never a
+        secret)."""
+        _LOG.info("%s %s %s -> %d%s", self.server.emulator.route, self.command, path, status,
+                  f" (client {client})" if client else "")
         try:
             self.send_response(status)
             if defaults:
@@ -630,14 +634,15 @@ class _Handler(BaseHTTPRequestHandler):
 class ProviderEmulator:
     """One provider's token endpoint on loopback, with request recording and fault injection.
 
-    ``route`` names a catalogue entry or is an entry itself (a provider not in the catalogue); a route the
-    catalogue does not know may instead be given its ``rules``.
+    ``route`` names a catalogue entry or a connection of one (``AriaAu``: an Aria endpoint, its requests logged
+    under that name, its default credentials :func:`local_credentials` of it), or is an entry itself (a provider
+    not in the catalogue); a route the catalogue does not know may instead be given its ``rules``.
     """
 
     def __init__(self, route: str | ClientCredentialsProfile, *, port: int = 0, host: str = "127.0.0.1",
                  client_id: str | None = None, client_secret: str | None = None, rules: EmulatorRules | None = None,
                  **options: Any) -> None:
-        profile = route if isinstance(route, ClientCredentialsProfile) else catalogue.entry(route)
+        profile = route if isinstance(route, ClientCredentialsProfile) else catalogue.connection(route)
         if isinstance(route, ClientCredentialsProfile):
             rules = rules or route.emulator
             route = route.name
@@ -808,6 +813,24 @@ class ProviderEmulator:
 
     def __repr__(self) -> str:
         return f"<ProviderEmulator {self.route} {self.url} {'stopped' if self._server is None else 'running'}>"
+
+
+def connection_emulator(name: str, settings: Mapping[str, Any] | None = None, *, port: int = 0,
+                        host: str = "127.0.0.1", client_id: str | None = None,
+                        client_secret: str | None = None) -> ProviderEmulator:
+    """The emulator standing for connection ``name``'s endpoint (``AriaAu``: an Aria endpoint). For a provider with
+    documented regional endpoints whose tokens name their issuer (Aria's Keycloak realms), the issuer is the realm
+    that ``settings``' ``region`` and ``stage`` choose (``https://kauth.prod.aus.ariasystems.net/realms/aria``), so a
+    token shows which region issued it."""
+    profile = catalogue.connection(name)
+    if profile is None:
+        known = ", ".join(entry.key for entry in catalogue.CATALOGUE)
+        raise ValueError(f"{name!r} is no connection of the catalogue (a key starting with one of {known})")
+    options: dict[str, Any] = {}
+    chosen = profile.endpoints.get(f"{(settings or {}).get('region')}/{(settings or {}).get('stage')}")
+    if chosen and "issuer" in dict(profile.emulator.options):
+        options["issuer"] = chosen.split("/protocol/", 1)[0]
+    return ProviderEmulator(name, port=port, host=host, client_id=client_id, client_secret=client_secret, **options)
 
 
 class EmulatorFleet:
