@@ -843,6 +843,13 @@ class EmulatorFleet:
             for entry in (catalogue.CATALOGUE if entries is None else entries)
         }
 
+    @classmethod
+    def of(cls, emulators: Iterable[ProviderEmulator]) -> EmulatorFleet:
+        """A fleet of these emulators (one per connection: ``connection_emulator``), by their routes."""
+        fleet = cls(entries=())
+        fleet.emulators = {emulator.route: emulator for emulator in emulators}
+        return fleet
+
     def __getitem__(self, route: str) -> ProviderEmulator:
         return self.emulators[route]
 
