@@ -13,7 +13,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYER_DIR = REPO_ROOT / "layers" / "token_vending"
 PYNG_APP = REPO_ROOT / "functions" / "provider" / "app.py"
-"""Every provider's function; the benchmarks load it as Pyng's (PROVIDER_NAME=pyng)."""
+"""Every provider's function; the benchmarks load it as Pyng's (CONNECTION_NAME=pyng)."""
 
 for _entry in (str(REPO_ROOT), str(LAYER_DIR)):
     if _entry not in sys.path:

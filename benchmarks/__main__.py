@@ -13,7 +13,7 @@ status is 1). ``--only NAME`` measures a subset (with the figures measured along
 ``cold_start_api_ms``, ``cold_start_provider_ms``, ``cold_start_baseline_ms``, ``cold_start_ratio``
     Init plus the first answer, in milliseconds (medians), of the token API function
     (``functions/token_api/app.py``, API Gateway proxy event ``events/api-pyng.json``: ``GET /token/pyng``)
-    and of Pyng's provider function (``functions/provider/app.py`` with ``PROVIDER_NAME=pyng``, direct
+    and of Pyng's provider function (``functions/provider/app.py`` with ``CONNECTION_NAME=pyng``, direct
     invocation ``events/invoke-pyng.json``), each first answer a DynamoDB hit (token pre-seeded in DynamoDB
     Local), each sample a fresh interpreter with the function's deployed environment (the template's variables
     from ``local.stack.deployed()``, the runtime's, tracing active as ``Tracing: Active`` gives: a sampled

@@ -14,7 +14,7 @@ Interpreter start-up is excluded on every side. The sides:
 
 * ``api``: ``functions/token_api/app.py`` with ``events/api-pyng.json`` (the API Gateway proxy event of
   ``GET /token/pyng?scope=billing:batches:read`` that ``make generate`` writes for ``sam local``);
-* ``provider``: ``functions/provider/app.py`` as Pyng's function (``PROVIDER_NAME=pyng``) with
+* ``provider``: ``functions/provider/app.py`` as Pyng's function (``CONNECTION_NAME=pyng``) with
   ``events/invoke-pyng.json`` (the direct invocation ``{"scope": "billing:batches:read", ...}``);
 * ``baseline``: ``benchmarks/baseline_app.py``, one boto3 DynamoDB client made at init with the provider
   function's botocore configuration and endpoint, and the same ``GetItem`` (the token API's configuration

@@ -126,7 +126,7 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
         server = ScriptedProvider(clock, "bench", secret)
         server.behaviour = Behaviour("lifetime", expires_in=lifetime)
         env = {
-            constants.PROVIDER_NAME_ENV: name, constants.TOKEN_URL_ENV: server.url, constants.SECRET_ID_ENV: secret_id,
+            constants.CONNECTION_NAME_ENV: name, constants.TOKEN_URL_ENV: server.url, constants.SECRET_ID_ENV: secret_id,
             constants.ALLOWED_SCOPES_ENV: SCOPE, constants.TOKEN_LIFETIME_ENV: str(lifetime),
             constants.CACHE_TABLE_ENV: table, constants.LOCAL_MODE_ENV: "true", constants.UPSTREAM_RETRIES_ENV: "0",
             constants.MEMORY_CACHE_SECONDS_ENV: "0", constants.REFRESH_AHEAD_INTERVAL_ENV: str(SCHEDULE_SECONDS),

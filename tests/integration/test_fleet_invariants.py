@@ -218,7 +218,7 @@ class FleetWorld:
         shared.secretsmanager.create_secret(Name=self.secret_id, SecretString=self._secret_document(self.secret))
         self.server = ScriptedProvider(self.clock, CLIENT_ID, self.secret)
         self.env = {
-            constants.PROVIDER_NAME_ENV: self.name,
+            constants.CONNECTION_NAME_ENV: self.name,
             constants.TOKEN_URL_ENV: self.server.url,
             constants.SECRET_ID_ENV: self.secret_id,
             constants.ALLOWED_SCOPES_ENV: " ".join(ALLOWED),

@@ -125,7 +125,7 @@ def deploy(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
         create_table(aws["dynamodb"], deployment.table)
         deployment.put_secret(*secret)
         for name, value in {
-            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "PROVIDER_NAME": PROVIDER, "TOKEN_URL": server.url,
+            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "CONNECTION_NAME": PROVIDER, "TOKEN_URL": server.url,
             "SECRET_ID": deployment.secret_id, "CACHE_TABLE_NAME": deployment.table,
             "ALLOWED_SCOPES": ALLOWED_SCOPES, "DEFAULT_SCOPES": "billing:read", "TOKEN_LIFETIME": str(LIFETIME),
             "UPSTREAM_RETRIES": "0", "UPSTREAM_READ_TIMEOUT": "5", "LEASE_SECONDS": "10",

@@ -96,7 +96,7 @@ def deploy(aws: dict[str, Any], pki: Pki, monkeypatch: pytest.MonkeyPatch) -> It
         deployment = Deployment(aws, server, table=f"tokens-mtls-{unique}", secret_id=f"token-vending/mtls-{unique}")
         create_table(aws["dynamodb"], deployment.table)
         settings = {
-            **DUMMY_AWS, "PROVIDER_NAME": PROVIDER, "TOKEN_URL": server.url, "SECRET_ID": deployment.secret_id,
+            **DUMMY_AWS, "CONNECTION_NAME": PROVIDER, "TOKEN_URL": server.url, "SECRET_ID": deployment.secret_id,
             "CACHE_TABLE_NAME": deployment.table, "ALLOWED_SCOPES": "billing:read billing:write reports:read",
             "DEFAULT_SCOPES": "billing:read", "TOKEN_LIFETIME": str(LIFETIME), "UPSTREAM_RETRIES": "2",
             "UPSTREAM_READ_TIMEOUT": "5", "LEASE_SECONDS": "10", "CLIENT_AUTH": "",
