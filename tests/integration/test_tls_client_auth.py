@@ -188,7 +188,7 @@ def test_tls_client_auth_days_left_metric_has_the_certificate_s_remaining_validi
     (document,) = [doc for doc in deployment.outputs.emf if "ClientCertificateDaysLeft" in doc]
     declared = {metric["Name"]: metric for metric in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert "ClientCertificateDaysLeft" in declared
-    assert document["provider"] == PROVIDER
+    assert document["connection"] == PROVIDER
     # A cache hit uses no certificate: nothing to report.
     environment.call()
     assert len(deployment.outputs.metric("ClientCertificateDaysLeft")) == 1
