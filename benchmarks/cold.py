@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 ENVIRONMENTS = 20
 RELEASE_TIMEOUT = 120.0
-PRIME_EVENT = {"scope": "benchmark:prime"}
-"""Refused by request validation (scope outside the configured set) after the environment has built its
-vendor and before any DynamoDB, Secrets Manager or provider call."""
+PRIME_EVENT = {"min_ttl": -1}
+"""Refused by request validation (a ``min_ttl`` out of range) after the environment has built its vendor and
+before any DynamoDB, Secrets Manager or provider call (a scope the connection does not allow would be refused only
+after the cache and the secret were read)."""
 
 
 def _release_together(count: int, action: Callable[[int], Any]) -> list[Any]:

@@ -126,13 +126,13 @@ def simulate(aws: LoopbackAws, lifetime: int, *, timers: bool = True, seed: int 
         server = ScriptedProvider(clock, "bench", secret)
         server.behaviour = Behaviour("lifetime", expires_in=lifetime)
         env = {
-            constants.CONNECTION_NAME_ENV: name, constants.TOKEN_URL_ENV: server.url, constants.SECRET_ID_ENV: secret_id,
-            constants.ALLOWED_SCOPES_ENV: SCOPE, constants.TOKEN_LIFETIME_ENV: str(lifetime),
+            constants.CONNECTION_NAME_ENV: name, constants.TOKEN_URL_ENV: server.url,
+            constants.SECRET_ID_ENV: secret_id, constants.ALLOWED_SCOPES_ENV: SCOPE,
+            constants.TOKEN_LIFETIME_ENV: str(lifetime),
             constants.CACHE_TABLE_ENV: table, constants.LOCAL_MODE_ENV: "true", constants.UPSTREAM_RETRIES_ENV: "0",
             constants.MEMORY_CACHE_SECONDS_ENV: "0", constants.REFRESH_AHEAD_INTERVAL_ENV: str(SCHEDULE_SECONDS),
             constants.RENEWAL_QUEUE_URL_ENV: "https://sqs.us-east-1.amazonaws.com/123456789012/bench" if timers else "",
-            constants.PROVIDERS_ENV: json.dumps({name: {"function": f"{name}-function", "scopes": SCOPE,
-                                                        "lifetime": lifetime}}),
+            constants.PROVIDERS_ENV: json.dumps({name: {"function": f"{name}-function", "lifetime": lifetime}}),
         }
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)

@@ -1,8 +1,8 @@
 """Token API function: ``GET /token/{name}`` behind API Gateway (AWS_IAM), one route per connection.
 
 Answers cache hits itself (DynamoDB) and delegates misses and forced refreshes to the connection's own function
-with ``lambda:Invoke``; it never sees a client secret, nor a connection's settings. Powertools' Tracer is made on the first miss
-(``token_vending.tracing``): a cold start answered from the cache does without the X-Ray SDK.
+with ``lambda:Invoke``; it never sees a client secret, nor a connection's settings. Powertools' Tracer is made on
+the first miss (``token_vending.tracing``): a cold start answered from the cache does without the X-Ray SDK.
 """
 
 from __future__ import annotations

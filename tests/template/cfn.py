@@ -1,8 +1,9 @@
 """Shared by the template tests: reading template.yaml, evaluating its intrinsics, running the tools offline.
 
-template.yaml loops over the catalogue's providers (``Fn::ForEach``, AWS::LanguageExtensions): the tests read
-it expanded as CloudFormation expands it (``local.template``), and the providers are the catalogue's entries
-(``token_vending.catalogue``), not a list of their own.
+template.yaml loops over its connections (``Fn::ForEach`` over the ``Connections`` parameter,
+AWS::LanguageExtensions): the tests read it expanded as CloudFormation expands it (``local.template``), with the
+default connections or with more (:func:`expanded_with`), and each connection's provider is a catalogue entry
+(``token_vending.catalogue``), found by the key's longest catalogue-key prefix, not a list of their own.
 
 Every tool runs from its own virtualenv under ``.tools/`` (or the project's ``.venv``), never Docker,
 never AWS, never any non-loopback address. A missing tool is a failure with instructions, not a skip.
@@ -40,15 +41,18 @@ from local.template import load_template as load_raw_template
 from token_vending.catalogue import CATALOGUE
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from token_vending.profile import ClientCredentialsProfile
 
 __all__ = [
-    "ACCOUNT_ID", "ALL_FUNCTIONS", "CATALOGUE", "CFN_LINT", "EXPANDED_LINT_IGNORES", "NO_VALUE", "PROVIDERS", "REGION",
-    "REQUIRED_PARAMETER_SAMPLES", "ROOT", "SAM", "TEMPLATE", "TOKEN_API", "TOOLS_PYTHON", "CfnLoader", "Evaluator",
-    "Provider", "as_list", "emitted_metric_names", "environment", "expand", "function_env", "is_metrics_insights",
-    "is_search", "java_like_fullmatch", "load_template", "metrics_insights", "parse_template", "provider_functions",
-    "python313_dir", "raw_template", "require_tool", "resources", "run", "search_expression", "tool_env",
-    "translate", "translate_document", "without_cfn_lint_ignores",
+    "ACCOUNT_ID", "ADDED_KEYS", "ALL_FUNCTIONS", "CATALOGUE", "CFN_LINT", "CONNECTIONS", "DEFAULT_KEYS",
+    "EXPANDED_LINT_IGNORES", "NO_VALUE", "REGION", "REQUIRED_PARAMETER_SAMPLES", "ROOT", "SAM", "SEVEN", "SEVEN_KEYS",
+    "TEMPLATE", "TOKEN_API", "TOOLS_PYTHON", "CfnLoader", "Connection", "Evaluator", "as_list", "connection_name",
+    "connections", "emitted_metric_names", "environment", "expand", "expanded_with", "fetch_settings", "function_env",
+    "is_metrics_insights", "is_search", "java_like_fullmatch", "load_template", "metrics_insights", "parse_template",
+    "provider_functions", "provider_of", "python313_dir", "raw_template", "require_tool", "resources", "run",
+    "search_expression", "tool_env", "translate", "translate_document", "translate_with", "without_cfn_lint_ignores",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +64,7 @@ TOOLS_PYTHON = TOOLS_BIN / "python"
 TOOLS_HINT = "run `make deps` (or: python3 -m venv .tools/sam && .tools/sam/bin/pip install -r requirements-tools.txt)"
 
 TOKEN_API = "TokenApiFunction"
-# values for the parameters without a default (as samconfig.toml gives them)
+# the token URLs samconfig.toml gives (their parameters default to empty: the secret's token_url then)
 REQUIRED_PARAMETER_SAMPLES = {
     "PyngTokenUrl": "https://sample.pyng.com.au/billing/oauth2/token",
     "AutopayTokenUrl": "https://autopay.example.com/oauth/token",
@@ -69,16 +73,35 @@ ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 
 
-# --- the providers: the catalogue's entries, as the template's loops name them ------------------
-@dataclass(frozen=True)
-class Provider:
-    """One catalogue entry and the names the template's ``Fn::ForEach`` loops give its resources."""
+# --- the connections: the Connections parameter's keys, each a catalogue entry's connection --------------------
+def provider_of(key: str) -> ClientCredentialsProfile:
+    """The catalogue entry a connection key belongs to: the one whose key is the key's longest prefix (the
+    template's ``Connections`` pattern admits nothing else)."""
+    prefixes = [entry for entry in CATALOGUE if key.startswith(entry.key)]
+    assert prefixes, f"{key} starts with no catalogue key"
+    return max(prefixes, key=lambda entry: len(entry.key))
 
-    route: str
-    """The catalogue name: ``/token/{route}``, PROVIDER_NAME, the cache partition, the metrics' dimension."""
+
+def connection_name(key: str) -> str:
+    """A connection's name (route, CONNECTION_NAME, cache partition, metric dimension, budget key): its catalogue
+    entry's name for an entry's own key (``InvoiceCloud`` -> ``invoice-cloud``), otherwise the key itself."""
+    return next((entry.name for entry in CATALOGUE if entry.key == key), key)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One item of ``Connections`` and the names the template's ``Fn::ForEach`` loops give its resources."""
+
     key: str
-    """The template's key (``InvoiceCloud``): ``<key>Function``, ``<key>SecretArn``, ``FUNCTION_<key>``, ..."""
+    """The template's key (``InvoiceCloud``, ``AriaAu``): ``<key>Function``, ``<key>Secret``, ``FUNCTION_<key>``, ..."""
+    name: str
+    """``/token/{name}``, CONNECTION_NAME, the cache partition, the metrics' dimension, the budget's key."""
     entry: ClientCredentialsProfile
+    """Its provider's catalogue entry."""
+
+    @property
+    def route(self) -> str:
+        return self.name
 
     @property
     def function(self) -> str:
@@ -88,16 +111,34 @@ class Provider:
     def lifetime(self) -> int:
         return self.entry.lifetime
 
+    @property
+    def default(self) -> bool:
+        """One of the default connections: parameters of its own (a DefaultConnections row)."""
+        return self.key in DEFAULT_KEYS
 
-PROVIDERS: dict[str, Provider] = {entry.name: Provider(entry.name, entry.key, entry) for entry in CATALOGUE}
-"""Route name -> provider, in catalogue order (the loops' order: test_template.py checks that they agree)."""
-ALL_FUNCTIONS = [TOKEN_API, *(provider.function for provider in PROVIDERS.values())]
+
+def connections(keys: Iterable[str]) -> dict[str, Connection]:
+    """Name -> connection for these keys, in their order (the loops' order)."""
+    return {connection_name(key): Connection(key, connection_name(key), provider_of(key)) for key in keys}
+
+
+DEFAULT_KEYS: tuple[str, ...] = tuple(
+    load_raw_template(TEMPLATE)["Parameters"]["Connections"]["Default"].split(","))
+"""``Connections``' default: the five connections every stack had before connections could be added."""
+ADDED_KEYS = ("AriaAu", "PyngOrg2")
+"""Two added connections (the local stack's): a second Aria (its AUS region) and a second Pyng partner."""
+SEVEN_KEYS = (*DEFAULT_KEYS, *ADDED_KEYS)
+CONNECTIONS: dict[str, Connection] = connections(DEFAULT_KEYS)
+"""Name -> connection, as deployed with the defaults, in ``Connections``' order."""
+SEVEN: dict[str, Connection] = connections(SEVEN_KEYS)
+"""Name -> connection with the two added ones."""
+ALL_FUNCTIONS = [TOKEN_API, *(connection.function for connection in CONNECTIONS.values())]
 
 
 # --- reading the template ---------------------------------------------------------------------
 @cache
-def _expanded() -> dict[str, Any]:
-    return expanded_template(TEMPLATE)
+def _expanded(keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return expanded_template(TEMPLATE, None if keys is None else {"Connections": ",".join(keys)})
 
 
 @cache
@@ -108,6 +149,11 @@ def _raw() -> dict[str, Any]:
 def load_template() -> dict[str, Any]:
     """template.yaml as CloudFormation hands it to SAM: every ``Fn::ForEach`` expanded (shared: do not modify)."""
     return _expanded()
+
+
+def expanded_with(keys: Iterable[str]) -> dict[str, Any]:
+    """template.yaml expanded with ``Connections`` set to these keys (shared: do not modify)."""
+    return _expanded(tuple(keys))
 
 
 def raw_template() -> dict[str, Any]:
@@ -133,7 +179,18 @@ class Evaluator(TemplateEvaluator):
 
     def __init__(self, template: dict[str, Any], overrides: dict[str, str] | None = None) -> None:
         known = {name: value for name, value in REQUIRED_PARAMETER_SAMPLES.items() if name in template["Parameters"]}
+        expanded_for = _connections_of(template)
+        if expanded_for is not None:  # the Connections the template was expanded with, unless told otherwise
+            known["Connections"] = ",".join(expanded_for)
         super().__init__(template, {**known, **(overrides or {})})
+
+
+def _connections_of(template: dict[str, Any]) -> list[str] | None:
+    """The keys an expanded template's loops ran over (its connections' functions, in order), or None."""
+    if "Connections" not in template.get("Parameters", {}):
+        return None
+    keys = [logical_id.removesuffix("Function") for logical_id in provider_functions(template).values()]
+    return keys or None
 
 
 def environment(template: dict[str, Any], logical_id: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -142,9 +199,23 @@ def environment(template: dict[str, Any], logical_id: str, overrides: dict[str, 
     return {name: str(value) for name, value in evaluated.items()}
 
 
+def fetch_settings(connection: Connection, env: Mapping[str, str], secret: Mapping[str, Any] | None = None) -> Any:
+    """What the layer makes of a connection's function environment and its secret's setting fields when it reads
+    the secret (``token_vending.connection_settings.resolve``, with the connection's profile): token URL,
+    client authentication, scopes. Raises the layer's ``Misconfigured`` as the function would."""
+    from token_vending.catalogue import connection as connection_profile
+    from token_vending.connection_settings import resolve
+    from token_vending.settings import ProviderSettings
+
+    profile = connection_profile(connection.name)
+    assert profile is not None, f"the catalogue knows no connection named {connection.name}"
+    settings = ProviderSettings.from_env(connection.name, env, profile=profile)
+    return resolve(settings, dict(secret or {}), profile)
+
+
 EXPANDED_LINT_IGNORES = ["W7001"]
 """cfn-lint checks not run on the expanded template: W7001 (mapping unused), as the expansion resolves every
-Fn::FindInMap with the loop's key, leaving the Providers and FunctionAlarms mappings unread."""
+Fn::FindInMap with the loop's key, leaving the DefaultConnections and FunctionAlarms mappings unread."""
 
 
 def without_cfn_lint_ignores(document: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +315,12 @@ def translate() -> dict[str, Any]:
     """The CloudFormation SAM would deploy: template.yaml after AWS::LanguageExtensions (its loops expanded,
     as CloudFormation does first), through samtranslator (shared: do not modify)."""
     return translate_document(load_template())
+
+
+@cache
+def translate_with(keys: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`translate` with ``Connections`` set to these keys (shared: do not modify)."""
+    return translate_document(expanded_with(keys))
 
 
 # --- CloudWatch Metrics Insights queries (alarms and dashboard widgets) -------------------------------

@@ -1,15 +1,15 @@
 """Operations: every alarm and dashboard metric names something the stack creates, and the time budget.
 
 - Alarms and the dashboard are plain strings to CloudWatch: a dimension naming an API, function, stage,
-  provider or service that does not exist is accepted at deploy time and then watches nothing, for ever
+  connection or service that does not exist is accepted at deploy time and then watches nothing, for ever
   (an alarm that can never fire). Every dimension is resolved here, on SAM's translation (of the template
   with its loops expanded) evaluated with the parameter defaults, to a resource the stack really creates or a
   value the code really emits. A Metrics Insights query (``SELECT MIN(Metric) FROM SCHEMA("TokenVending",
-  provider, service)``) and a SEARCH expression (``SEARCH('{TokenVending,provider,service}
+  connection, service)``) and a SEARCH expression (``SEARCH('{TokenVending,connection,service}
   MetricName="UpstreamLatency"', 'p99', 300)``) name dimension keys rather than values: the schema must be a
   dimension set the namespace publishes, fixed values must resolve like any other, the metrics they read must
-  be ones the code (or the AWS service) emits, and over the service's namespace they must read every provider
-  (no WHERE, term or text that would leave one out: a provider added to the catalogue is watched unasked).
+  be ones the code (or the AWS service) emits, and over the service's namespace they must read every connection
+  (no WHERE, term or text that would leave one out: a connection added to Connections is watched unasked).
 - The token API's worst case (its DynamoDB read and its provider invocation, from the botocore Configs in
   ``token_vending.clients``, retries and botocore's back-off included) must end inside its own timeout,
   which must stay within API Gateway's 29 s integration limit.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pytest
 
 from tests.template.cfn import (
-    CATALOGUE,
+    CONNECTIONS,
     TOKEN_API,
     Evaluator,
     emitted_metric_names,
@@ -51,7 +51,7 @@ STACK_NAME = "stack-under-test"
 DIMENSION_SETS = {
     "AWS/Lambda": [{"FunctionName"}],
     "AWS/ApiGateway": [{"ApiName"}, {"ApiName", "Stage"}],
-    "TokenVending": [{"provider", "service"}],  # Powertools EMF: the service dimension plus ours
+    "TokenVending": [{"connection", "service"}],  # Powertools EMF: the service dimension plus ours
 }
 # Metrics the AWS services publish that the alarms and the dashboard may read (the service's own come from the code).
 AWS_METRICS = {
@@ -73,10 +73,10 @@ class Stack(Evaluator):
         self.params["AWS::StackName"] = STACK_NAME
 
 
-def _profile_names() -> set[str]:
-    """The provider names the code puts in the ``provider`` dimension: each provider function's catalogue entry
-    name (``metrics.set_default_dimensions(provider=profile.name)``), the token API's the route requested."""
-    return {entry.name for entry in CATALOGUE}
+def _connection_names() -> set[str]:
+    """The names the code puts in the ``connection`` dimension: each connection function's own (its
+    CONNECTION_NAME, the profile's name), the token API's the route requested: the deployed connections'."""
+    return set(CONNECTIONS)
 
 
 def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
@@ -96,10 +96,10 @@ def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
         ev(stage["Properties"]["StageName"]) for stage in resources(translated, "AWS::ApiGateway::Stage").values()
     }
     routes = set(ApiSettings.from_env({k: str(v) for k, v in envs[TOKEN_API].items()}).providers)
-    provider_names = {env["PROVIDER_NAME"] for env in envs.values() if "PROVIDER_NAME" in env}
-    assert provider_names == routes == _profile_names(), (
-        "PROVIDER_NAME of the provider functions, the token API's routes (FUNCTION_<Key>) and the catalogue's "
-        "names must agree: they are the provider dimension's values"
+    names = {env["CONNECTION_NAME"] for env in envs.values() if "CONNECTION_NAME" in env}
+    assert names == routes == _connection_names(), (
+        "CONNECTION_NAME of the connections' functions, the token API's routes (FUNCTION_<Key>) and the "
+        "connections' names must agree: they are the connection dimension's values"
     )
     # CloudFormation names a function without FunctionName "<stack>-<LogicalId>-<suffix>": a SEARCH may find
     # the stack's functions by that prefix
@@ -109,7 +109,7 @@ def _what_the_stack_creates(translated: dict[str, Any]) -> dict[str, set[str]]:
         "FunctionNamePrefix": set() if named else {f"{STACK_NAME}-"},
         "ApiName": api_names,
         "Stage": stages,
-        "provider": provider_names,
+        "connection": names,
         "service": {env["POWERTOOLS_SERVICE_NAME"] for env in envs.values()},
         "namespace": {env["POWERTOOLS_METRICS_NAMESPACE"] for env in envs.values()},
         "metric": emitted_metric_names(),
@@ -128,14 +128,14 @@ class Metric(NamedTuple):
     text: tuple[str, ...] = ()
     """A SEARCH's free-text terms: they match any part of any dimension value."""
     query: bool = False
-    """A Metrics Insights query or a SEARCH: over the service's namespace, it must read every provider."""
+    """A Metrics Insights query or a SEARCH: over the service's namespace, it must read every connection."""
 
 
 def _check(where: str, read: Metric, known: dict[str, set[str]]) -> list[str]:
     problems = _check_metric(where, read.namespace, read.dimensions, known, read.name, read.text)
-    if read.query and read.namespace in known["namespace"] and read.dimensions.get("provider") is not None:
-        problems.append(f"{where}: reads provider={read.dimensions['provider']!r} only; a query over the "
-                        "service's metrics must read every provider (those the catalogue gains too)")
+    if read.query and read.namespace in known["namespace"] and read.dimensions.get("connection") is not None:
+        problems.append(f"{where}: reads connection={read.dimensions['connection']!r} only; a query over the "
+                        "service's metrics must read every connection (those added later too)")
     return problems
 
 
@@ -159,7 +159,7 @@ def _check_metric(where: str, namespace: str, dimensions: dict[str, str | None],
     if metric is not None and not ours and metric not in AWS_METRICS[namespace]:
         problems.append(f"{where}: {namespace} publishes no metric {metric!r} ({sorted(AWS_METRICS[namespace])})")
     for term in text:
-        # Free text matches any part of any dimension value: over the service's namespace it would leave providers
+        # Free text matches any part of any dimension value: over the service's namespace it would leave connections
         # out; over Lambda's only the prefix every function of this stack carries (and only its) is allowed.
         if namespace == "AWS/Lambda" and dimensions == {"FunctionName": None} and term in known["FunctionNamePrefix"]:
             continue
@@ -278,11 +278,11 @@ def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[
     for read in metrics:
         problems += _check(f"dashboard widget {read.label!r}", read, known)
     assert not problems, "\n".join(problems)
-    # every provider appears on it: the service's metrics are read over every provider (GROUP BY provider or
-    # a SEARCH, none fixes one), so a provider added to the catalogue appears unasked
+    # every connection appears on it: the service's metrics are read over every connection (GROUP BY connection
+    # or a SEARCH, none fixes one), so a connection added to Connections appears unasked
     ours = [read for read in metrics if read.namespace in known["namespace"]]
     assert ours, "the dashboard shows none of the service's metrics"
-    assert all(read.query and read.dimensions["provider"] is None for read in ours), "a widget shows some providers"
+    assert all(read.query and read.dimensions["connection"] is None for read in ours), "a widget shows some connections"
     # and every function: Lambda's metrics found by the prefix every function of this stack carries
     by_function = {read.name for read in metrics if read.namespace == "AWS/Lambda"
                    and read.dimensions == {"FunctionName": None} and set(read.text) == known["FunctionNamePrefix"]}
@@ -295,8 +295,8 @@ def test_every_dashboard_metric_is_something_the_stack_creates(translated: dict[
 
 
 def test_upstream_budget_alarm(translated: dict[str, Any]) -> None:
-    """Any provider's budget refusal in a 5-minute period alarms (one Metrics Insights query over every provider, as
-    UpstreamFailuresAlarm and StaleServesAlarm), and the dashboard shows the refusals per provider."""
+    """Any connection's budget refusal in a 5-minute period alarms (one Metrics Insights query over every connection,
+    as UpstreamFailuresAlarm and StaleServesAlarm), and the dashboard shows the refusals per connection."""
     assert "UpstreamBudgetExhausted" in emitted_metric_names()
     ev = Stack(translated)
     alarms = resources(translated, "AWS::CloudWatch::Alarm")
@@ -314,7 +314,7 @@ def test_upstream_budget_alarm(translated: dict[str, Any]) -> None:
     shown = [read for read in _dashboard_metrics(json.loads(ev(dashboard["Properties"]["DashboardBody"])))
              if read.name == "UpstreamBudgetExhausted"]
     assert shown, "the dashboard does not show the budget refusals"
-    assert all(read.dimensions["provider"] is None for read in shown)
+    assert all(read.dimensions["connection"] is None for read in shown)
 
 
 def test_the_checks_catch_a_misnamed_api() -> None:
@@ -327,26 +327,26 @@ def test_the_checks_catch_a_misnamed_api() -> None:
     assert "names nothing" in problems[0]
     assert _check_metric("x", "AWS/Lambda", {"FunctionName": "TokenApiFunctionRole-physical-id"}, known)
     assert not _check_metric("x", "AWS/Lambda", {"FunctionName": "PyngFunction-physical-id"}, known, "Errors")
-    assert _check_metric("x", "TokenVending", {"provider": "paypal", "service": "token-vending"}, known)
-    assert not _check_metric("x", "TokenVending", {"provider": "pyng", "service": "token-vending"}, known)
+    assert _check_metric("x", "TokenVending", {"connection": "paypal", "service": "token-vending"}, known)
+    assert not _check_metric("x", "TokenVending", {"connection": "pyng", "service": "token-vending"}, known)
 
 
 def test_the_checks_read_metrics_insights_queries() -> None:
     """Metrics Insights: the SCHEMA must be a dimension set the namespace publishes, WHERE values must name
-    something, the metric must be one the code emits, and no provider may be left out; a form the checks
+    something, the metric must be one the code emits, and no connection may be left out; a form the checks
     cannot read fails."""
     known = _what_the_stack_creates(translate())
 
     def problems(expression: str) -> list[str]:
         return _check("q", _insights_metric("q", expression), known)
 
-    good = 'SELECT MIN(ClientCertificateDaysLeft) FROM SCHEMA("TokenVending", provider, service)'
+    good = 'SELECT MIN(ClientCertificateDaysLeft) FROM SCHEMA("TokenVending", connection, service)'
     assert not problems(good)
-    assert not problems(good + " GROUP BY provider")
-    assert not problems(good + " WHERE service = 'token-vending' GROUP BY provider")
-    assert problems(good + " WHERE provider = 'pyng' GROUP BY provider")  # the other providers left out
-    assert problems(good.replace(", service", ""))  # EMF never publishes provider alone
-    assert problems(good + " WHERE provider = 'paypal'")
+    assert not problems(good + " GROUP BY connection")
+    assert not problems(good + " WHERE service = 'token-vending' GROUP BY connection")
+    assert problems(good + " WHERE connection = 'pyng' GROUP BY connection")  # the other connections left out
+    assert problems(good.replace(", service", ""))  # EMF never publishes connection alone
+    assert problems(good + " WHERE connection = 'paypal'")
     assert problems(good + " WHERE service = 'other-service'")
     assert problems(good.replace("ClientCertificateDaysLeft", "ClientCertificateDaysRemaining"))
     assert problems(good.replace('"TokenVending"', '"Token-Vending"'))
@@ -358,29 +358,29 @@ def test_the_checks_read_metrics_insights_queries() -> None:
 
 def test_the_checks_read_search_expressions() -> None:
     """SEARCH: the schema must be a dimension set the namespace publishes, the metric one the code (or the AWS
-    service) emits; over the service's namespace nothing may leave a provider out, over Lambda's only this stack's
+    service) emits; over the service's namespace nothing may leave a connection out, over Lambda's only this stack's
     function-name prefix may narrow it; a form the checks cannot read fails."""
     known = _what_the_stack_creates(translate())
 
     def problems(expression: str) -> list[str]:
         return _check("s", _search_metric("s", expression), known)
 
-    latency = "SEARCH('{TokenVending,provider,service} MetricName=\"UpstreamLatency\"', 'p99', 300)"
+    latency = "SEARCH('{TokenVending,connection,service} MetricName=\"UpstreamLatency\"', 'p99', 300)"
     assert not problems(latency)
     assert problems(latency.replace("UpstreamLatency", "UpstreamLatencyMs"))  # never emitted
-    assert problems(latency.replace("{TokenVending,provider,service}", "{TokenVending,provider}"))
-    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" provider="pyng"'))  # one provider
-    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" "pyng"'))  # text: some providers
-    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" provider="paypal"'))
+    assert problems(latency.replace("{TokenVending,connection,service}", "{TokenVending,connection}"))
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" connection="pyng"'))  # one connection
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" "pyng"'))  # text: some connections
+    assert problems(latency.replace('"UpstreamLatency"', '"UpstreamLatency" connection="paypal"'))
     errors = f"SEARCH('{{AWS/Lambda,FunctionName}} MetricName=\"Errors\" \"{STACK_NAME}-\"', 'Sum', 300)"
     assert not problems(errors)
     assert problems(errors.replace(f"{STACK_NAME}-", "token-vending-"))  # another stack's functions
     assert problems(errors.replace("Errors", "Error"))  # Lambda publishes no such metric
     assert problems(errors.replace('MetricName="Errors"', 'MetricName="Errors" FunctionName="elsewhere"'))
     with pytest.raises(AssertionError, match="without MetricName"):
-        problems("SEARCH('{TokenVending,provider,service}', 'Sum', 300)")
+        problems("SEARCH('{TokenVending,connection,service}', 'Sum', 300)")
     with pytest.raises(AssertionError, match="cannot read"):
-        problems("SEARCH('{TokenVending,provider,service} MetricName=\"A\" OR MetricName=\"B\"', 'Sum', 300)")
+        problems("SEARCH('{TokenVending,connection,service} MetricName=\"A\" OR MetricName=\"B\"', 'Sum', 300)")
 
 
 # --- the token API's time budget ------------------------------------------------------------------

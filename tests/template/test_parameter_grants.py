@@ -27,12 +27,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.template.cfn import ACCOUNT_ID, PROVIDERS, REGION, Evaluator, as_list, java_like_fullmatch, load_template
+from tests.template.cfn import ACCOUNT_ID, CONNECTIONS, REGION, Evaluator, as_list, java_like_fullmatch, load_template
 from token_vending.assertion import KMS_ALGORITHMS
 
 ROUTE = "pyng"
-PREFIX = PROVIDERS[ROUTE].key
-FUNCTION = PROVIDERS[ROUTE].function
+PREFIX = CONNECTIONS[ROUTE].key
+FUNCTION = CONNECTIONS[ROUTE].function
 TEMPLATE = load_template()
 SIGNING_KEY_PATTERN = TEMPLATE["Parameters"][f"{PREFIX}SigningKeyArn"]["AllowedPattern"]
 SECRET_PATTERN = TEMPLATE["Parameters"][f"{PREFIX}SecretArn"]["AllowedPattern"]

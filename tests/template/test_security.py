@@ -41,14 +41,15 @@ from tests.template.cfn import (
     ACCOUNT_ID,
     ALL_FUNCTIONS,
     CFN_LINT,
+    CONNECTIONS,
     EXPANDED_LINT_IGNORES,
-    PROVIDERS,
     REGION,
     REQUIRED_PARAMETER_SAMPLES,
     ROOT,
     TOKEN_API,
     Evaluator,
     as_list,
+    fetch_settings,
     java_like_fullmatch,
     load_template,
     raw_template,
@@ -59,10 +60,8 @@ from tests.template.cfn import (
     translate,
     without_cfn_lint_ignores,
 )
-from token_vending import constants
 from token_vending.assertion import KMS_ALGORITHMS
 from token_vending.exceptions import Misconfigured
-from token_vending.provider_function import ProviderFunction
 
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 CHECKOV_HINT = "run `make deps` (it installs requirements-checkov.txt into .tools/checkov)"
@@ -73,9 +72,8 @@ KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-123456
 SIGNING_KEYS = {
     route: f"arn:aws:kms:us-east-1:{'210987654321' if route == 'aria' else ACCOUNT_ID}:key/"
     f"{index}a5b2c3d-0000-4000-8000-00000000000{index}"
-    for index, route in enumerate(PROVIDERS, start=1)
+    for index, route in enumerate(CONNECTIONS, start=1)
 }
-LAYER_SETTINGS = {value for name, value in vars(constants).items() if name.endswith("_ENV") and "{" not in value}
 SIGNING_KEY_CLIENT_AUTH = "private_key_jwt"
 """The only method a KMS signing key is granted with (Has<Provider>SigningKey)."""
 KMS_SIGNING_ACTIONS = {"kms:Sign", "kms:GetPublicKey"}
@@ -154,8 +152,8 @@ def test_every_function_has_its_own_role_and_nothing_else(template: dict[str, An
 def test_provider_roles_reach_only_their_own_secret_and_partition(
     template: dict[str, Any], kms_key: str, secret_given: bool, signing_key: bool
 ) -> None:
-    for route, provider in PROVIDERS.items():
-        function, prefix = provider.function, provider.key
+    for route, connection in CONNECTIONS.items():
+        function, prefix = connection.function, connection.key
         overrides = {"KmsKeyArn": kms_key} | ({f"{prefix}SecretArn": OWN_SECRET_ARN} if secret_given else {})
         if signing_key:
             overrides |= {f"{prefix}ClientAuth": "private_key_jwt", f"{prefix}SigningKeyArn": SIGNING_KEYS[route]}
@@ -258,14 +256,14 @@ def test_a_signing_key_alias_grants_the_keys_that_carry_it(translated: dict[str,
     alias = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:alias/pyng-token-signing"
     evaluate = Evaluator(translated, {"PyngClientAuth": "private_key_jwt", "PyngSigningKeyArn": alias})
     assert not evaluate.rules_hold()
-    role = f"{PROVIDERS['pyng'].function}Role"
+    role = f"{CONNECTIONS['pyng'].function}Role"
     assert _signing_grants(translated, evaluate) == {role: _signing_statements(alias)}
     statements = _signing_grants(translated, evaluate)[role]
     assert statements[2]["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"] == "alias/pyng-token-signing"
 
 
 def _signing_combinations() -> list[tuple[str, ...]]:
-    return [(), *((route,) for route in PROVIDERS), tuple(PROVIDERS)]
+    return [(), *((route,) for route in CONNECTIONS), tuple(CONNECTIONS)]
 
 
 @pytest.mark.parametrize("signers", _signing_combinations(), ids=lambda s: "+".join(s) or "none")
@@ -276,16 +274,16 @@ def test_only_a_signing_keys_own_function_may_sign_with_it(
     appear in their roles only, each on its own key alone; nowhere when no key is given; never for the token API."""
     overrides = {"KmsKeyArn": KMS_KEY}
     for route in signers:
-        prefix = PROVIDERS[route].key
+        prefix = CONNECTIONS[route].key
         overrides |= {f"{prefix}ClientAuth": SIGNING_KEY_CLIENT_AUTH, f"{prefix}SigningKeyArn": SIGNING_KEYS[route]}
     evaluate = Evaluator(translated, overrides)
     assert not evaluate.rules_hold()
     assert _signing_grants(translated, evaluate) == {
-        f"{PROVIDERS[route].function}Role": _signing_statements(SIGNING_KEYS[route]) for route in signers
+        f"{CONNECTIONS[route].function}Role": _signing_statements(SIGNING_KEYS[route]) for route in signers
     }
     # each function is told to sign with the very key it may use (and no other is told of a key)
-    for route, provider in PROVIDERS.items():
-        function = provider.function
+    for route, connection in CONNECTIONS.items():
+        function = connection.function
         variables = evaluate(translated["Resources"][function]["Properties"]["Environment"])["Variables"]
         assert variables["SIGNING_KEY_ID"] == (SIGNING_KEYS[route] if route in signers else ""), function
         assert variables["CLIENT_AUTH"] == (SIGNING_KEY_CLIENT_AUTH if route in signers else ""), function
@@ -327,16 +325,16 @@ def test_signing_conditions_are_what_the_layer_sends() -> None:
 
 
 @pytest.mark.parametrize("catalogue_signs", [False, True], ids=["catalogue-other-method", "catalogue-private-key-jwt"])
-@pytest.mark.parametrize("route", list(PROVIDERS))
+@pytest.mark.parametrize("route", list(CONNECTIONS))
 def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
     translated: dict[str, Any], route: str, catalogue_signs: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Has<Provider>SigningKey follows the key alone: with <Provider>ClientAuth empty the catalogue's method
-    applies, and an entry whose method is private_key_jwt signs with the key, so it must hold kms:Sign. With
-    any other effective method the function refuses the key as misconfigured before anything is signed. No key,
-    no grant, whatever the method. (Rules do not refuse the combination: the template's loops cannot write one
-    per provider.)"""
-    provider = PROVIDERS[route]
+    """Has<Key>SigningKey follows the key alone: with <Key>ClientAuth empty the catalogue's method applies, and
+    an entry whose method is private_key_jwt signs with the key, so it must hold kms:Sign. With any other
+    effective method the function refuses the key as misconfigured before anything is signed. No key, no grant,
+    whatever the method. (Rules do not refuse the combination: the template's loops cannot write one per
+    connection.)"""
+    connection = CONNECTIONS[route]
     from token_vending import catalogue
     from token_vending.profile import ClientAuth
 
@@ -348,32 +346,27 @@ def test_a_signing_key_given_is_granted_and_used_only_by_private_key_jwt(
         profile = dataclasses.replace(profile, auth=ClientAuth.FORM_BODY)
     monkeypatch.setattr(catalogue, "CATALOGUE", tuple(
         profile if candidate.name == route else candidate for candidate in catalogue.CATALOGUE))
-    key = {f"{provider.key}SigningKeyArn": SIGNING_KEYS[route]}
-    methods = translated["Parameters"][f"{provider.key}ClientAuth"]["AllowedValues"]
+    key = {f"{connection.key}SigningKeyArn": SIGNING_KEYS[route]}
+    methods = translated["Parameters"][f"{connection.key}ClientAuth"]["AllowedValues"]
     assert {"", SIGNING_KEY_CLIENT_AUTH} <= set(methods)
     for method in methods:
-        evaluate = Evaluator(translated, key | {f"{provider.key}ClientAuth": method})
+        evaluate = Evaluator(translated, key | {f"{connection.key}ClientAuth": method})
         assert not evaluate.rules_hold()
-        assert evaluate.condition(f"Has{provider.key}SigningKey"), method
+        assert evaluate.condition(f"Has{connection.key}SigningKey"), method
         assert _signing_grants(translated, evaluate) == {
-            f"{provider.function}Role": _signing_statements(SIGNING_KEYS[route])}, method
-        # the function deployed so: told of the key, refused unless it signs with it
-        variables = evaluate(translated["Resources"][provider.function]["Properties"]["Environment"])["Variables"]
+            f"{connection.function}Role": _signing_statements(SIGNING_KEYS[route])}, method
+        # the function deployed so: told of the key, refused (when it reads its secret) unless it signs with it
+        variables = evaluate(translated["Resources"][connection.function]["Properties"]["Environment"])["Variables"]
         assert variables["SIGNING_KEY_ID"] == SIGNING_KEYS[route]
-        for name in LAYER_SETTINGS:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in variables.items():
-            monkeypatch.setenv(name, str(value))
-        function = ProviderFunction.from_catalogue(route, logger=MagicMock(), metrics=MagicMock(),
-                                                   dynamodb=MagicMock(), secretsmanager=MagicMock())
+        env = {name: str(value) for name, value in variables.items()}
         if method == SIGNING_KEY_CLIENT_AUTH or (method == "" and catalogue_signs):
-            assert function.vendor().settings.signing_key_id == SIGNING_KEYS[route]
+            assert fetch_settings(connection, env).signing_key_id == SIGNING_KEYS[route]
         else:
             with pytest.raises(Misconfigured, match="SIGNING_KEY_ID needs CLIENT_AUTH private_key_jwt"):
-                function.vendor()
+                fetch_settings(connection, env)
     for method in methods:  # no key: nothing granted, whatever the method
-        evaluate = Evaluator(translated, {f"{provider.key}ClientAuth": method})
-        assert not evaluate.condition(f"Has{provider.key}SigningKey")
+        evaluate = Evaluator(translated, {f"{connection.key}ClientAuth": method})
+        assert not evaluate.condition(f"Has{connection.key}SigningKey")
         assert _signing_grants(translated, evaluate) == {}
     assert not [name for name, rule in raw_template().get("Rules", {}).items() if "SigningKey" in json.dumps(rule)]
 
@@ -415,25 +408,26 @@ def test_token_api_role_reads_the_cache_marks_use_and_invokes_the_provider_funct
         )
     expected.append(XRAY)
     assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key}) == expected
-    everyone_signs = {f"{provider.key}SigningKeyArn": SIGNING_KEYS[route] for route, provider in PROVIDERS.items()}
-    everyone_signs |= {f"{provider.key}ClientAuth": SIGNING_KEY_CLIENT_AUTH for provider in PROVIDERS.values()}
+    everyone_signs = {f"{connection.key}SigningKeyArn": SIGNING_KEYS[route]
+                      for route, connection in CONNECTIONS.items()}
+    everyone_signs |= {f"{connection.key}ClientAuth": SIGNING_KEY_CLIENT_AUTH for connection in CONNECTIONS.values()}
     assert role_statements(template, TOKEN_API, {"KmsKeyArn": kms_key} | everyone_signs) == expected
     # lambda:InvokeFunction on each provider function, one policy each (a loop cannot add statements to one)
     attached = {name: policy["Properties"] for name, policy in resources(template, "AWS::IAM::RolePolicy").items()
                 if policy["Properties"]["RoleName"] == {"Ref": f"{TOKEN_API}Role"}}
-    assert set(attached) == {f"{TOKEN_API}LogsPolicy"} | {f"{p.function}InvokePolicy" for p in PROVIDERS.values()}
-    for provider in PROVIDERS.values():
-        document = Evaluator(template, {"KmsKeyArn": kms_key})(attached[f"{provider.function}InvokePolicy"])
+    assert set(attached) == {f"{TOKEN_API}LogsPolicy"} | {f"{p.function}InvokePolicy" for p in CONNECTIONS.values()}
+    for connection in CONNECTIONS.values():
+        document = Evaluator(template, {"KmsKeyArn": kms_key})(attached[f"{connection.function}InvokePolicy"])
         assert document["PolicyDocument"] == {
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "lambda:InvokeFunction",
-                           "Resource": f"arn:aws:{provider.function}:Arn"}],
+                           "Resource": f"arn:aws:{connection.function}:Arn"}],
         }
 
 
 def test_each_function_writes_only_to_its_own_log_group(template: dict[str, Any]) -> None:
     role_policies = resources(template, "AWS::IAM::RolePolicy")
-    invoke = {f"{provider.function}InvokePolicy" for provider in PROVIDERS.values()}  # the token API's
+    invoke = {f"{connection.function}InvokePolicy" for connection in CONNECTIONS.values()}  # the token API's
     assert set(role_policies) == {f"{function}LogsPolicy" for function in ALL_FUNCTIONS} | invoke
     for function in ALL_FUNCTIONS:
         props = role_policies[f"{function}LogsPolicy"]["Properties"]
@@ -474,8 +468,8 @@ def test_no_wildcard_where_a_narrower_arn_exists(translated: dict[str, Any], kms
     but API Gateway's account-wide logging role's."""
     overrides = {"KmsKeyArn": kms_key}
     if signing_keys:
-        overrides |= {f"{p.key}SigningKeyArn": SIGNING_KEYS[route] for route, p in PROVIDERS.items()}
-        overrides |= {f"{p.key}ClientAuth": SIGNING_KEY_CLIENT_AUTH for p in PROVIDERS.values()}
+        overrides |= {f"{p.key}SigningKeyArn": SIGNING_KEYS[route] for route, p in CONNECTIONS.items()}
+        overrides |= {f"{p.key}ClientAuth": SIGNING_KEY_CLIENT_AUTH for p in CONNECTIONS.values()}
     evaluate = Evaluator(translated, overrides)
     for name, document in _policy_documents(translated):
         for statement in evaluate(document)["Statement"]:
@@ -504,7 +498,7 @@ def test_only_provider_functions_read_secrets_or_write_the_cache(translated: dic
         for statement in Evaluator(translated, {"KmsKeyArn": KMS_KEY})(document)["Statement"]:
             for action in as_list(statement["Action"]):
                 readers.setdefault(action, set()).add(name)
-    provider_roles = {f"{provider.function}Role" for provider in PROVIDERS.values()}
+    provider_roles = {f"{connection.function}Role" for connection in CONNECTIONS.values()}
     assert readers["secretsmanager:GetSecretValue"] == provider_roles
     for write in ("dynamodb:PutItem", "dynamodb:DeleteItem", "kms:Encrypt", "kms:GenerateDataKey"):
         assert readers[write] == provider_roles, write
@@ -512,7 +506,7 @@ def test_only_provider_functions_read_secrets_or_write_the_cache(translated: dic
     # the token API's UpdateItem sets used_at and nothing else: test_token_api_writes_nothing_but_the_use_mark
     assert readers["dynamodb:UpdateItem"] == provider_roles | {f"{TOKEN_API}Role"}
     assert readers["lambda:InvokeFunction"] == {f"{TOKEN_API}Role", "GetTokenStateMachineRole"} | {
-        f"{provider.function}RefreshAheadRole" for provider in PROVIDERS.values()
+        f"{connection.function}RefreshAheadRole" for connection in CONNECTIONS.values()
     }
     assert not any(action.startswith(("dynamodb:Scan", "dynamodb:Batch", "dynamodb:PartiQL", "dynamodb:Transact"))
                    for action in readers)
@@ -615,7 +609,7 @@ def test_table_and_placeholder_secrets_use_the_key(template: dict[str, Any], kms
     # SSEEnabled alone: the AWS managed key (aws/dynamodb)
     assert sse == {"SSEEnabled": True} | ({"SSEType": "KMS", "KMSMasterKeyId": kms_key} if kms_key else {})
     secrets = resources(template, "AWS::SecretsManager::Secret")
-    assert set(secrets) == {f"{provider.key}Secret" for provider in PROVIDERS.values()}
+    assert set(secrets) == {f"{connection.key}Secret" for connection in CONNECTIONS.values()}
     for name, secret in secrets.items():
         props = evaluate(secret["Properties"])
         if kms_key:
@@ -764,9 +758,9 @@ def test_cfn_lint_accepts_every_valid_combination(template: dict[str, Any], tmp_
             "ApiGatewayLoggingRole": "existing" if index % 3 else "create",
         }
         if index % 2:  # one provider signs its client assertions in KMS
-            route = list(PROVIDERS)[index % len(PROVIDERS)]
-            values[f"{PROVIDERS[route].key}ClientAuth"] = SIGNING_KEY_CLIENT_AUTH
-            values[f"{PROVIDERS[route].key}SigningKeyArn"] = SIGNING_KEYS[route]
+            route = list(CONNECTIONS)[index % len(CONNECTIONS)]
+            values[f"{CONNECTIONS[route].key}ClientAuth"] = SIGNING_KEY_CLIENT_AUTH
+            values[f"{CONNECTIONS[route].key}SigningKeyArn"] = SIGNING_KEYS[route]
         path = tmp_path / f"variant-{index}.json"
         path.write_text(json.dumps(_variant(template, values), indent=1))
         files.append(path)
@@ -880,13 +874,13 @@ def test_refresh_ahead_schedules_belong_to_this_stack(translated: dict[str, Any]
     assert group["Type"] == "AWS::Scheduler::ScheduleGroup"
     assert "Name" not in group.get("Properties", {}), "a fixed name would clash between stacks"
     schedules = resources(translated, "AWS::Scheduler::Schedule")
-    assert set(schedules) == {f"{provider.function}RefreshAhead" for provider in PROVIDERS.values()}
+    assert set(schedules) == {f"{connection.function}RefreshAhead" for connection in CONNECTIONS.values()}
     for schedule in schedules.values():
         assert schedule["Properties"]["GroupName"] == {"Ref": "RefreshAheadScheduleGroup"}
         assert schedule["Properties"]["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
     configs = resources(translated, "AWS::Lambda::EventInvokeConfig")
     assert {config["Properties"]["FunctionName"]["Ref"] for config in configs.values()} == {
-        provider.function for provider in PROVIDERS.values()
+        connection.function for connection in CONNECTIONS.values()
     }
     for config in configs.values():
         assert config["Properties"]["MaximumRetryAttempts"] == 0
@@ -987,9 +981,9 @@ def checkov_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[
             failed[Path(check["file_path"]).name].append(check)
     # checkov skips what it cannot read: every provider's resources must have been scanned
     for name in ("expanded.json", "expanded-unsuppressed.json"):
-        for provider in PROVIDERS.values():
-            mine = {provider.function, f"{provider.function}Role", f"{provider.function}LogGroup",
-                    f"{provider.key}Secret"}
+        for connection in CONNECTIONS.values():
+            mine = {connection.function, f"{connection.function}Role", f"{connection.function}LogGroup",
+                    f"{connection.key}Secret"}
             assert mine <= scanned[name], f"checkov did not scan {sorted(mine - scanned[name])} in {name}"
     return failed
 

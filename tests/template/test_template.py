@@ -1,7 +1,8 @@
 """Offline checks of the deployment description: template.yaml, samconfig.toml, events/ and env.json.
 
-template.yaml loops over the catalogue's providers (``Fn::ForEach``): most checks read it expanded, as
-CloudFormation deploys it (``load_template``); the loops themselves are checked against the catalogue.
+template.yaml loops over its connections (``Fn::ForEach`` over the ``Connections`` parameter): most checks read
+it expanded with the default connections, as CloudFormation deploys it (``load_template``); the loops themselves
+are checked against the parameter and the catalogue, and test_connections.py expands it with added connections.
 
 Runs the SAM CLI and cfn-lint from their own virtualenv (``.tools/sam``), never Docker, never AWS.
 A missing tool is a failure with instructions, not a skip.
@@ -25,18 +26,21 @@ from tests.template.cfn import (
     ALL_FUNCTIONS,
     CATALOGUE,
     CFN_LINT,
+    CONNECTIONS,
+    DEFAULT_KEYS,
     EXPANDED_LINT_IGNORES,
     NO_VALUE,
-    PROVIDERS,
     ROOT,
     SAM,
     TEMPLATE,
     TOKEN_API,
     TOOLS_PYTHON,
+    Connection,
     Evaluator,
     emitted_metric_names,
     environment,
     expand,
+    fetch_settings,
     function_env,
     is_metrics_insights,
     java_like_fullmatch,
@@ -54,6 +58,7 @@ from tests.template.cfn import (
     without_cfn_lint_ignores,
 )
 from token_vending import constants
+from token_vending.exceptions import Misconfigured
 from token_vending.fetch import CERTIFICATE_WARNING_DAYS
 from token_vending.profile import AUTH_METHODS, ScopeMode
 from token_vending.settings import ApiSettings, ProviderSettings
@@ -65,9 +70,10 @@ EVENTS = ROOT / "events"
 PROVIDER_TIMEOUT = 25
 TOKEN_API_TIMEOUT = 28
 API_GATEWAY_INTEGRATION_LIMIT = 29
-TEMPLATE_LINE_BUDGET = 1200
+TEMPLATE_LINE_BUDGET = 1320
 """template.yaml was 2,504 lines with a copy of every resource per provider; the loops keep it under this (1,090
-before the renewal queues, the upstream budget and the use marks of issue 10)."""
+before the renewal queues, the upstream budget and the use marks of issue 10; 1,188 before connections could be
+added: their parameter, mapping, rules, conditions and signing grants)."""
 RENEWAL_QUEUE_ACTIONS = ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]
 
 # The 12 Aria (Billie Connect) token endpoints: the provider document's table, verbatim.
@@ -93,13 +99,13 @@ EMULATOR_PORT_BASE = 9001
 """``make local`` serves the providers' emulators on 9001, 9002, ... in catalogue (template) order."""
 LOCAL_AWS = "http://host.docker.internal:4566"
 ENV_CONSTANTS = {value for name, value in vars(constants).items() if name.endswith("_ENV")}
-# Per-provider names of the token API (FUNCTION_{key}, SCOPES_{key}, DEFAULT_SCOPES_{key}): patterns.
+# Per-connection names of the token API (FUNCTION_{key}): patterns.
 ENV_PATTERNS = {value for value in ENV_CONSTANTS if "{key}" in value}
 ENV_NAMES = ENV_CONSTANTS - ENV_PATTERNS
 # Names the template may set besides token_vending's own: Powertools settings, and the botocore
 # endpoint overrides declared (empty) so that `sam local ... --env-vars env.json` can set them.
 EXTERNAL_ENV = re.compile(r"^(POWERTOOLS_[A-Z_]+|AWS_ENDPOINT_URL_(DYNAMODB|SECRETS_MANAGER|LAMBDA))$")
-# Names the layer reads that the template does not set (yet): their defaults are right for every provider.
+# Names the layer reads that the template does not set (yet): their defaults are right for every connection.
 NOT_SET_BY_THE_TEMPLATE = {
     constants.ASSERTION_AUDIENCE_ENV,  # empty: the token URL, as RFC 7523 3 asks
     constants.CA_BUNDLE_ENV,  # empty: the default CA bundle (a private CA's bundle is for tests and local runs)
@@ -110,7 +116,7 @@ NOT_SET_BY_THE_TEMPLATE = {
 # and STAGE) and the token API's PROVIDERS (the provider table, as SAM CLI does not expand its loop).
 DECLARED_FOR_SAM_LOCAL = {constants.TOKEN_URL_ENV, constants.PROVIDERS_ENV}
 SIGNING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-# The Providers mapping's columns: the function setting each feeds (a missing column: not set).
+# The DefaultConnections mapping's columns: the function setting each parameter feeds (a missing column: not set).
 MAPPING_COLUMNS = {
     "TokenUrl": constants.TOKEN_URL_ENV,
     "Scopes": constants.ALLOWED_SCOPES_ENV,
@@ -118,7 +124,13 @@ MAPPING_COLUMNS = {
     "Audience": constants.AUDIENCE_ENV,
     "Region": constants.REGION_ENV,
     "Stage": constants.STAGE_ENV,
+    "SecretArn": constants.SECRET_ID_ENV,
+    "ClientAuth": constants.CLIENT_AUTH_ENV,
+    "SigningKeyArn": constants.SIGNING_KEY_ID_ENV,
 }
+SETTING_COLUMNS = ("TokenUrl", "Scopes", "DefaultScopes", "Audience", "Region", "Stage")
+"""The columns a default connection has only where its provider needs them (the others: every default one)."""
+EVERY_ROW = ("Name", "SecretArn", "ClientAuth", "SigningKeyArn")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +204,7 @@ def test_sam_build(tmp_path: Path) -> None:
     # CodeUri for the provider functions' loop: every copy deploys the one provider function's code.
     built = expand(parse_template((build_dir / "template.yaml").read_text()))
     sources = {TOKEN_API: ROOT / "functions" / "token_api" / "app.py"}
-    sources |= {provider.function: ROOT / "functions" / "provider" / "app.py" for provider in PROVIDERS.values()}
+    sources |= {connection.function: ROOT / "functions" / "provider" / "app.py" for connection in CONNECTIONS.values()}
     assert set(resources(built, "AWS::Serverless::Function")) == set(ALL_FUNCTIONS)
     for logical_id, source in sources.items():
         code_uri = built["Resources"][logical_id]["Properties"]["CodeUri"]
@@ -280,7 +292,7 @@ def test_translated_roles_are_the_templates_own(translated: dict[str, Any]) -> N
     roles = resources(translated, "AWS::IAM::Role")
     generated = {name for name in roles if name not in load_template()["Resources"]}
     # SAM generates only the schedules' roles (scheduler.amazonaws.com may invoke that one function)
-    assert generated == {f"{provider.function}RefreshAheadRole" for provider in PROVIDERS.values()}
+    assert generated == {f"{connection.function}RefreshAheadRole" for connection in CONNECTIONS.values()}
     for name in generated:
         fn = name.removesuffix("RefreshAheadRole")
         role = roles[name]["Properties"]
@@ -313,24 +325,23 @@ def test_sam_local_env_with_env_json(sam_local_env: dict[str, Any]) -> None:
         assert env["TOKEN_VENDING_LOCAL_MODE"] == "true"
         # empty means: no scopes / the profile's client authentication / no KMS key (the secret's PEM signs)
         optional_empty = {"ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH", "SIGNING_KEY_ID",
-                          constants.UPSTREAM_BUDGETS_ENV}  # no override: every provider's default budget
+                          constants.UPSTREAM_BUDGETS_ENV}  # no override: every connection's default budget
         if logical_id != TOKEN_API:  # no SQS under sam local: no renewal timers (env.json empties the queue URL)
             assert env[constants.RENEWAL_QUEUE_URL_ENV] == "", logical_id
             optional_empty.add(constants.RENEWAL_QUEUE_URL_ENV)
-        if logical_id == TOKEN_API:  # empty DEFAULT_SCOPES_<Key>: all of SCOPES_<Key>; no token URL of its own
-            optional_empty |= {name for name in env if name.startswith("DEFAULT_SCOPES_")} | {constants.TOKEN_URL_ENV}
+        if logical_id == TOKEN_API:  # no token URL of its own
+            optional_empty.add(constants.TOKEN_URL_ENV)
         empty = {k for k, v in env.items() if v == "" and k not in optional_empty and not UNEXPANDED_LOOP.match(k)}
         assert not empty, f"{logical_id}: sam local would pass empty {sorted(empty)}"
     assert sam_local_env[TOKEN_API]["timeout"] == TOKEN_API_TIMEOUT
-    # the token API knows every provider, and which function serves it, from env.json's PROVIDERS
+    # the token API knows every connection, and which function serves it, from env.json's PROVIDERS
     api = ApiSettings.from_env(sam_local_env[TOKEN_API]["env"])
     assert {route: entry.function for route, entry in api.providers.items()} == {
-        route: provider.function for route, provider in PROVIDERS.items()
+        route: connection.function for route, connection in CONNECTIONS.items()
     }
-    for provider in PROVIDERS.values():  # and each provider function finds its endpoint and settings
-        settings = ProviderSettings.from_env(provider.route, sam_local_env[provider.function]["env"],
-                                             profile=provider.entry)
-        assert settings.token_url == env_file[provider.function][constants.TOKEN_URL_ENV]
+    for connection in CONNECTIONS.values():  # and each connection's function finds its endpoint and settings
+        settings = fetch_settings(connection, sam_local_env[connection.function]["env"])
+        assert settings.token_url == env_file[connection.function][constants.TOKEN_URL_ENV]
 
 
 def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> None:
@@ -348,12 +359,13 @@ def test_sam_local_env_without_env_json_is_still_well_formed(tmp_path: Path) -> 
             for key in ("UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT", "LEASE_SECONDS", "DEFAULT_TOKEN_LIFETIME"):
                 float(env[key])
     api = resolved[TOKEN_API]["env"]
-    assert api["SCOPES_Pyng"] == PYNG_SCOPES
-    assert api["DEFAULT_SCOPES_Pyng"] == ""  # all of them
-    aria = resolved[PROVIDERS["aria"].function]["env"]
+    assert not [name for name in api if name.startswith(("SCOPES_", "DEFAULT_SCOPES_"))], "scopes are the functions'"
+    pyng = resolved[CONNECTIONS["pyng"].function]["env"]
+    assert (pyng[constants.ALLOWED_SCOPES_ENV], pyng[constants.DEFAULT_SCOPES_ENV]) == (PYNG_SCOPES, "")
+    aria = resolved[CONNECTIONS["aria"].function]["env"]
     assert (aria[constants.REGION_ENV], aria[constants.STAGE_ENV]) == ("US", "Prod")
     assert aria[constants.TOKEN_URL_ENV] == ""  # the documented endpoint REGION and STAGE choose
-    assert ProviderSettings.from_env("aria", aria, profile=PROVIDERS["aria"].entry).token_url == (
+    assert fetch_settings(CONNECTIONS["aria"], aria).token_url == (
         ARIA_ENDPOINTS[("US", "Prod")]
     )
 
@@ -403,7 +415,7 @@ def test_runtime_architecture_and_globals(template: dict[str, Any]) -> None:
         props = function["Properties"]
         for key in ("Runtime", "Architectures", "Layers", "Handler", "Tracing"):
             assert key not in props, f"{logical_id} repeats {key} from Globals"
-        # one code folder for every provider: the catalogue entry PROVIDER_NAME names says the rest
+        # one code folder for every connection: the catalogue entry CONNECTION_NAME leads to says the rest
         folder = "token_api" if logical_id == TOKEN_API else "provider"
         assert props["CodeUri"] == f"functions/{folder}/"
         assert (ROOT / "functions" / folder / "app.py").is_file()
@@ -436,38 +448,43 @@ def _loops(node: Any, path: str = "") -> dict[str, tuple[str, Any]]:
     return found
 
 
-def test_every_loop_runs_over_the_catalogues_keys() -> None:
-    """The template's loops (conditions, resources, the token API's environment, outputs, the per-function
-    alarms) list exactly the catalogue's keys, in its order; each key has a Providers row naming its route."""
+def test_every_loop_runs_over_the_connections() -> None:
+    """The template's loops (conditions, resources, the token API's environment, outputs, the connections'
+    alarms) run over the Connections parameter; the token API's alarms over the metrics alone. The parameter's
+    default is the five connections stacks had before connections could be added, each a catalogue key with a
+    DefaultConnections row naming its route; the rows are those five."""
     raw = raw_template()
-    keys = [provider.key for provider in PROVIDERS.values()]
-    assert keys == [entry.key for entry in CATALOGUE]
     loops = _loops(raw)
     assert {name: where for name, (where, _) in loops.items()} == {
-        "ProviderConditions": "/Conditions",
-        "Providers": "/Resources",
-        "ProviderFunctions": "/Resources/TokenApiFunction/Properties/Environment/Variables",
+        "ConnectionConditions": "/Conditions",
+        "ConnectionResources": "/Resources",
+        "ConnectionFunctions": "/Resources/TokenApiFunction/Properties/Environment/Variables",
         "FunctionAlarms": "/Resources",
         "FunctionMetrics": "/Resources/Fn::ForEach::FunctionAlarms/2",
-        "ProviderOutputs": "/Outputs",
+        "TokenApiFunctionMetrics": "/Resources",
+        "ConnectionOutputs": "/Outputs",
     }, "a loop this test does not know: say here what it must run over"
-    for name in ("ProviderConditions", "Providers", "ProviderFunctions", "ProviderOutputs"):
-        assert loops[name][1] == keys, f"Fn::ForEach::{name} runs over {loops[name][1]}, the catalogue has {keys}"
-    functions, metrics = loops["FunctionAlarms"][1], loops["FunctionMetrics"][1]
-    assert functions[0] == "TokenApi", "the token API's alarms come first"
-    assert functions[1:] == keys, f"Fn::ForEach::FunctionAlarms runs over {functions[1:]} besides TokenApi"
-    assert metrics == list(raw["Mappings"]["FunctionAlarms"]) == ["Errors", "Throttles"]
-    rows = raw["Mappings"]["Providers"]
-    assert list(rows) == keys, "one Providers row per catalogue entry, in its order"
-    for provider in PROVIDERS.values():
-        assert rows[provider.key]["Name"] == provider.route, provider.key
-    # and what the loops make: one provider function per catalogue entry, named by its key
-    assert provider_functions(load_template()) == {p.route: p.function for p in PROVIDERS.values()}
+    for name in ("ConnectionConditions", "ConnectionResources", "ConnectionFunctions", "ConnectionOutputs",
+                 "FunctionAlarms"):
+        assert loops[name][1] == {"Ref": "Connections"}, f"Fn::ForEach::{name} runs over {loops[name][1]}"
+    metrics = list(raw["Mappings"]["FunctionAlarms"])
+    assert loops["FunctionMetrics"][1] == loops["TokenApiFunctionMetrics"][1] == metrics == ["Errors", "Throttles"]
+    parameter = raw["Parameters"]["Connections"]
+    assert parameter["Type"] == "CommaDelimitedList"
+    assert DEFAULT_KEYS == ("InvoiceCloud", "Pyng", "Aria", "Autopay", "AlternativePayments")
+    catalogue_keys = [entry.key for entry in CATALOGUE]
+    assert [key for key in catalogue_keys if key in DEFAULT_KEYS] == list(DEFAULT_KEYS), "the catalogue's order"
+    rows = raw["Mappings"]["DefaultConnections"]
+    assert list(rows) == list(DEFAULT_KEYS), "one DefaultConnections row per default connection, in its order"
+    for connection in CONNECTIONS.values():
+        assert rows[connection.key]["Name"] == connection.route == connection.entry.name, connection.key
+    # and what the loops make: one function per connection, named by its key
+    assert provider_functions(load_template()) == {c.route: c.function for c in CONNECTIONS.values()}
 
 
 def test_the_template_has_no_copies() -> None:
-    """The loops replaced five copies of every provider resource (2,504 lines), and one folder of code serves
-    every provider function."""
+    """The loops replaced five copies of every connection's resources (2,504 lines), and one folder of code
+    serves every connection's function."""
     lines = len(TEMPLATE.read_text().splitlines())
     assert lines < TEMPLATE_LINE_BUDGET, f"template.yaml has {lines} lines"
     folders = sorted(path.name for path in (ROOT / "functions").iterdir() if path.is_dir()
@@ -476,13 +493,17 @@ def test_the_template_has_no_copies() -> None:
     assert (ROOT / "functions" / "provider" / "app.py").is_file()
 
 
-@pytest.mark.parametrize("route", list(PROVIDERS))
-def test_each_provider_has_its_own_resources(template: dict[str, Any], route: str) -> None:
-    """What the loops make for one provider, named after it: its secret (kept when the stack goes), its
-    function (its own role, code, route, schedule), a role reading only its own secret and partition, a log
+@pytest.mark.parametrize("route", list(CONNECTIONS))
+def test_each_connection_has_its_own_resources(template: dict[str, Any], route: str) -> None:
+    """What the loops make for one connection, named after its key: its secret (kept when the stack goes), its
+    function (its own role, code, name, schedule), a role reading only its own secret and partition, a log
     group named after its function, the token API's permission to invoke it, its alarms and outputs."""
-    provider = PROVIDERS[route]
-    key, function = provider.key, provider.function
+    check_connection_resources(template, CONNECTIONS[route])
+
+
+def check_connection_resources(template: dict[str, Any], connection: Connection) -> None:
+    """test_each_connection_has_its_own_resources for one connection (test_connections.py: added ones too)."""
+    route, key, function = connection.name, connection.key, connection.function
     res = template["Resources"]
     secret = res[f"{key}Secret"]
     assert (secret["Type"], secret["Condition"]) == ("AWS::SecretsManager::Secret", f"Create{key}Secret")
@@ -490,7 +511,7 @@ def test_each_provider_has_its_own_resources(template: dict[str, Any], route: st
     props = res[function]["Properties"]
     assert res[function]["Type"] == "AWS::Serverless::Function"
     assert props["Role"] == {"Fn::GetAtt": [f"{function}Role", "Arn"]}
-    assert props["Environment"]["Variables"][constants.PROVIDER_NAME_ENV] == route
+    assert props["Environment"]["Variables"][constants.CONNECTION_NAME_ENV] == route
     schedule = props["Events"]["RefreshAhead"]
     assert schedule["Type"] == "ScheduleV2"
     assert schedule["Properties"]["Input"] == '{"refresh_ahead": true}'
@@ -504,8 +525,9 @@ def test_each_provider_has_its_own_resources(template: dict[str, Any], route: st
     statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"] if "Sid" in s}
     assert statements["OwnRenewalQueue"]["Action"] == RENEWAL_QUEUE_ACTIONS
     assert statements["OwnRenewalQueue"]["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
+    secret_arn = f"{key}SecretArn" if connection.default else "AWS::StackName"  # an added one: never chosen
     assert statements["ReadOwnSecret"]["Resource"] == {
-        "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": f"{key}SecretArn"}]
+        "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": secret_arn}]
     }
     leading = statements["OwnCachePartition"]["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"]
     assert leading == [route]
@@ -545,9 +567,9 @@ def test_renewal_queues(template: dict[str, Any]) -> None:
 
     assert MAX_DELAY_SECONDS == 900, "SQS delays a message 15 minutes at most"
     res = template["Resources"]
-    assert set(resources(template, "AWS::SQS::Queue")) == {f"{p.key}RenewalQueue" for p in PROVIDERS.values()}
-    for provider in PROVIDERS.values():
-        queue, function = f"{provider.key}RenewalQueue", res[provider.function]["Properties"]
+    assert set(resources(template, "AWS::SQS::Queue")) == {f"{p.key}RenewalQueue" for p in CONNECTIONS.values()}
+    for connection in CONNECTIONS.values():
+        queue, function = f"{connection.key}RenewalQueue", res[connection.function]["Properties"]
         props = res[queue]["Properties"]
         assert props == {"SqsManagedSseEnabled": True, "MessageRetentionPeriod": 3600, "VisibilityTimeout": 150}
         timeout = function.get("Timeout", template["Globals"]["Function"]["Timeout"])
@@ -560,15 +582,15 @@ def test_renewal_queues(template: dict[str, Any]) -> None:
     for enabled in ("true", "false"):
         on = {"RefreshAheadEnabled": enabled}
         evaluate = Evaluator(template, on)
-        for provider in PROVIDERS.values():
-            events = res[provider.function]["Properties"]["Events"]
+        for connection in CONNECTIONS.values():
+            events = res[connection.function]["Properties"]["Events"]
             assert evaluate(events["Renewal"]["Properties"]["Enabled"]) is (enabled == "true")
             assert evaluate(events["RefreshAhead"]["Properties"]["State"]) == ("ENABLED" if enabled == "true" else
                                                                                  "DISABLED")
-            deployed = environment(template, provider.function, on)
-            queue_url = f"{provider.key}RenewalQueue-physical-id" if enabled == "true" else ""  # !Ref: its URL
+            deployed = environment(template, connection.function, on)
+            queue_url = f"{connection.key}RenewalQueue-physical-id" if enabled == "true" else ""  # !Ref: its URL
             assert deployed[constants.RENEWAL_QUEUE_URL_ENV] == queue_url
-            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
+            settings = ProviderSettings.from_env(connection.route, deployed, profile=connection.entry)
             assert settings.renewal_queue_url == queue_url
 
 
@@ -577,23 +599,27 @@ def test_translated_renewal_mappings(translated: dict[str, Any]) -> None:
     function's role holds the queue permissions: test_security.py)."""
     mappings = resources(translated, "AWS::Lambda::EventSourceMapping")
     assert {m["Properties"]["FunctionName"]["Ref"]: m["Properties"]["EventSourceArn"] for m in mappings.values()} == {
-        p.function: {"Fn::GetAtt": [f"{p.key}RenewalQueue", "Arn"]} for p in PROVIDERS.values()}
+        p.function: {"Fn::GetAtt": [f"{p.key}RenewalQueue", "Arn"]} for p in CONNECTIONS.values()}
     for mapping in mappings.values():
         assert mapping["Properties"]["BatchSize"] == 1
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
 UPSTREAM_BUDGETS_GOOD = ["", "autopay=30,pyng=200", "alternative-payments=1", "invoice-cloud=1000000",
-                         "pyng=60,aria=120,autopay=10"]
-UPSTREAM_BUDGETS_BAD = ["pyng=0", "pyng=", "=30", "pyng", "pyng=30,", ",pyng=30", "pyng = 30", "Pyng=30",
+                         "pyng=60,aria=120,autopay=10", "AriaAu=30,pyng=200", "PyngOrg2=5", "OAuth2Acme=60"]
+UPSTREAM_BUDGETS_BAD = ["pyng=0", "pyng=", "=30", "pyng", "pyng=30,", ",pyng=30", "pyng = 30",
                         "pyng=30;autopay=10", "pyng=-1", "pyng=1.5", "pyng=*", "pyng=12345678", "pyng=30 ",
-                        "invoice_cloud=30", "-pyng=30"]
+                        "invoice_cloud=30", "-pyng=30",
+                        # a default connection's key is not its name; a name is a route, never a provider alone
+                        "Pyng=30", "InvoiceCloud=30", "OAuth2=30", "oauth2=30", "paypal=30", "ariaAu=30",
+                        "AriaAu-2=30"]
 
 
 def test_idle_hours_and_upstream_budgets(template: dict[str, Any]) -> None:
-    """RefreshAheadIdleHours reaches every function (the provider functions renew by it, the token API marks use by
-    it); UpstreamBudgets reaches the provider functions, in a form the layer reads (each pair it lets through is the
-    provider's budget; the others keep the default of their documented lifetime). Both sit with the refresh settings."""
+    """RefreshAheadIdleHours reaches every function (the connections' functions renew by it, the token API marks use
+    by it); UpstreamBudgets reaches the connections' functions, in a form the layer reads (each pair it lets through is
+    the budget of the connection it names; the others keep the default of their provider's documented lifetime), and
+    names connections by name: a default one's route, an added one's key. Both sit with the refresh settings."""
     from token_vending.budget import default_budget
 
     params = template["Parameters"]
@@ -603,10 +629,10 @@ def test_idle_hours_and_upstream_budgets(template: dict[str, Any]) -> None:
     for hours in (idle["MinValue"], idle["Default"], idle["MaxValue"]):
         given = {"RefreshAheadIdleHours": str(hours)}
         assert ApiSettings.from_env(environment(template, TOKEN_API, given)).idle_seconds == hours * 3600
-        for provider in PROVIDERS.values():
-            deployed = environment(template, provider.function, given)
-            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
-            assert settings.cache.idle_seconds == hours * 3600, provider.route
+        for connection in CONNECTIONS.values():
+            deployed = environment(template, connection.function, given)
+            settings = ProviderSettings.from_env(connection.route, deployed, profile=connection.entry)
+            assert settings.cache.idle_seconds == hours * 3600, connection.route
     budgets = params["UpstreamBudgets"]
     assert (budgets["Type"], budgets["Default"]) == ("String", "")
     assert budgets.get("ConstraintDescription")
@@ -616,15 +642,15 @@ def test_idle_hours_and_upstream_budgets(template: dict[str, Any]) -> None:
         assert java_like_fullmatch(budgets["AllowedPattern"], value), value
         named = dict(pair.split("=") for pair in value.split(",") if pair)
         assert "UPSTREAM_BUDGETS" not in environment(template, TOKEN_API, {"UpstreamBudgets": value})
-        for provider in PROVIDERS.values():
-            deployed = environment(template, provider.function, {"UpstreamBudgets": value})
+        for connection in CONNECTIONS.values():
+            deployed = environment(template, connection.function, {"UpstreamBudgets": value})
             assert deployed[constants.UPSTREAM_BUDGETS_ENV] == value
-            settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
-            expected = int(named.get(provider.route, 0)) or default_budget(provider.lifetime)
-            assert settings.upstream_budget == expected, (value, provider.route)
-    for provider in PROVIDERS.values():  # the documented default: max(60, ceil(12 x 3600 / lifetime))
-        assert default_budget(provider.lifetime) == max(60, -(-12 * 3600 // provider.lifetime)), provider.route
-    assert "max(60, ceil(12 x 3600 / its documented lifetime))" in " ".join(budgets["Description"].split())
+            settings = ProviderSettings.from_env(connection.route, deployed, profile=connection.entry)
+            expected = int(named.get(connection.route, 0)) or default_budget(connection.lifetime)
+            assert settings.upstream_budget == expected, (value, connection.route)
+    for connection in CONNECTIONS.values():  # the documented default: max(60, ceil(12 x 3600 / lifetime))
+        assert default_budget(connection.lifetime) == max(60, -(-12 * 3600 // connection.lifetime)), connection.route
+    assert "max(60, ceil(12 x 3600 / its provider's documented lifetime))" in " ".join(budgets["Description"].split())
     groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
     (group,) = [group["Parameters"] for group in groups if "RefreshAheadEnabled" in group["Parameters"]]
     at = group.index("RefreshAheadEnabled")
@@ -649,7 +675,7 @@ def test_timeouts_named_in_the_template_are_the_real_ones(template: dict[str, An
         logical_id: fn["Properties"].get("Timeout", default)
         for logical_id, fn in resources(template, "AWS::Serverless::Function").items()
     }
-    (provider_timeout,) = {timeouts[provider.function] for provider in PROVIDERS.values()}
+    (provider_timeout,) = {timeouts[connection.function] for connection in CONNECTIONS.values()}
     real = {"token API": timeouts[TOKEN_API], "provider": provider_timeout}
     real["API Gateway"] = API_GATEWAY_INTEGRATION_LIMIT
     prose = _template_prose()
@@ -701,7 +727,7 @@ def test_exactly_one_api_route_with_iam_auth(template: dict[str, Any]) -> None:
     assert logical_id == TOKEN_API
     # the other events: one refresh-ahead schedule and one renewal queue per provider function
     others = {(logical_id, name, event["Type"]) for logical_id, name, event in events if event["Type"] != "Api"}
-    assert others == {(provider.function, name, kind) for provider in PROVIDERS.values()
+    assert others == {(connection.function, name, kind) for connection in CONNECTIONS.values()
                       for name, kind in (("RefreshAhead", "ScheduleV2"), ("Renewal", "SQS"))}
     assert event["Type"] == "Api"
     assert event["Properties"]["Path"] == "/token/{provider}"
@@ -748,7 +774,7 @@ def test_gateway_responses_are_json(template: dict[str, Any]) -> None:
 def test_aria_endpoints_are_the_12_documented_ones(template: dict[str, Any]) -> None:
     """Aria's endpoints live in its catalogue entry (no longer in a template mapping); AriaRegion and
     AriaStage reach its function as REGION and STAGE, and every combination they allow names one of them."""
-    aria = PROVIDERS["aria"]
+    aria = CONNECTIONS["aria"]
     flat = {tuple(choice.split("/")): url for choice, url in aria.entry.endpoints.items()}
     assert flat == ARIA_ENDPOINTS
     assert len(set(flat.values())) == 12
@@ -765,14 +791,16 @@ def test_aria_endpoints_are_the_12_documented_ones(template: dict[str, Any]) -> 
         for stage in params["AriaStage"]["AllowedValues"]:
             deployed = environment(template, aria.function, {"AriaRegion": region, "AriaStage": stage})
             assert constants.TOKEN_URL_ENV not in deployed  # the function picks the endpoint
-            settings = ProviderSettings.from_env(aria.route, deployed, profile=aria.entry)
-            assert settings.token_url == ARIA_ENDPOINTS[(region, stage)]
+            assert fetch_settings(aria, deployed).token_url == ARIA_ENDPOINTS[(region, stage)]
 
 
 def test_token_url_parameters_reject_plain_http(template: dict[str, Any]) -> None:
+    """A token URL parameter takes https:// only. Those without a documented URL (Pyng's host differs per partner,
+    Autopay's comes from its representative) may be empty: the connection's secret gives it then (token_url), and
+    with neither the function refuses to fetch (misconfigured, naming both)."""
     params = template["Parameters"]
     url_params = sorted(name for name in params if name.endswith("TokenUrl"))
-    rows = template["Mappings"]["Providers"].values()
+    rows = template["Mappings"]["DefaultConnections"].values()
     assert url_params == sorted(row["TokenUrl"] for row in rows if "TokenUrl" in row)
     for name in url_params:
         spec = params[name]
@@ -785,15 +813,21 @@ def test_token_url_parameters_reject_plain_http(template: dict[str, Any]) -> Non
             "HTTP://example.com/token",
             "ftp://example.com/token",
             "https://",
-            "",
             " https://example.com/token",
         ):
             assert not java_like_fullmatch(pattern, bad), f"{name} accepts {bad!r}"
         assert java_like_fullmatch(pattern, "https://sample.pyng.com.au/billing/oauth2/token")
-        if "Default" in spec:
-            assert java_like_fullmatch(pattern, spec["Default"]), f"{name}'s default breaks its own pattern"
-    assert "Default" not in params["PyngTokenUrl"]
-    assert "Default" not in params["AutopayTokenUrl"]
+        assert java_like_fullmatch(pattern, spec["Default"]), f"{name}'s default breaks its own pattern"
+        assert java_like_fullmatch(pattern, "") == (name in ("PyngTokenUrl", "AutopayTokenUrl")), name
+    assert params["PyngTokenUrl"]["Default"] == params["AutopayTokenUrl"]["Default"] == ""
+    for key in ("Pyng", "Autopay"):  # empty in both places: misconfigured at first use, naming both
+        connection = next(c for c in CONNECTIONS.values() if c.key == key)
+        deployed = environment(template, connection.function, {f"{key}TokenUrl": ""})
+        assert constants.TOKEN_URL_ENV not in deployed or deployed[constants.TOKEN_URL_ENV] == ""
+        with pytest.raises(Misconfigured, match="token_url"):
+            fetch_settings(connection, deployed)
+        given = fetch_settings(connection, deployed, {"token_url": "https://partner.example.com/oauth2/token"})
+        assert given.token_url == "https://partner.example.com/oauth2/token"
     assert params["InvoiceCloudTokenUrl"]["Default"] == (
         "https://api.invoicecloud.com/biller/v1/authentication/oauth2/token"
     )
@@ -807,8 +841,9 @@ def test_parameter_defaults_satisfy_their_constraints(template: dict[str, Any]) 
         if "Default" not in spec:
             continue
         default = spec["Default"]
-        if "AllowedPattern" in spec:
-            assert java_like_fullmatch(spec["AllowedPattern"], str(default)), name
+        if "AllowedPattern" in spec:  # a CommaDelimitedList's pattern applies to each item
+            items = str(default).split(",") if spec["Type"] == "CommaDelimitedList" else [str(default)]
+            assert all(java_like_fullmatch(spec["AllowedPattern"], item) for item in items), name
         if "AllowedValues" in spec:
             assert default in spec["AllowedValues"], name
         if spec["Type"] == "Number":
@@ -830,56 +865,27 @@ def test_scope_parameters_hold_only_scope_tokens(template: dict[str, Any]) -> No
         assert java_like_fullmatch(pattern, "billing:batches:read")
 
 
-def test_provider_functions_environment(template: dict[str, Any]) -> None:
-    """Each provider function is told its route name, its own secret, its own parameters (as its Providers row
-    names them, nothing for a missing column) and the shared settings; its lifetime is its catalogue entry's.
-    Deployed with the defaults, the layer reads a working configuration from it."""
-    rows = template["Mappings"]["Providers"]
-    for provider in PROVIDERS.values():
-        env, key, row = function_env(template, provider.function), provider.key, rows[provider.key]
-        assert env[constants.PROVIDER_NAME_ENV] == provider.route == row["Name"]
-        assert constants.TOKEN_LIFETIME_ENV not in env, "the catalogue's documented lifetime applies"
-        assert env[constants.SECRET_ID_ENV] == {
-            "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": f"{key}SecretArn"}]
-        }
-        assert env[constants.DEFAULT_LIFETIME_ENV] == {"Ref": "DefaultTokenLifetime"}
-        assert env[constants.LEASE_SECONDS_ENV] == {"Ref": "LeaseSeconds"}
-        assert env[constants.FORCE_REFRESH_INTERVAL_ENV] == {"Ref": "ForceRefreshInterval"}
-        assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
-        assert env[constants.REFRESH_MARGIN_SECONDS_ENV] == {"Ref": "RefreshMarginSeconds"}
-        assert env[constants.REFRESH_MARGIN_RATIO_ENV] == {"Ref": "RefreshMarginRatio"}
-        assert env[constants.CLIENT_AUTH_ENV] == {"Ref": f"{key}ClientAuth"}
-        assert env[constants.SIGNING_KEY_ID_ENV] == {"Ref": f"{key}SigningKeyArn"}
-        assert set(row) <= {"Name", *MAPPING_COLUMNS}, f"{key}: unknown Providers columns"
-        for column, name in MAPPING_COLUMNS.items():
-            if column in row:
-                assert row[column] in template["Parameters"], f"{key}: {column} names no parameter"
-                assert row[column].startswith(key), f"{key}: {column} names another provider's {row[column]}"
-            assert env[name] == {"Ref": row.get(column, "AWS::NoValue")}, (key, name)
-        # what the catalogue entry needs from the template: a URL or the documented endpoints' choice, the
-        # audience it must send, scopes only where it takes them
-        assert ("TokenUrl" in row) != bool(provider.entry.endpoints), key
-        assert ({"Region", "Stage"} & set(row)) == ({"Region", "Stage"} if provider.entry.endpoints else set()), key
-        assert ("Audience" in row) == provider.entry.send_audience, key
-        assert "Scopes" not in row or provider.entry.scope is not ScopeMode.OMIT, key
-        deployed = environment(template, provider.function)
-        settings = ProviderSettings.from_env(provider.route, deployed, profile=provider.entry)
-        assert settings.token_url.startswith("https://"), f"{provider.route}: token URL {settings.token_url}"
-        assert settings.lifetime == provider.lifetime
-        assert settings.secret_id == f"{key}Secret-physical-id"
-        if "Scopes" not in row:
-            assert settings.allowed_scopes == settings.default_scopes == frozenset(), provider.route
-    pyng = PROVIDERS["pyng"]
+def test_connection_functions_environment(template: dict[str, Any]) -> None:
+    """Each connection's function is told its name, its own secret, its own parameters (as its DefaultConnections
+    row names them, nothing for a missing column) and the shared settings; its lifetime is its provider's catalogue
+    entry's. Deployed with the defaults (and samconfig.toml's token URLs), the layer reads a working configuration
+    from it."""
+    for connection in CONNECTIONS.values():
+        check_connection_environment(template, connection)
+        deployed = environment(template, connection.function)
+        settings = fetch_settings(connection, deployed)
+        assert settings.token_url.startswith("https://"), f"{connection.route}: token URL {settings.token_url}"
+        if "Scopes" not in template["Mappings"]["DefaultConnections"][connection.key]:
+            assert settings.allowed_scopes == settings.default_scopes == frozenset(), connection.route
+    pyng = CONNECTIONS["pyng"]
     deployed = environment(template, pyng.function)
     assert deployed[constants.ALLOWED_SCOPES_ENV] == PYNG_SCOPES
     assert deployed[constants.DEFAULT_SCOPES_ENV] == "", "empty: all of ALLOWED_SCOPES (the layer's rule)"
-    settings = ProviderSettings.from_env(pyng.route, deployed, profile=pyng.entry)
+    settings = fetch_settings(pyng, deployed)
     assert settings.default_scopes == settings.allowed_scopes == frozenset(PYNG_SCOPES.split())
     narrower = environment(template, pyng.function, {"PyngDefaultScopes": "billing:batches:read"})
-    assert ProviderSettings.from_env(pyng.route, narrower, profile=pyng.entry).default_scopes == {
-        "billing:batches:read"
-    }
-    autopay = environment(template, PROVIDERS["autopay"].function)
+    assert fetch_settings(pyng, narrower).default_scopes == {"billing:batches:read"}
+    autopay = environment(template, CONNECTIONS["autopay"].function)
     assert autopay[constants.AUDIENCE_ENV] == "", "Autopay's document: audience must always be \"\""
     defaults = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
     assert defaults["DefaultTokenLifetime"] == constants.DEFAULT_TOKEN_LIFETIME
@@ -893,6 +899,50 @@ def test_provider_functions_environment(template: dict[str, Any]) -> None:
     assert defaults["SecretMaxAge"] == constants.DEFAULT_SECRET_MAX_AGE
 
 
+def check_connection_environment(template: dict[str, Any], connection: Connection) -> None:
+    """A connection's function environment as written: its name, its secret, its parameters through its
+    DefaultConnections row (an added connection has no row: no parameter, AWS::NoValue) and the shared settings.
+    Deployed, the layer reads its name, secret and lifetime from it (test_connections.py: added ones too)."""
+    env, key = function_env(template, connection.function), connection.key
+    rows = template["Mappings"]["DefaultConnections"]
+    row = rows.get(key, {})
+    assert bool(row) == connection.default, f"{key}: a DefaultConnections row is what makes a default connection"
+    assert env[constants.CONNECTION_NAME_ENV] == connection.name == row.get("Name", key)
+    assert constants.TOKEN_LIFETIME_ENV not in env, "the catalogue's documented lifetime applies"
+    assert env[constants.SECRET_ID_ENV] == {
+        "Fn::If": [f"Create{key}Secret", {"Ref": f"{key}Secret"}, {"Ref": row.get("SecretArn", "AWS::StackName")}]
+    }
+    assert env[constants.DEFAULT_LIFETIME_ENV] == {"Ref": "DefaultTokenLifetime"}
+    assert env[constants.LEASE_SECONDS_ENV] == {"Ref": "LeaseSeconds"}
+    assert env[constants.FORCE_REFRESH_INTERVAL_ENV] == {"Ref": "ForceRefreshInterval"}
+    assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
+    assert env[constants.REFRESH_MARGIN_SECONDS_ENV] == {"Ref": "RefreshMarginSeconds"}
+    assert env[constants.REFRESH_MARGIN_RATIO_ENV] == {"Ref": "RefreshMarginRatio"}
+    assert set(row) <= set(MAPPING_COLUMNS) | {"Name"}, f"{key}: unknown DefaultConnections columns"
+    if row:
+        assert set(EVERY_ROW) <= set(row), f"{key}: every default connection has {EVERY_ROW}"
+    for column, name in MAPPING_COLUMNS.items():
+        if column in row:
+            assert row[column] in template["Parameters"], f"{key}: {column} names no parameter"
+            assert row[column] == f"{key}{column}", f"{key}: {column} names another connection's {row[column]}"
+        if column != "SecretArn":
+            assert env[name] == {"Ref": row.get(column, "AWS::NoValue")}, (key, name)
+    if row:  # what the catalogue entry needs from the template: a URL or the documented endpoints' choice, the
+        # audience it must send, scopes only where it takes them
+        assert ("TokenUrl" in row) != bool(connection.entry.endpoints), key
+        assert ({"Region", "Stage"} & set(row)) == ({"Region", "Stage"} if connection.entry.endpoints else set()), key
+        assert ("Audience" in row) == connection.entry.send_audience, key
+        assert "Scopes" not in row or connection.entry.scope is not ScopeMode.OMIT, key
+    deployed = environment(template, connection.function)
+    settings = ProviderSettings.from_env(connection.name, deployed, profile=connection.entry)
+    assert settings.lifetime == connection.lifetime
+    assert settings.secret_id == f"{key}Secret-physical-id"
+    if not row:
+        assert not set(deployed) & {MAPPING_COLUMNS[column] for column in SETTING_COLUMNS}, (
+            f"{key}: an added connection's settings are its secret's")
+        assert deployed[constants.SECRET_ID_ENV] == f"{key}Secret-physical-id"
+
+
 def test_client_auth_parameters(template: dict[str, Any]) -> None:
     """<Provider>ClientAuth offers exactly the methods the layer knows (or "" for the profile's), and
     <Provider>SigningKeyArn takes only a KMS key ARN (IAM grants kms:Sign on it: an alias or id would not
@@ -900,7 +950,7 @@ def test_client_auth_parameters(template: dict[str, Any]) -> None:
     params = template["Parameters"]
     groups = {group["Label"]["default"]: group["Parameters"]
               for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]}
-    for prefix in (provider.key for provider in PROVIDERS.values()):
+    for prefix in (connection.key for connection in CONNECTIONS.values()):
         method = params[f"{prefix}ClientAuth"]
         assert method["Type"] == "String"
         assert method["Default"] == ""
@@ -943,60 +993,73 @@ def test_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> No
 def test_env_var_names_are_those_of_constants(template: dict[str, Any]) -> None:
     """Every name a function is deployed with is one token_vending reads (or Powertools', or a declared-empty
     endpoint override), and every name the layer reads is set, where it is not left to its default."""
+    check_env_var_names(template, CONNECTIONS)
+
+
+def check_env_var_names(template: dict[str, Any], deployed_connections: dict[str, Connection]) -> None:
+    """test_env_var_names_are_those_of_constants with these connections (test_connections.py: added ones too: the
+    settings of an added connection are its secret's, it has no parameter to set them)."""
     local_only = {constants.LOCAL_MODE_ENV}
     api_only = {constants.PROVIDERS_ENV} | ENV_PATTERNS
-    per_provider = {name for column, name in MAPPING_COLUMNS.items() if column != "TokenUrl"}
-    provider_names = ENV_NAMES - api_only - per_provider - NOT_SET_BY_THE_TEMPLATE - {constants.TOKEN_URL_ENV}
-    catalogue_names = {pattern.format(key=provider.key) for pattern in ENV_PATTERNS for provider in PROVIDERS.values()}
-    rows = template["Mappings"]["Providers"]
-    for logical_id in ALL_FUNCTIONS:
+    per_connection = {name for column, name in MAPPING_COLUMNS.items() if column != "TokenUrl"}
+    common = ENV_NAMES - api_only - per_connection - NOT_SET_BY_THE_TEMPLATE - {constants.TOKEN_URL_ENV}
+    # an added connection's secret, always the stack's placeholder (as a default connection's without <Key>SecretArn)
+    always = {constants.SECRET_ID_ENV}
+    connection_names = {pattern.format(key=connection.key) for pattern in ENV_PATTERNS
+                        for connection in deployed_connections.values()}
+    rows = template["Mappings"]["DefaultConnections"]
+    functions = [TOKEN_API, *(connection.function for connection in deployed_connections.values())]
+    assert set(resources(template, "AWS::Serverless::Function")) == set(functions)
+    for logical_id in functions:
         deployed = environment(template, logical_id)  # AWS::NoValue names left out
         names = set(deployed)
-        unknown = {n for n in names - ENV_NAMES - catalogue_names if not EXTERNAL_ENV.match(n)}
+        unknown = {n for n in names - ENV_NAMES - connection_names if not EXTERNAL_ENV.match(n)}
         assert not unknown, f"{logical_id} sets names token_vending does not read: {sorted(unknown)}"
-        ours = names & (ENV_NAMES | catalogue_names)
+        ours = names & (ENV_NAMES | connection_names)
         if logical_id == TOKEN_API:
             assert {constants.MEMORY_CACHE_SECONDS_ENV, constants.CACHE_TABLE_ENV} <= ours
-            functions = {constants.PROVIDER_FUNCTION_ENV.format(key=p.key) for p in PROVIDERS.values()}
-            assert functions <= ours, f"the token API is not told of {sorted(functions - ours)}"
-            assert not ours & {constants.SECRET_ID_ENV, constants.PROVIDER_NAME_ENV, constants.SIGNING_KEY_ID_ENV}
+            told = {constants.PROVIDER_FUNCTION_ENV.format(key=c.key) for c in deployed_connections.values()}
+            assert told <= ours, f"the token API is not told of {sorted(told - ours)}"
+            assert not ours & {constants.SECRET_ID_ENV, constants.CONNECTION_NAME_ENV, constants.SIGNING_KEY_ID_ENV}
+            assert not {name for name in names if name.startswith(("SCOPES_", "DEFAULT_SCOPES_"))}, (
+                "the token API knows no connection's scopes: each function checks its own")
             for name in DECLARED_FOR_SAM_LOCAL:
                 assert deployed[name] == "", f"{name}: declared for sam local, empty when deployed"
         else:
-            (provider,) = (p for p in PROVIDERS.values() if p.function == logical_id)
-            columns = rows[provider.key]
-            expected = provider_names | {MAPPING_COLUMNS[column] for column in columns if column != "Name"}
+            (connection,) = (c for c in deployed_connections.values() if c.function == logical_id)
+            columns = rows.get(connection.key, {})
+            expected = common | always | {MAPPING_COLUMNS[column] for column in columns if column != "Name"}
             assert ours - {constants.TOKEN_URL_ENV} == expected - {constants.TOKEN_URL_ENV}, (
                 f"{logical_id}: lacks {expected - ours}, has extra {ours - expected}")
-            # TOKEN_URL: the provider's own, or (Aria) no value: REGION and STAGE choose a documented one
+            # TOKEN_URL: the connection's own parameter, or none (Aria: REGION and STAGE choose a documented one;
+            # an added connection: its secret's token_url, region, stage)
             assert (constants.TOKEN_URL_ENV in ours) == ("TokenUrl" in columns), logical_id
         assert all(deployed[n] == "false" for n in ours & local_only)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"PyngScopes": "billing:batches:read billing:customers:read",
-                                            "PyngDefaultScopes": "billing:batches:read"}],
-                         ids=["defaults", "narrower-pyng-scopes"])
-def test_token_api_knows_every_provider_as_its_function_does(template: dict[str, Any],
-                                                             overrides: dict[str, str]) -> None:
-    """FUNCTION_<Key> names each provider function (the token API reads the rest from the catalogue), and
-    the scopes the API checks and keys scope sets by are the ones its provider function is deployed with."""
+def test_token_api_knows_every_connection_as_its_function_does(template: dict[str, Any]) -> None:
+    """FUNCTION_<Key> names each connection's function; the token API reads the rest from the catalogue by the
+    connection's name (its provider's lifetime, whether it takes a scope), the very name the function is told."""
+    check_token_api_connections(template, CONNECTIONS)
+
+
+def check_token_api_connections(template: dict[str, Any], deployed_connections: dict[str, Connection]) -> None:
+    """test_token_api_knows_every_connection_as_its_function_does with these connections (test_connections.py)."""
     env = function_env(template, TOKEN_API)
     assert env[constants.MEMORY_CACHE_SECONDS_ENV] == {"Ref": "MemoryCacheSeconds"}
-    for provider in PROVIDERS.values():
-        assert env[constants.PROVIDER_FUNCTION_ENV.format(key=provider.key)] == {"Fn::Sub": f"${{{provider.function}}}"}
-    deployed = environment(template, TOKEN_API, overrides)
+    told = {name: value for name, value in env.items() if name.startswith(constants.PROVIDER_FUNCTION_ENV[:-5])}
+    assert told == {constants.PROVIDER_FUNCTION_ENV.format(key=c.key): {"Fn::Sub": f"${{{c.function}}}"}
+                    for c in deployed_connections.values()}
+    deployed = environment(template, TOKEN_API)
     assert deployed[constants.PROVIDERS_ENV] == "", "the catalogue and FUNCTION_<Key> say it all when deployed"
     api = ApiSettings.from_env(deployed)
-    assert list(api.providers) == list(PROVIDERS)
-    for route, provider in PROVIDERS.items():
-        entry = api.providers[route]
-        assert entry.function == f"{provider.function}-physical-id"  # what !Ref gives: the function's name
-        own = ProviderSettings.from_env(route, environment(template, provider.function, overrides),
-                                        profile=provider.entry)
-        assert (entry.allowed_scopes, entry.default_scopes) == (own.allowed_scopes, own.default_scopes), route
-        assert entry.lifetime == own.lifetime == provider.lifetime
-    if overrides:
-        assert api.providers["pyng"].default_scopes == {"billing:batches:read"}
+    assert list(api.providers) == list(deployed_connections)
+    for name, connection in deployed_connections.items():
+        entry = api.providers[name]
+        assert entry.function == f"{connection.function}-physical-id"  # what !Ref gives: the function's name
+        assert environment(template, connection.function)[constants.CONNECTION_NAME_ENV] == name
+        assert entry.lifetime == connection.lifetime
+        assert entry.takes_scope == (connection.entry.scope is not ScopeMode.OMIT), name
 
 
 def test_environment_fits_lambdas_4_kb_limit(template: dict[str, Any]) -> None:
@@ -1006,7 +1069,7 @@ def test_environment_fits_lambdas_4_kb_limit(template: dict[str, Any]) -> None:
         def ref(self, name: str) -> Any:
             return self.params.get(name, NO_VALUE if name == "AWS::NoValue" else "x" * 64)
 
-    budgets = ",".join(f"{route}=1000000" for route in PROVIDERS)
+    budgets = ",".join(f"{route}=1000000" for route in CONNECTIONS)
     ev = LongNames(template, {"PyngScopes": PYNG_SCOPES, "PyngDefaultScopes": PYNG_SCOPES, "UpstreamBudgets": budgets})
     for logical_id in ALL_FUNCTIONS:
         env = {name: str(value) for name, value in ev(function_env(template, logical_id)).items()}
@@ -1032,38 +1095,50 @@ def test_cache_table(template: dict[str, Any]) -> None:
     assert props["SSESpecification"]["SSEEnabled"] is True
 
 
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:token-vending/pyng-AbCdEf"
+
+
 def test_secrets_parameters_conditions_and_outputs(template: dict[str, Any]) -> None:
-    params, conditions, outputs = template["Parameters"], template["Conditions"], template["Outputs"]
-    for provider in PROVIDERS.values():
-        prefix = provider.key
-        param = params[f"{prefix}SecretArn"]
+    params, outputs = template["Parameters"], template["Outputs"]
+    for connection in CONNECTIONS.values():
+        param = params[f"{connection.key}SecretArn"]
         assert param["Default"] == ""
         pattern = param["AllowedPattern"]
         assert java_like_fullmatch(pattern, "")
-        assert java_like_fullmatch(
-            pattern, "arn:aws:secretsmanager:us-east-1:123456789012:secret:token-vending/pyng-AbCdEf"
-        )
+        assert java_like_fullmatch(pattern, SECRET_ARN)
         assert not java_like_fullmatch(pattern, "token-vending/pyng")
-        assert conditions[f"Create{prefix}Secret"] == {"Fn::Equals": [{"Ref": f"{prefix}SecretArn"}, ""]}
-        secret = template["Resources"][f"{prefix}Secret"]
-        assert secret["Type"] == "AWS::SecretsManager::Secret"
-        assert secret["Condition"] == f"Create{prefix}Secret"
-        generate = secret["Properties"]["GenerateSecretString"]
-        assert json.loads(generate["SecretStringTemplate"]) == {"client_id": ""}
-        assert generate["GenerateStringKey"] == "client_secret"
-        description = Evaluator(template)(secret["Properties"]["Description"])
-        assert "client_id" in description
-        assert "client_secret" in description
-        choice = [f"Create{prefix}Secret", {"Ref": f"{prefix}Secret"}, {"Ref": f"{prefix}SecretArn"}]
-        in_use = {"Fn::If": choice}
-        assert outputs[f"{prefix}SecretArn"]["Value"] == in_use
-        assert description.startswith(f"{provider.route} OAuth client credentials"), description
-        logical_id = provider.function
-        assert outputs[f"{logical_id}Arn"]["Value"] == {"Fn::GetAtt": [logical_id, "Arn"]}
+        check_connection_secret(template, connection)
     assert outputs[f"{TOKEN_API}Arn"]["Value"] == {"Fn::GetAtt": [TOKEN_API, "Arn"]}
     assert outputs["CacheTableName"]["Value"] == {"Ref": "CacheTable"}
     api_url = Evaluator(template)(outputs["ApiUrl"]["Value"])
     assert api_url == "https://TokenVendingApi-physical-id.execute-api.us-east-1.amazonaws.com/v1/token/"
+
+
+def check_connection_secret(template: dict[str, Any], connection: Connection) -> None:
+    """A connection's placeholder secret (kept when the stack goes, generated the same way for every connection),
+    the condition that creates it, and its outputs: the secret in use and the function. A default connection's is
+    created while <Key>SecretArn is empty; an added connection has no such parameter, its placeholder always is
+    (test_connections.py)."""
+    key, outputs = connection.key, template["Outputs"]
+    secret = template["Resources"][f"{key}Secret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert secret["Condition"] == f"Create{key}Secret"
+    assert secret["DeletionPolicy"] == secret["UpdateReplacePolicy"] == "Retain"
+    generate = secret["Properties"]["GenerateSecretString"]
+    assert json.loads(generate["SecretStringTemplate"]) == {"client_id": ""}
+    assert generate["GenerateStringKey"] == "client_secret"
+    description = Evaluator(template)(secret["Properties"]["Description"])
+    assert "client_id" in description
+    assert "client_secret" in description
+    assert description.startswith(f"{connection.name} OAuth client credentials"), description
+    given = {f"{key}SecretArn": SECRET_ARN} if connection.default else {}
+    for overrides, created in (({}, True), (given, not connection.default)):
+        evaluate = Evaluator(template, overrides)
+        assert evaluate.condition(f"Create{key}Secret") is created, (key, overrides)
+        assert evaluate(outputs[f"{key}SecretArn"]["Value"]) == (f"{key}Secret-physical-id" if created else SECRET_ARN)
+        assert evaluate.condition(f"IsDefault{key}") is connection.default, key
+    assert outputs[f"{connection.function}Arn"]["Value"] == {"Fn::GetAtt": [connection.function, "Arn"]}
+    assert key in outputs[f"{key}SecretArn"]["Description"]
 
 
 def test_log_groups(template: dict[str, Any]) -> None:
@@ -1099,7 +1174,7 @@ def test_samconfig(template: dict[str, Any]) -> None:
     assert config["version"] == 0.1
     params = template["Parameters"]
     required = {name for name, spec in params.items() if "Default" not in spec}
-    assert required == {"PyngTokenUrl", "AutopayTokenUrl"}
+    assert not required, "every parameter has a default (Pyng's and Autopay's URLs may be in their secrets)"
     stacks = set()
     for env_name in ("default", "prod"):
         env = config[env_name]
@@ -1115,13 +1190,13 @@ def test_samconfig(template: dict[str, Any]) -> None:
         assert deploy["confirm_changeset"] is (env_name == "prod")
         overrides = _overrides(deploy["parameter_overrides"])
         assert set(overrides) <= set(params), f"{env_name}: unknown parameters {set(overrides) - set(params)}"
-        assert required <= set(overrides), f"{env_name}: no value for {required - set(overrides)}"
         assert overrides["PyngTokenUrl"] == "https://sample.pyng.com.au/billing/oauth2/token"
         assert overrides["AutopayTokenUrl"] == "https://autopay.example.com/oauth/token"
         for name, value in overrides.items():
             spec = params[name]
+            items = value.split(",") if spec["Type"] == "CommaDelimitedList" else [value]
             if "AllowedPattern" in spec:
-                assert java_like_fullmatch(spec["AllowedPattern"], value), f"{env_name}: {name}={value}"
+                assert all(java_like_fullmatch(spec["AllowedPattern"], item) for item in items), f"{env_name}: {name}"
             if "AllowedValues" in spec:
                 assert value in [str(v) for v in spec["AllowedValues"]], f"{env_name}: {name}={value}"
     assert len(stacks) == 2, "default and prod must deploy different stacks"
@@ -1129,17 +1204,17 @@ def test_samconfig(template: dict[str, Any]) -> None:
 
 
 # --- events/ and env.json ------------------------------------------------------------------------
-def _event_scope(template: dict[str, Any], provider: Any) -> str | None:
+def _event_scope(template: dict[str, Any], connection: Any) -> str | None:
     """The scope the sample events ask for: the last of the provider's allowed scopes (deployed defaults)."""
-    scopes = environment(template, provider.function).get(constants.ALLOWED_SCOPES_ENV, "").split()
+    scopes = environment(template, connection.function).get(constants.ALLOWED_SCOPES_ENV, "").split()
     return scopes[-1] if scopes else None
 
 
 def test_api_events(template: dict[str, Any]) -> None:
     """One API Gateway proxy event per provider: a request for one allowed scope where the provider has
     scopes, else for a token that lasts at least five minutes."""
-    for provider in PROVIDERS.values():
-        route = provider.route
+    for connection in CONNECTIONS.values():
+        route = connection.route
         event = json.loads((EVENTS / f"api-{route}.json").read_text())
         assert event["resource"] == "/token/{provider}"
         assert event["path"] == f"/token/{route}"
@@ -1148,7 +1223,7 @@ def test_api_events(template: dict[str, Any]) -> None:
         assert event["body"] is None
         assert event["isBase64Encoded"] is False
         qs, mqs = event["queryStringParameters"], event["multiValueQueryStringParameters"]
-        scope = _event_scope(template, provider)
+        scope = _event_scope(template, connection)
         assert qs == ({"scope": scope} if scope else {"min_ttl": "300"}), route
         assert mqs == {k: [v] for k, v in qs.items()}
         assert {k: [v] for k, v in event["headers"].items()} == event["multiValueHeaders"]
@@ -1163,24 +1238,31 @@ def test_api_events(template: dict[str, Any]) -> None:
         assert identity["caller"]
         assert identity["accessKey"]
         assert identity["accountId"]
-    assert _event_scope(template, PROVIDERS["pyng"]) == "billing:batches:read"
-    events = [json.loads((EVENTS / f"api-{route}.json").read_text()) for route in PROVIDERS]
+    assert _event_scope(template, CONNECTIONS["pyng"]) == "billing:batches:read"
+    events = [json.loads((EVENTS / f"api-{route}.json").read_text()) for route in CONNECTIONS]
     request_ids = {event["requestContext"]["requestId"] for event in events}
-    assert len(request_ids) == len(PROVIDERS)
+    assert len(request_ids) == len(CONNECTIONS)
 
 
 def test_invoke_events(template: dict[str, Any]) -> None:
-    for provider in PROVIDERS.values():
-        payload = json.loads((EVENTS / f"invoke-{provider.route}.json").read_text())
+    for connection in CONNECTIONS.values():
+        payload = json.loads((EVENTS / f"invoke-{connection.route}.json").read_text())
         expected: dict[str, Any] = {"min_ttl": 60, "force_refresh": False}
-        scope = _event_scope(template, provider)
+        scope = _event_scope(template, connection)
         if scope:
             expected["scope"] = scope
-        assert payload == expected, provider.route
+        assert payload == expected, connection.route
     assert json.loads((EVENTS / "invoke-pyng.json").read_text())["scope"] == "billing:batches:read"
-    assert {p.name for p in EVENTS.glob("*.json")} == {
-        f"{kind}-{route}.json" for kind in ("api", "invoke") for route in PROVIDERS
-    }
+    named = {p.name for p in EVENTS.glob("*.json")}
+    assert named >= {f"{kind}-{route}.json" for kind in ("api", "invoke") for route in CONNECTIONS}
+    for name in named:  # and the local stack's added connections' (AriaAu, PyngOrg2), by their names
+        kind, _, route = name.removesuffix(".json").partition("-")
+        assert kind in ("api", "invoke"), name
+        assert route in CONNECTIONS or (java_like_fullmatch(CONNECTIONS_PATTERN, route) and route not in
+                                        {entry.key for entry in CATALOGUE}), f"{name} names no connection"
+
+
+CONNECTIONS_PATTERN = load_template()["Parameters"]["Connections"]["AllowedPattern"]
 
 
 def test_env_json_and_events_are_generated_from_the_template_and_catalogue() -> None:
@@ -1201,35 +1283,36 @@ def test_env_json(template: dict[str, Any]) -> None:
         assert values[constants.LOCAL_MODE_ENV] == "true"
         assert values[constants.CACHE_TABLE_ENV] == "token-vending-local"
         assert values["AWS_ENDPOINT_URL_DYNAMODB"] == LOCAL_AWS
-    for index, provider in enumerate(PROVIDERS.values()):
-        route, key, values = provider.route, provider.key, env_file[provider.function]
+    for index, connection in enumerate(CONNECTIONS.values()):
+        route, key, values = connection.route, connection.key, env_file[connection.function]
         # make local's emulator of this provider (python -m local: one port each, in catalogue order)
-        port, path = EMULATOR_PORT_BASE + index, provider.entry.emulator.path
+        port, path = EMULATOR_PORT_BASE + index, connection.entry.emulator.path
         assert values[constants.TOKEN_URL_ENV] == f"http://host.docker.internal:{port}{path}"
         assert values[constants.SECRET_ID_ENV] == f"token-vending/local/{route}"
-        assert values[constants.PROVIDER_NAME_ENV] == route
+        assert values[constants.CONNECTION_NAME_ENV] == route
         assert values["AWS_ENDPOINT_URL_SECRETS_MANAGER"] == LOCAL_AWS
         # as deployed by default: the profile's client authentication, no KMS key (set them to try the others)
         for name, parameter in ((constants.CLIENT_AUTH_ENV, "ClientAuth"), (constants.SIGNING_KEY_ID_ENV,
                                                                             "SigningKeyArn")):
-            assert function_env(template, provider.function)[name] == {"Ref": f"{key}{parameter}"}
+            assert function_env(template, connection.function)[name] == {"Ref": f"{key}{parameter}"}
             assert values[name] == template["Parameters"][f"{key}{parameter}"]["Default"] == "", (route, name)
         # the provider's own settings as deployed with the defaults (its URL aside)
-        deployed = environment(template, provider.function)
-        own = {name for name in MAPPING_COLUMNS.values() if name != constants.TOKEN_URL_ENV}
+        deployed = environment(template, connection.function)
+        own = {MAPPING_COLUMNS[column] for column in (*SETTING_COLUMNS, "ClientAuth", "SigningKeyArn")
+               if column != "TokenUrl"}
         assert {k: v for k, v in values.items() if k in own} == {k: v for k, v in deployed.items() if k in own}
         assert constants.TOKEN_LIFETIME_ENV not in values
     api = env_file[TOKEN_API]
     assert api["AWS_ENDPOINT_URL_LAMBDA"] == "http://host.docker.internal:3001"
-    # the provider table stands in for FUNCTION_<Key> (sam local does not expand that loop): the same
-    # providers, scopes and lifetimes as deployed, each served by its function's local name
+    # the connection table stands in for FUNCTION_<Key> (sam local does not expand that loop): the same
+    # connections and lifetimes as deployed, each served by its function's local name
     local = ApiSettings.from_env(api).providers
     deployed_api = ApiSettings.from_env(environment(template, TOKEN_API)).providers
-    assert list(local) == list(deployed_api) == list(PROVIDERS)
+    assert list(local) == list(deployed_api) == list(CONNECTIONS)
     for route, entry in local.items():
-        assert entry.function == PROVIDERS[route].function
+        assert entry.function == CONNECTIONS[route].function
         expected = deployed_api[route]
-        assert (entry.allowed_scopes, entry.default_scopes) == (expected.allowed_scopes, expected.default_scopes)
+        assert entry.takes_scope == expected.takes_scope, route
         assert entry.lifetime == expected.lifetime, (
             f"{route}: under sam local the token API bounds min_ttl by a {entry.lifetime} s lifetime, deployed "
             f"by the catalogue's {expected.lifetime} s (env.json's PROVIDERS entry has no lifetime)")
@@ -1242,7 +1325,7 @@ def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
     assert {"UpstreamFailuresAlarm", "StaleServesAlarm", "RefreshAheadFailuresAlarm", "ApiServerErrorsAlarm",
             "ClientCertificateExpiryAlarm", "UpstreamBudgetAlarm"} | per_function <= set(alarms)
     emitted = emitted_metric_names()
-    providers = set(PROVIDERS)
+    names = set(CONNECTIONS)
     for name, alarm in alarms.items():
         props = alarm["Properties"]
         notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
@@ -1250,30 +1333,35 @@ def test_alarms_watch_metrics_the_code_emits(template: dict[str, Any]) -> None:
         assert props["OKActions"] == notify
         for query in props.get("Metrics", []):
             if is_metrics_insights(query.get("Expression", "")):
-                # one query over every provider: the metric the code emits, the dimensions EMF writes, and no
-                # WHERE that would leave a provider out
+                # one query over every connection: the metric the code emits, the dimensions EMF writes, and no
+                # WHERE that would leave a connection out
                 insights = metrics_insights(query["Expression"])
                 assert insights["metric"] in emitted, f"{name}: {insights['metric']} is never emitted"
                 assert insights["namespace"] == "TokenVending", name
-                assert sorted(insights["schema"]) == ["provider", "service"], name
-                assert "provider" not in insights["where"], f"{name} leaves providers out"
+                assert sorted(insights["schema"]) == ["connection", "service"], name
+                assert "connection" not in insights["where"], f"{name} leaves connections out"
         stats = [metric["MetricStat"]["Metric"] for metric in props.get("Metrics", []) if "MetricStat" in metric]
         for metric in stats:
             if metric["Namespace"] == "TokenVending":
                 assert metric["MetricName"] in emitted, f"{name}: {metric['MetricName']} is never emitted"
         custom = [metric for metric in stats if metric["Namespace"] == "TokenVending"]
-        if custom:  # one series per provider, with the dimensions EMF writes
-            assert {dict((d["Name"], d["Value"]) for d in m["Dimensions"])["provider"] for m in custom} == providers
-            assert all({d["Name"] for d in m["Dimensions"]} == {"provider", "service"} for m in custom)
+        if custom:  # one series per connection, with the dimensions EMF writes
+            assert {dict((d["Name"], d["Value"]) for d in m["Dimensions"])["connection"] for m in custom} == names
+            assert all({d["Name"] for d in m["Dimensions"]} == {"connection", "service"} for m in custom)
 
 
 def test_every_function_has_its_own_errors_and_throttles_alarms(template: dict[str, Any]) -> None:
     """Lambda's metrics have only the function name as dimension: one alarm per function and metric, the
-    provider functions' from the loop, and no Lambda alarm on anything else."""
+    connections' functions' from the loop, and no Lambda alarm on anything else."""
+    check_function_alarms(template, ALL_FUNCTIONS)
+
+
+def check_function_alarms(template: dict[str, Any], functions: list[str]) -> None:
+    """test_every_function_has_its_own_errors_and_throttles_alarms for these functions (test_connections.py)."""
     lambda_alarms = {name: alarm["Properties"] for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items()
                      if alarm["Properties"].get("Namespace") == "AWS/Lambda"}
     expected = {}
-    for function in ALL_FUNCTIONS:
+    for function in functions:
         for metric, threshold in (("Errors", 5), ("Throttles", 1)):
             expected[f"{function}{metric}Alarm"] = (function, metric, threshold)
     assert set(lambda_alarms) == set(expected)
@@ -1319,6 +1407,12 @@ def test_client_certificate_expiry_alarm(template: dict[str, Any]) -> None:
 
 
 def test_example_state_machine(template: dict[str, Any]) -> None:
+    """The example invokes the Pyng connection's function: Connections must list Pyng (a rule says so before any
+    change, as CloudFormation refuses a reference to an undeclared resource even under a false condition)."""
+    assert not Evaluator(template).rules_hold()
+    without_pyng = ",".join(key for key in DEFAULT_KEYS if key != "Pyng")
+    assert Evaluator(template, {"Connections": without_pyng}).rules_hold() == [
+        "Connections must list Pyng, whose function the example state machine (GetTokenStateMachine) invokes"]
     machine = template["Resources"]["GetTokenStateMachine"]["Properties"]
     assert machine["DefinitionUri"] == "statemachines/get_token.asl.json"
     assert machine["DefinitionSubstitutions"]["TokenFunctionArn"] == {"Fn::GetAtt": ["PyngFunction", "Arn"]}

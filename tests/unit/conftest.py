@@ -34,23 +34,23 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def load_app(name: str) -> ModuleType:
     """Each function file is app.py: load it by path under a unique module name. ``token_api`` is the token
     API's; any other name is a provider (``invoice_cloud`` or ``invoice-cloud``): the one provider function
-    loaded as that provider's deployed copy (``PROVIDER_NAME``, which it reads when loaded)."""
+    loaded as that provider's deployed copy (``CONNECTION_NAME``, which it reads when loaded)."""
     folder = "token_api" if name == "token_api" else "provider"
     path = REPO_ROOT / "functions" / folder / "app.py"
     spec = importlib.util.spec_from_file_location(f"app_{name}_{uuid.uuid4().hex}", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    previous = os.environ.get("PROVIDER_NAME")
+    previous = os.environ.get("CONNECTION_NAME")
     if folder == "provider":
-        os.environ["PROVIDER_NAME"] = name.replace("_", "-")
+        os.environ["CONNECTION_NAME"] = name.replace("_", "-")
     try:
         spec.loader.exec_module(module)
     finally:
         if previous is None:
-            os.environ.pop("PROVIDER_NAME", None)
+            os.environ.pop("CONNECTION_NAME", None)
         else:
-            os.environ["PROVIDER_NAME"] = previous
+            os.environ["CONNECTION_NAME"] = previous
     return module
 
 

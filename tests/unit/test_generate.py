@@ -27,12 +27,12 @@ def test_a_short_lived_provider_s_events_ask_for_no_more_than_its_tokens_keep(mo
     api = events[f"api-{template.route}.json"]["queryStringParameters"]
     invoke = events[f"invoke-{template.route}.json"]
     for params in (api, invoke):
-        request = parse_request(params, provider=template.route, allowed=frozenset(), default=frozenset(),
+        request = parse_request(params, provider=template.route,
                                 min_ttl_limit=240)
         assert request.min_ttl <= 240
     assert api["min_ttl"] == "240"
     with pytest.raises(InvalidRequest):  # what was written before: more than such a provider can promise
-        parse_request({"min_ttl": "300"}, provider=template.route, allowed=frozenset(), default=frozenset(),
+        parse_request({"min_ttl": "300"}, provider=template.route,
                       min_ttl_limit=240)
 
 

@@ -11,17 +11,26 @@ import pytest
 
 from local.stack import PROVIDERS as DEPLOYED
 from tests.unit.conftest import REPO_ROOT, TABLE, load_app
-from token_vending.catalogue import CATALOGUE
+from token_vending.catalogue import connection
 from token_vending.exceptions import UpstreamRejected
 
 EVENTS = REPO_ROOT / "events"
-ROUTES = {entry.name: entry.name for entry in CATALOGUE}
-"""Route -> what ``load_app`` loads for it (the one provider function as that provider's copy)."""
+ROUTES = {provider.route: provider.route for provider in DEPLOYED}
+"""Route (connection name) -> what ``load_app`` loads for it (the one provider function as that connection's copy):
+the connections the template deploys by default."""
 PYNG_SCOPES = "billing:customers:invite billing:customers:read billing:batches:submit billing:batches:read"
 SCOPES = {provider.route: provider.environment.get("ALLOWED_SCOPES", "") for provider in DEPLOYED}
 """Route -> the scopes its template parameters grant by default (what ``events/`` requests from)."""
-PROVIDERS = {entry.name: {"function": f"{entry.name}-fn", "scopes": SCOPES[entry.name],
-                          "lifetime": entry.lifetime} for entry in CATALOGUE}
+
+
+def _lifetime(route: str) -> int:
+    profile = connection(route)
+    assert profile is not None, route
+    return profile.lifetime
+
+
+PROVIDERS = {route: {"function": f"{route}-fn", "lifetime": _lifetime(route)} for route in ROUTES}
+"""The token API's ``PROVIDERS`` (as ``sam local`` has it): functions and lifetimes, no scopes."""
 
 
 def seed(client: Any, route: str, scope_key: str, token: str, expires_in: int = 3000) -> None:
@@ -47,8 +56,9 @@ class PyngFunction:
 
 
 def scope_key_of(raw: str | None, route: str) -> str:
-    scopes = (raw or SCOPES[route]).split()
-    return " ".join(sorted(set(scopes)))
+    """The cache key of a request's ``scope``: ``""`` when it names none (the connection's default scopes)."""
+    del route  # every connection keys alike
+    return " ".join(sorted(set((raw or "").split())))
 
 
 @pytest.fixture
@@ -78,7 +88,7 @@ def test_api_event_files_are_served_from_the_cache(api_app: Any, moto_table: Any
 def test_invoke_event_files_are_served_from_the_cache(moto_table: Any, context: Any, route: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
-    monkeypatch.setenv("PROVIDER_NAME", route)
+    monkeypatch.setenv("CONNECTION_NAME", route)
     monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
     monkeypatch.setenv("SECRET_ID", f"token-vending/{route}")
     monkeypatch.setenv("ALLOWED_SCOPES", SCOPES[route])
@@ -201,7 +211,7 @@ def test_cache_hits_make_no_client_they_do_not_need(api_app: Any, moto_table: An
     event = json.loads((EVENTS / "api-pyng.json").read_text())
     seed(moto_table, "pyng", scope_key_of(event["queryStringParameters"]["scope"], "pyng"), "cached", expires_in=86000)
     assert api_app.handler(event, context)["statusCode"] == 200
-    monkeypatch.setenv("PROVIDER_NAME", "pyng")
+    monkeypatch.setenv("CONNECTION_NAME", "pyng")
     monkeypatch.setenv("TOKEN_URL", "https://provider.invalid/token")
     monkeypatch.setenv("SECRET_ID", "token-vending/pyng")
     monkeypatch.setenv("ALLOWED_SCOPES", PYNG_SCOPES)

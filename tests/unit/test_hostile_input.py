@@ -29,6 +29,10 @@ from hypothesis import strategies as st
 
 from tests.unit.conftest import TABLE, load_app
 from token_vending.catalogue import CATALOGUE
+from token_vending.exceptions import InvalidRequest
+from token_vending.profile import ScopeMode
+from token_vending.request import check_scopes
+from token_vending.scopes import parse_scope_set
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,10 +44,12 @@ PYNG_SCOPES = ("billing:customers:invite", "billing:customers:read", "billing:ba
                "billing:batches:read")
 ROUTES = tuple(entry.name for entry in CATALOGUE)
 PROVIDERS: dict[str, dict[str, Any]] = {
-    entry.name: {"function": f"{entry.name}-function",
-                 "scopes": " ".join(PYNG_SCOPES) if entry.name == "pyng" else "", "lifetime": entry.lifetime}
-    for entry in CATALOGUE
-}
+    entry.name: {"function": f"{entry.name}-function", "lifetime": entry.lifetime} for entry in CATALOGUE}
+"""The token API's table: functions and lifetimes; the scopes are the connections' own settings."""
+ALLOWED: dict[str, frozenset[str]] = {entry.name: frozenset(PYNG_SCOPES if entry.name == "pyng" else ())
+                                      for entry in CATALOGUE}
+"""What each connection's function allows (its settings): the stand-in functions refuse the rest."""
+TAKES_NO_SCOPE = frozenset(entry.name for entry in CATALOGUE if entry.scope is ScopeMode.OMIT)
 CLIENT_ID = "hostile-client-id"
 CLIENT_SECRET = "hostile-client-secret-3c1f"
 
@@ -62,7 +68,9 @@ TOKEN_KEYS = frozenset({"provider", "access_token", "token_type", "expires_in", 
 PROVIDER_EXCEPTIONS = frozenset({"InvalidRequest", "Misconfigured", "UpstreamRejected", "UpstreamInvalidResponse",
                                  "UpstreamUnavailable", "UpstreamTimeout", "InternalError"})
 PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
-PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+"""What a connection's name looks like (``invoice-cloud``, ``AriaAu``): the only caller text an answer may repeat (the
+route of a 404)."""
 MARKER = "ZZECHO"
 """Planted in caller input: the contract's responses never echo caller text back."""
 
@@ -232,15 +240,17 @@ def invoke_payloads(draw: st.DrawFn) -> Any:
 
 
 # -- checks ---------------------------------------------------------------------------------------
-def _check_scope_value(scope: Any, route: str) -> None:
-    """``None`` or a sorted, de-duplicated, space-joined subset of the route's configured scopes."""
+def _check_scope_value(scope: Any, route: str, *, allowed_only: bool = True) -> None:
+    """``None`` or a sorted, de-duplicated, space-joined set of scope-tokens: a subset of the connection's allowed
+    scopes where its function decides (``allowed_only``), any valid ones where the token API passes them on."""
     if scope is None:
         return
     assert isinstance(scope, str)
     scopes = scope.split(" ")
-    allowed = set(PROVIDERS[route]["scopes"].split())
     assert scopes
-    assert set(scopes) <= allowed, scope
+    assert parse_scope_set(scope) == set(scopes), scope
+    if allowed_only:
+        assert set(scopes) <= ALLOWED[route], scope
     assert scopes == sorted(set(scopes)), scope
 
 
@@ -270,9 +280,10 @@ def _check_api_response(response: Any, codes: frozenset[str], *, caller_text: bo
     assert all(isinstance(key, str) and isinstance(value, str) and PRINTABLE.match(value)
                for key, value in headers.items()), headers
     assert isinstance(response["body"], str)
-    if caller_text:  # caller input is never echoed back (a provider's own description may be)
-        assert MARKER not in response["body"]
     body = json.loads(response["body"])
+    if caller_text:  # caller input is never echoed back (a provider's own description may be), but a route's name
+        shown = {**body, "provider": None} if status == 404 and isinstance(body, dict) else body
+        assert MARKER not in json.dumps(shown)
     if status == 200:
         assert isinstance(body, dict)
         assert set(body) == TOKEN_KEYS, body
@@ -303,6 +314,11 @@ class RecordingLambda:
             return self.answer(kwargs)  # type: ignore[no-any-return]
         route = next(name for name, entry in PROVIDERS.items() if entry["function"] == kwargs["FunctionName"])
         payload = json.loads(kwargs["Payload"])
+        try:  # as the connection's function checks them, once its settings are read
+            check_scopes(parse_scope_set(payload.get("scope") or ""), ALLOWED[route], provider=route)
+        except InvalidRequest as exc:
+            return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": io.BytesIO(json.dumps(
+                {"errorType": "InvalidRequest", "errorMessage": str(exc)}).encode())}
         body = _token_body(route, f"fresh-{route}-{len(self.calls)}", payload.get("scope"))
         return {"StatusCode": 200, "ExecutedVersion": "$LATEST", "Payload": io.BytesIO(json.dumps(body).encode())}
 
@@ -312,11 +328,13 @@ def token_api(moto_table: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
     monkeypatch.setenv("PROVIDERS", json.dumps(PROVIDERS))
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-    # A cache hit for pyng's default scope set, so both answering paths are exercised.
-    moto_table.put_item(TableName=TABLE, Item={
-        "pk": {"S": "pyng"}, "sk": {"S": "token#" + " ".join(sorted(PYNG_SCOPES))},
-        "access_token": {"S": "cached-pyng"}, "token_type": {"S": "Bearer"}, "expires_at": {"N": "4102444800"},
-        "fetched_at": {"N": "1700000000"}, "lifetime": {"N": "900"}, "purge_at": {"N": "4102448400"}})
+    # Cache hits for pyng's whole scope set and for a request naming none (the "" key), so both answering paths
+    # are exercised.
+    for key in (" ".join(sorted(PYNG_SCOPES)), ""):
+        moto_table.put_item(TableName=TABLE, Item={
+            "pk": {"S": "pyng"}, "sk": {"S": "token#" + key},
+            "access_token": {"S": "cached-pyng"}, "token_type": {"S": "Bearer"}, "expires_at": {"N": "4102444800"},
+            "fetched_at": {"N": "1700000000"}, "lifetime": {"N": "900"}, "purge_at": {"N": "4102448400"}})
     app = load_app("token_api")
     app.api.lambda_client = RecordingLambda()
     return app
@@ -331,8 +349,8 @@ def _check_invocation(call: dict[str, Any]) -> str:
     payload = json.loads(call["Payload"])
     assert isinstance(payload, dict)
     assert set(payload) == {"scope", "min_ttl", "force_refresh"}, payload
-    _check_scope_value(payload["scope"], route)
-    if route != "pyng":
+    _check_scope_value(payload["scope"], route, allowed_only=False)  # the token API checks syntax only
+    if route in TAKES_NO_SCOPE:
         assert payload["scope"] is None
     assert type(payload["min_ttl"]) is int
     assert 0 <= payload["min_ttl"] <= PROVIDERS[route]["lifetime"]
@@ -358,6 +376,10 @@ def test_token_api_answers_any_event_with_the_contract(token_api: Any, context: 
         assert len(new) <= 1
         for call in new:
             route = _check_invocation(call)
+            scope = json.loads(call["Payload"])["scope"]
+            if scope is not None and not set(scope.split()) <= ALLOWED[route]:
+                assert (status, body["error"]) == (400, "invalid_request"), body  # the function refused it
+                continue
             assert status == 200
             assert body["access_token"] == f"fresh-{route}-{len(fake.calls)}"
         if status == 200 and not new:
@@ -481,7 +503,7 @@ def pyng_function(moto_table: Any, token_endpoint: TokenEndpoint, monkeypatch: p
         Name="token-vending/hostile/pyng", SecretString=json.dumps({"client_id": CLIENT_ID,
                                                                    "client_secret": CLIENT_SECRET}))
     for name, value in {
-        "CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "TOKEN_URL": token_endpoint.url,
+        "CACHE_TABLE_NAME": TABLE, "CONNECTION_NAME": "pyng", "TOKEN_URL": token_endpoint.url,
         "TOKEN_VENDING_LOCAL_MODE": "true", "SECRET_ID": "token-vending/hostile/pyng",
         "ALLOWED_SCOPES": " ".join(PYNG_SCOPES), "TOKEN_LIFETIME": "900", "UPSTREAM_RETRIES": "0",
         # Every forced refresh reaches the token endpoint: a token fetched a moment ago does not

@@ -193,3 +193,86 @@ def test_credential_error_codes_default_to_invalid_client() -> None:
                                       credential_error_codes=frozenset({"access_denied"}))
     assert custom.is_credential_error(400, "access_denied") is True
     assert custom.is_credential_error(400, "invalid_client") is False
+
+
+# --- a connection's own parameters: audience, RFC 8707 resource, extra parameters --------------------------------
+
+RESOURCES = ("https://api.example.com/billing", "urn:example:ledger?v=2&x=a%20b")
+EXTRA = {"organization": "org 1&2=3", "tenant": "t+ü"}
+
+
+def test_form_body_carries_audience_one_resource_per_uri_and_extra_fields() -> None:
+    """RFC 8707 section 2: several ``resource`` parameters, one per URI; the audience and the extra parameters as
+    further fields. A standards parser (``parse_qs``, and Authlib's own strict ``url_decode``) reads back exactly
+    what the connection's settings say, whatever characters they hold."""
+    from authlib.common.urls import url_decode
+
+    profile = entry("oauth2")
+    assert profile is not None
+    headers, body = profile.build_request(client_id="c", client_secret="s", scope="read write",
+                                          audience="https://api.example.com/", resource=RESOURCES,
+                                          extra_parameters=EXTRA)
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+    expected = {"grant_type": ["client_credentials"], "scope": ["read write"],
+                "audience": ["https://api.example.com/"], "resource": list(RESOURCES),
+                "organization": ["org 1&2=3"], "tenant": ["t+ü"]}
+    assert parse_qs(body.decode("ascii"), strict_parsing=True) == expected
+    pairs = url_decode(body.decode("ascii"))
+    assert [value for name, value in pairs if name == "resource"] == list(RESOURCES)
+    assert dict(pairs) == {name: values[-1] for name, values in expected.items()}
+    # Without them, nothing is added: an empty audience is not sent unless the provider wants it always.
+    _, plain = profile.build_request(client_id="c", client_secret="s", scope="", audience="")
+    assert parse_qs(plain.decode()) == {"grant_type": ["client_credentials"]}
+
+
+def test_json_body_carries_resource_as_a_string_or_a_list_and_extra_members() -> None:
+    """Autopay (a JSON body): ``audience`` always (``""`` by default), ``resource`` a string for one URI and a list
+    for several, extra parameters as members."""
+    profile = profile_of("autopay")
+    _, one = profile.build_request(client_id="c", client_secret="s", scope="", audience="",
+                                   resource=RESOURCES[:1], extra_parameters={"organization": "o"})
+    assert json.loads(one) == {"grant_type": "client_credentials", "client_id": "c", "client_secret": "s",
+                               "audience": "", "resource": RESOURCES[0], "organization": "o"}
+    _, several = profile.build_request(client_id="c", client_secret="s", scope="", audience="https://a/",
+                                       resource=RESOURCES)
+    document = json.loads(several)
+    assert document["resource"] == list(RESOURCES)
+    assert document["audience"] == "https://a/"
+
+
+@pytest.mark.parametrize("name", ["scope", "client_id", "client_secret", "grant_type", "resource", "audience",
+                                  "client_assertion", "client_assertion_type"])
+def test_an_extra_parameter_never_replaces_one_the_service_sets(name: str) -> None:
+    """The settings refuse these names when the secret is read; the request builder refuses them too, so no path
+    can send a second ``client_id`` or a scope the connection does not allow."""
+    for profile in (profile_of("pyng"), profile_of("autopay")):
+        with pytest.raises(ValueError, match=name):
+            profile.build_request(client_id="c", client_secret="s", scope="x", audience="",
+                                  extra_parameters={name: "attacker"})
+
+
+def test_authlibs_server_reads_the_oauth2_entrys_request_with_resources_and_grants_a_token() -> None:
+    """The generic ``oauth2`` entry against Authlib's own authorization server (client_secret_basic with RFC 6749
+    2.3.1's encoding, its client credentials grant): the request with an audience, two resources and an extra
+    parameter is a valid token request, and the server sees every resource."""
+    from requests.structures import CaseInsensitiveDict
+
+    from tests.support.authlib_server import Incoming, RegisteredClient, StandardsAuthorizationServer
+
+    profile = entry("oauth2")
+    assert profile is not None
+    client = RegisteredClient(client_id="urn:acme:svc 1", client_secret="p@ss:w+rd/=&", scopes=frozenset({"read"}))
+    server = StandardsAuthorizationServer([client], expires_in=3600)
+    headers, body = profile.build_request(client_id=client.client_id, client_secret=client.client_secret,
+                                          scope="read", audience="https://api.acme.example", resource=RESOURCES,
+                                          extra_parameters={"organization": "org_1"})
+    incoming = Incoming(method="POST", path="/token", uri="https://127.0.0.1/token",
+                        headers=CaseInsensitiveDict(headers), body=body)
+    request = server.create_oauth2_request(incoming)
+    assert request.payload.datalist["resource"] == list(RESOURCES)
+    assert request.payload.data["audience"] == "https://api.acme.example"
+    assert request.payload.data["organization"] == "org_1"
+    status, _, answer = server.create_token_response(incoming)
+    assert status == 200, answer
+    assert json.loads(answer)["scope"] == "read"
+    assert server.issued[0]["client_id"] == client.client_id

@@ -15,7 +15,7 @@ from tests.unit.conftest import TABLE, load_app
 from tests.unit.test_handlers import EVENTS, PROVIDERS, scope_key_of, seed
 from token_vending.budget import UpstreamBudget, default_budget
 from token_vending.cache import CachedToken, TokenCache
-from token_vending.catalogue import CATALOGUE
+from token_vending.catalogue import CATALOGUE, connection
 from token_vending.exceptions import Misconfigured
 from token_vending.freshness import RefreshPolicy
 from token_vending.renewal import LEAD_SECONDS, MAX_DELAY_SECONDS, Renewal, is_sqs_event
@@ -81,7 +81,7 @@ def test_only_sqs_events_are_renewal_batches() -> None:
 
 def test_a_provider_function_drops_a_message_that_is_not_a_renewal(moto_table: Any, context: Any,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
+    for name, value in {"CACHE_TABLE_NAME": TABLE, "CONNECTION_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
                         "TOKEN_URL": "https://provider.invalid/token", "ALLOWED_SCOPES": "a"}.items():
         monkeypatch.setenv(name, value)
     provider = load_app("pyng")
@@ -221,7 +221,7 @@ def test_a_token_api_hit_marks_an_old_mark_once(moto_table: Any, context: Any, m
 
 # --- settings and the budget -----------------------------------------------------------------------------------
 def provider_env(**extra: str) -> dict[str, str]:
-    return {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "TOKEN_URL": "https://provider.invalid/token",
+    return {"CACHE_TABLE_NAME": TABLE, "CONNECTION_NAME": "pyng", "TOKEN_URL": "https://provider.invalid/token",
             "SECRET_ID": "s", "ALLOWED_SCOPES": "a", **extra}
 
 
@@ -230,7 +230,7 @@ def test_the_default_budget_follows_the_documented_lifetime() -> None:
     assert default_budget(900) == 60
     assert default_budget(36000) == 60
     for entry in CATALOGUE:
-        settings_ = ProviderSettings.from_env(entry.name, provider_env(PROVIDER_NAME=entry.name), profile=entry)
+        settings_ = ProviderSettings.from_env(entry.name, provider_env(CONNECTION_NAME=entry.name), profile=entry)
         assert settings_.upstream_budget == default_budget(entry.lifetime)
 
 
@@ -249,6 +249,14 @@ def test_upstream_budgets_override_by_route_refuse_malformed_lists_and_warn_of_u
     assert ProviderSettings.from_env("pyng", typo, profile=pyng).upstream_budget == default_budget(pyng.lifetime)
     assert unknown_budget_routes(typo) == ["pyngg"]
     assert unknown_budget_routes(provider_env(UPSTREAM_BUDGETS="pyng=3")) == []
+    # Names are connection names: another connection of any provider is known; one that fits none is warned of.
+    named = provider_env(UPSTREAM_BUDGETS="AriaAu=30,OAuth2Acme=5,PyngOrg2=9,aria-au=3,Aria=4")
+    assert unknown_budget_routes(named) == ["Aria", "aria-au"]
+    assert ProviderSettings.from_env("pyng", named, profile=pyng).upstream_budget == default_budget(pyng.lifetime)
+    org2 = connection("PyngOrg2")
+    assert org2 is not None
+    assert ProviderSettings.from_env("PyngOrg2", provider_env(CONNECTION_NAME="PyngOrg2", **{
+        "UPSTREAM_BUDGETS": "PyngOrg2=9,pyng=200"}), profile=org2).upstream_budget == 9
 
 
 def test_idle_hours_are_a_positive_number() -> None:
@@ -304,11 +312,13 @@ def test_a_lease_item_without_an_expiry_never_blocks_its_key(moto_table: Any) ->
 def test_a_misconfigured_function_drops_renewals_instead_of_failing_the_batch(
         moto_table: Any, context: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redelivery cannot help until a person fixes the setting: SQS would return the message for an hour."""
-    for name, value in {"CACHE_TABLE_NAME": TABLE, "PROVIDER_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
-                        "TOKEN_URL": "http://provider.example/token", "ALLOWED_SCOPES": "a"}.items():
-        monkeypatch.setenv(name, value)  # plain http outside local mode: misconfigured
+    for name, value in {"CACHE_TABLE_NAME": TABLE, "CONNECTION_NAME": "pyng", "SECRET_ID": "token-vending/pyng",
+                        "TOKEN_URL": "https://provider.example/token", "ALLOWED_SCOPES": "a",
+                        "LEASE_SECONDS": "1"}.items():
+        monkeypatch.setenv(name, value)  # no fetch fits a one-second lease: misconfigured
     provider = load_app("pyng")
     event = sqs_event([Renewal("a", 1.0, 2.0).body()])
     assert provider.handler(event, context) == {"batchItemFailures": []}
-    with pytest.raises(Exception, match="misconfigured"):
+    with pytest.raises(Misconfigured) as raised:
         provider.handler({}, context)  # a caller still gets the contract's error
+    assert "LEASE_SECONDS" in raised.value.description

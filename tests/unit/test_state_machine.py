@@ -74,11 +74,16 @@ def put_result(data: dict[str, Any], result_path: str, result: Any) -> dict[str,
 @pytest.fixture
 def pyng(moto_table: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("CACHE_TABLE_NAME", TABLE)
-    monkeypatch.setenv("PROVIDER_NAME", "pyng")
+    monkeypatch.setenv("CONNECTION_NAME", "pyng")
     monkeypatch.setenv("TOKEN_URL", "https://sample.pyng.com.au/billing/oauth2/token")
     monkeypatch.setenv("SECRET_ID", "token-vending/pyng")
     monkeypatch.setenv("ALLOWED_SCOPES", "billing:batches:read billing:customers:read")
     monkeypatch.setenv("TOKEN_LIFETIME", "900")
+    import boto3
+
+    # The connection's secret: a miss reads it (its settings) before anything else.
+    boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+        Name="token-vending/pyng", SecretString=json.dumps({"client_id": "id", "client_secret": "secret"}))
     now = time.time()
     moto_table.put_item(TableName=TABLE, Item={
         "pk": {"S": "pyng"}, "sk": {"S": "token#billing:batches:read"}, "access_token": {"S": "the-token"},
@@ -120,7 +125,8 @@ def test_error_names_in_retry_and_catch_are_the_functions_exception_names(pyng: 
     assert {"UpstreamUnavailable", "UpstreamTimeout"} <= retried
     assert not retried & {"UpstreamRejected", "Misconfigured", "InvalidRequest", "UpstreamInvalidResponse"}
     assert task["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
-    # The name a real failure carries is the one the ASL matches.
+    # The name a real failure carries is the one the ASL matches (a scope the connection does not allow: refused
+    # once its secret is read, before any lease).
     with pytest.raises(Exception, match="invalid_request") as raised:
         pyng.handler({"scope": "billing:admin"}, context)
     assert type(raised.value).__name__ == "InvalidRequest"

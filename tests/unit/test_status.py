@@ -65,7 +65,7 @@ def test_malformed_items_are_shown_not_fatal() -> None:
         {"pk": {"S": "aria"}, "sk": {"S": f"budget#{int(NOW)}"}, "spent": {"S": "lots"}},
         {"pk": {"S": "aria"}, "sk": {"S": f"budget#{int(NOW) - 3600}"}, "spent": {"N": "999"}},
     )
-    by_key = {(row["provider"], row["scope"]): row for row in doc["tokens"]}
+    by_key = {(row["connection"], row["scope"]): row for row in doc["tokens"]}
     assert by_key["pyng", "a"]["malformed"] == ["token", "lease"]
     assert by_key["pyng", "mystery"]["malformed"] == ["item"]
     assert by_key["aria", None]["malformed"] == ["budget"]
@@ -106,3 +106,28 @@ def test_bad_settings_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert status.main(["--budgets", "pyng=lots"], env={}) == 2
     assert "UPSTREAM_BUDGETS" in capsys.readouterr().err
     assert status.main(["--watch", "0"], env={}) == 2
+
+
+def test_rows_are_per_connection_with_its_provider_and_its_own_budget() -> None:
+    """Two connections of one provider are two partitions: each its own rows and budget (``UPSTREAM_BUDGETS`` by
+    connection name), each shown with the catalogue entry it belongs to; a partition no catalogue entry fits has
+    no provider."""
+    settings = status.Settings.from_env({"UPSTREAM_BUDGETS": "AriaAu=7"})
+    doc = document(
+        token_item("aria", "", expires=NOW + 3000, fetched=NOW - 600, lifetime=3600),
+        token_item("AriaAu", "", expires=NOW + 3000, fetched=NOW - 600, lifetime=3600),
+        {"pk": {"S": "AriaAu"}, "sk": {"S": f"budget#{int(NOW)}"}, "spent": {"N": "3"}, "forced": {"N": "1"}},
+        token_item("Stray", "x", expires=NOW + 3000, fetched=NOW - 600, lifetime=3600),
+        settings=settings)
+    rows = {row["connection"]: row for row in doc["tokens"]}
+    assert set(rows) == {"aria", "AriaAu", "Stray"}
+    assert (rows["aria"]["provider"], rows["AriaAu"]["provider"], rows["Stray"]["provider"]) == ("aria", "aria", None)
+    assert rows["aria"]["budget"] == {"spent": 0, "limit": 60, "forced": 0}
+    assert rows["AriaAu"]["budget"] == {"spent": 3, "limit": 7, "forced": 1}
+    assert rows["AriaAu"]["scope"] == ""
+    lines = status.table_lines(doc)
+    assert lines[0].split()[:3] == ["CONNECTION", "PROVIDER", "SCOPE"]
+    au = next(line for line in lines if line.startswith("AriaAu"))
+    assert au.split()[:3] == ["AriaAu", "aria", status.NO_SCOPE]
+    assert "3/7" in au
+    assert next(line for line in lines if line.startswith("Stray")).split()[1] == "?"

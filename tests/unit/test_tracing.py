@@ -81,7 +81,7 @@ def test_a_hit_loads_no_tracer_and_a_miss_is_traced() -> None:
            "AWS_LAMBDA_FUNCTION_NAME": "TokenApi", "LAMBDA_TASK_ROOT": str(REPO_ROOT / "functions" / "token_api"),
            "AWS_XRAY_DAEMON_ADDRESS": f"127.0.0.1:{port}", "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
            "CACHE_TABLE_NAME": "tokens", "FUNCTION_Autopay": "autopay-fn", "FUNCTION_Pyng": "pyng-fn",
-           "SCOPES_Pyng": "billing:batches:read", "POWERTOOLS_SERVICE_NAME": "token-vending",
+           "POWERTOOLS_SERVICE_NAME": "token-vending",
            "POWERTOOLS_METRICS_NAMESPACE": "TokenVending"}
     for name in ("POWERTOOLS_TRACE_DISABLED", "PROVIDERS", "AWS_ENDPOINT_URL_DYNAMODB"):
         env.pop(name, None)
@@ -103,4 +103,4 @@ def test_a_hit_loads_no_tracer_and_a_miss_is_traced() -> None:
     assert "## provider function" in names, documents
     traced = next(document for document in documents if document.get("name") == "## provider function")
     assert traced["trace_id"] == "1-5759e988-bd862e3fe1be46a994272002"  # the miss's invocation, not the hit's
-    assert traced["annotations"] == {"provider": "pyng"}
+    assert traced["annotations"] == {"connection": "pyng"}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from token_vending.connection_settings import resolve
 from token_vending.credentials import ClientCredentials
 from token_vending.exceptions import UpstreamInvalidResponse, UpstreamTimeout, UpstreamUnavailable
 from token_vending.profile import BodyEncoding, ClientAuth, ClientCredentialsProfile
@@ -72,9 +73,10 @@ def json_answer(document: dict[str, Any]) -> Callable[[BaseHTTPRequestHandler], 
 
 
 def client(url: str, **overrides: Any) -> UpstreamClient:
-    env = {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "unit", "CACHE_TABLE_NAME": "t",
+    env = {"CONNECTION_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "unit", "CACHE_TABLE_NAME": "t",
            "TOKEN_VENDING_LOCAL_MODE": "true", "UPSTREAM_RETRIES": "0", **overrides}
-    return UpstreamClient(PROFILE, ProviderSettings.from_env("unit", env))
+    settings = ProviderSettings.from_env("unit", env)
+    return UpstreamClient(PROFILE, settings, resolve(settings, {}, PROFILE))
 
 
 def fetch(url: str, deadline_in: float = 10.0, **overrides: Any) -> Any:
@@ -250,10 +252,11 @@ def test_private_key_jwt_form_carries_a_fresh_verifiable_assertion(serve: Any) -
         json_answer({"access_token": "t", "token_type": "Bearer", "expires_in": 3600})(handler)
 
     url = serve(answer)
-    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
+    settings = ProviderSettings.from_env("unit", {"CONNECTION_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
                                                   "CACHE_TABLE_NAME": "t", "TOKEN_VENDING_LOCAL_MODE": "true",
                                                   "CLIENT_AUTH": "private_key_jwt"})
-    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings,
+                              resolve(settings, {}, replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT)))
     credentials = ClientCredentials("unit-client", private_key=pem)
     for _ in range(2):
         upstream.fetch(credentials, "", time.monotonic() + 10)
@@ -277,9 +280,10 @@ def test_private_key_jwt_with_a_bad_pem_is_misconfigured_without_echoing_it(serv
     from token_vending.profile import ClientAuth
 
     url = serve(json_answer({}))
-    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
+    settings = ProviderSettings.from_env("unit", {"CONNECTION_NAME": "unit", "TOKEN_URL": url, "SECRET_ID": "s",
                                                   "CACHE_TABLE_NAME": "t", "TOKEN_VENDING_LOCAL_MODE": "true"})
-    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings,
+                              resolve(settings, {}, replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT)))
     with pytest.raises(Misconfigured, match="private_key") as caught:
         upstream.fetch(ClientCredentials("c", private_key="-----BEGIN PRIVATE KEY-----\nQUJD\n"), "",
                        time.monotonic() + 10)
@@ -350,10 +354,11 @@ def test_private_key_jwt_with_a_pem_on_an_unsupported_curve_is_misconfigured(ser
     from token_vending.exceptions import Misconfigured
     from token_vending.profile import ClientAuth
 
-    settings = ProviderSettings.from_env("unit", {"PROVIDER_NAME": "unit", "TOKEN_URL": serve(json_answer({})),
+    settings = ProviderSettings.from_env("unit", {"CONNECTION_NAME": "unit", "TOKEN_URL": serve(json_answer({})),
                                                   "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
                                                   "TOKEN_VENDING_LOCAL_MODE": "true"})
-    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings)
+    upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings,
+                              resolve(settings, {}, replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT)))
     with pytest.raises(Misconfigured, match="curve"):
         upstream.fetch(ClientCredentials("c", private_key=SECP112R1_KEY), "", time.monotonic() + 10)
 
@@ -379,9 +384,10 @@ def test_private_key_jwt_kms_follows_the_algorithm_the_secret_names_now(serve: A
         kms = boto3.client("kms", region_name="us-east-1")
         key_id = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
         settings = ProviderSettings.from_env("unit", {
-            "PROVIDER_NAME": "unit", "TOKEN_URL": serve(answer), "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
+            "CONNECTION_NAME": "unit", "TOKEN_URL": serve(answer), "SECRET_ID": "s", "CACHE_TABLE_NAME": "t",
             "TOKEN_VENDING_LOCAL_MODE": "true", "CLIENT_AUTH": "private_key_jwt", "SIGNING_KEY_ID": key_id})
-        upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings, kms=lambda: kms)
+        upstream = UpstreamClient(replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT), settings,
+                              resolve(settings, {}, replace(PROFILE, auth=ClientAuth.PRIVATE_KEY_JWT)), kms=lambda: kms)
         for algorithm in ("RS256", "PS256", ""):
             upstream.fetch(ClientCredentials("unit-client", algorithm=algorithm), "", time.monotonic() + 10)
     headers = [json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==")) for token in received]

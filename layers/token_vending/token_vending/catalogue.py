@@ -164,21 +164,23 @@ def entry(name: str) -> ClientCredentialsProfile | None:
 def connection(name: str) -> ClientCredentialsProfile | None:
     """The profile of the connection ``name``, or ``None`` when no catalogue entry has it.
 
-    A name equal to an entry's name is that entry (a default connection). Otherwise the entry whose key is the
-    longest prefix of the name, the name being longer than the key and alphanumeric (it is the connection's key
-    verbatim, as the template's ``Connections`` allows): that entry with ``name`` replaced by the connection's,
-    so that the partition, budget, leases, renewals, metrics, logs and errors are the connection's own.
+    A name equal to an entry's name is that entry (a default connection). Otherwise the name is a connection's key
+    verbatim (alphanumeric, as the template's ``Connections`` allows): its provider is the entry whose key is the
+    longest prefix of it, and the name must be longer than that key (a key alone is the entry's own connection,
+    named as the entry). The profile is that entry with ``name`` replaced by the connection's, so that the
+    partition, budget, leases, renewals, metrics, logs and errors are the connection's own.
     """
     found = entry(name)
     if found is not None:
         return found
     if not isinstance(name, str) or not _LABEL.match(name):
         return None
-    prefixes = [candidate for candidate in CATALOGUE
-                if name.startswith(candidate.key) and len(name) > len(candidate.key)]
+    prefixes = [candidate for candidate in CATALOGUE if name.startswith(candidate.key)]
     if not prefixes:
         return None
     provider = max(prefixes, key=lambda candidate: len(candidate.key))
+    if len(name) == len(provider.key):
+        return None
     return replace(provider, name=name, template_key=name, provider=provider.name)
 
 

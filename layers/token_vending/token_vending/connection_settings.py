@@ -45,9 +45,9 @@ SETTING_FIELDS: dict[str, str | None] = {
 }
 """The secret's setting fields and the environment variable each overrides (``None``: the secret only)."""
 
-ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[\x21\x22\x24-\x7e]+$")
-"""RFC 3986 4.3 ``absolute-URI`` (a scheme, then printable ASCII without a space or ``#``): what RFC 8707 section 2
-wants of a ``resource``, which "MUST NOT include a fragment component"."""
+ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+$")
+"""RFC 3986 4.3 ``absolute-URI`` (a scheme, then URI characters: unreserved, reserved but ``#``, and ``%``): what
+RFC 8707 section 2 wants of a ``resource``, which "MUST NOT include a fragment component"."""
 
 
 @dataclass(frozen=True)

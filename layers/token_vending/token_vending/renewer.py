@@ -69,7 +69,7 @@ class Renewer:
         self._allowed = None
         certificate = self._may_use_certificate()
         if certificate:
-            self._report_certificate()  # even with no token to renew: the alarm must see it
+            self._read_secret()  # even with no token to renew: the alarm must see it
         now = time.time()
         interval = self.settings.cache.refresh_ahead_interval
         try:
@@ -80,7 +80,7 @@ class Renewer:
             summary["failed"] += 1
             return summary
         if live and not certificate:
-            self._report_certificate()  # the secret may name tls_client_auth; its settings judge the scope sets
+            self._read_secret()  # the secret may name tls_client_auth; its settings judge the scope sets
         for token in live:
             if not self._configured(token.scope_key) or not self.usage.in_use(token, now):
                 summary["idle"] += 1
@@ -191,7 +191,7 @@ class Renewer:
         return (self.profile.auth is ClientAuth.TLS_CLIENT_AUTH
                 or self.settings.env(CLIENT_AUTH_ENV) == "tls_client_auth")
 
-    def _report_certificate(self) -> None:
+    def _read_secret(self) -> None:
         """Read the secret (its settings judge the scope sets) and report a client certificate's days left."""
         try:
             credentials = self.fetcher.credentials.get()
