@@ -3,12 +3,13 @@
 ``python -m local.generate`` rewrites them; ``python -m local.generate --check`` (run by ``make test``)
 fails when the committed files differ from what the template and catalogue give, so they cannot drift.
 
-They cover the connections ``make local`` serves (:data:`local.stack.LOCAL_PARAMETERS`: the template's default
-ones and ``AriaAu``, ``PyngOrg2``), in that order; ``make sam-local`` deploys the same ones. ``env.json`` points
-every function at the embedded AWS of ``make local`` and at the emulators through ``host.docker.internal`` (where
-``sam local`` containers reach the host) -- a default connection by its ``TOKEN_URL``, an added one by the
-``token_url`` its secret holds, as deployed -- with the parameters' defaults for everything else but the renewal
-queue (none: ``RENEWAL_QUEUE_URL`` empty). ``events/`` holds, per connection, an API Gateway proxy event for the
+They cover the connections template.yaml deploys with :data:`PARAMETERS` (none given: its ``Connections``
+default, what ``sam local`` runs), in that order; ``make sam-local`` gives SAM the same parameters and serves an
+emulator per connection, on the ports ``make local`` gives them. ``env.json`` points every function at the
+embedded AWS of ``make local`` and at the emulators through ``host.docker.internal`` (where ``sam local``
+containers reach the host) -- a default connection by its ``TOKEN_URL``, an added one by the ``token_url`` its
+secret holds, as deployed -- with the parameters' defaults for everything else but the renewal queue (none:
+``RENEWAL_QUEUE_URL`` empty). ``events/`` holds, per connection, an API Gateway proxy event for the
 token API function (``api-<name>.json``) and a direct-invocation payload (``invoke-<name>.json``).
 """
 
@@ -24,7 +25,6 @@ from typing import Any
 from local.stack import (
     API_FUNCTION,
     LOCAL_CONNECTIONS,
-    LOCAL_PARAMETERS,
     TABLE_NAME,
     DeployedProvider,
     deployed,
@@ -40,8 +40,13 @@ EMULATOR_PORT_BASE = 9001
 ENV_JSON = ROOT / "env.json"
 EVENTS = ROOT / "events"
 COMMON = {"TOKEN_VENDING_LOCAL_MODE": "true", "CACHE_TABLE_NAME": TABLE_NAME, "AWS_ENDPOINT_URL_DYNAMODB": LOCAL_AWS}
-CONNECTIONS: tuple[DeployedProvider, ...] = tuple(deployed(LOCAL_PARAMETERS)[0].values())
-"""The connections ``make local`` serves, in its order (their emulators' ports follow it)."""
+PARAMETERS: dict[str, str] = {}
+"""The template parameters ``env.json``, ``events/`` and ``make sam-local`` deploy with: the template's defaults
+(its five connections), as ``sam local`` runs template.yaml; ``LOCAL_PARAMETERS`` would add ``make local``'s
+AriaAu and PyngOrg2."""
+CONNECTIONS: tuple[DeployedProvider, ...] = tuple(deployed(PARAMETERS)[0].values())
+"""The connections they cover, in the template's order (their emulators' ports follow it, as with ``make
+local``)."""
 PROVIDERS = CONNECTIONS
 """What :func:`events` covers (a test may narrow it)."""
 

@@ -3,8 +3,8 @@ AWS and the provider emulators of ``make local``, reachable from SAM's container
 
 What runs where:
 
-* the connections ``make local`` serves (the template's five, ``AriaAu`` and ``PyngOrg2``: SAM is given the same
-  ``Connections`` parameter, ``--parameter-overrides``), as ``env.json`` and ``events/`` describe them;
+* the connections ``env.json`` and ``events/`` describe (:data:`local.generate.PARAMETERS`: the template's
+  defaults; SAM is given any other value, ``--parameter-overrides``), an emulator each;
 * the embedded AWS (moto: DynamoDB table ``token-vending-local``, secrets ``token-vending/local/<connection>``) on
   port 4566 and the emulators on 9001, 9002, ... (one per connection, in that order) listen on the Docker
   bridge's gateway (172.17.0.1 by default), never on the outward interface: containers reach them as
@@ -135,10 +135,12 @@ def bridge_gateway() -> str:
 
 
 def parameter_overrides() -> list[str]:
-    """SAM CLI's option giving the template the connections ``make local`` serves."""
-    from local.stack import LOCAL_PARAMETERS
+    """SAM CLI's option giving the template the parameters ``env.json`` was generated with (none by default)."""
+    from local.generate import PARAMETERS
 
-    return ["--parameter-overrides", " ".join(f"{name}={value}" for name, value in LOCAL_PARAMETERS.items())]
+    if not PARAMETERS:
+        return []
+    return ["--parameter-overrides", " ".join(f"{name}={value}" for name, value in PARAMETERS.items())]
 
 
 def build(architecture: str | None = None) -> Path:
@@ -207,9 +209,9 @@ def start_backend(host: str, ports: Mapping[str, int] | None = None) -> tuple[Lo
     on ``ports`` (named as :func:`committed_ports` names them; free ports where not given). An added connection's
     secret names its emulator as SAM's containers reach it (``host.docker.internal``), as its settings; a default
     connection's ``TOKEN_URL`` is ``env.json``'s. :func:`backend_ports` says where they listen."""
-    from local.generate import CONNECTIONS
+    from local.generate import CONNECTIONS, PARAMETERS
     from local.providers import EmulatorFleet, connection_emulator, local_credentials
-    from local.stack import LOCAL_CONNECTIONS, LOCAL_PARAMETERS, LocalStack, StackConfig
+    from local.stack import LOCAL_CONNECTIONS, LocalStack, StackConfig
 
     ports = ports or {}
     fleet = EmulatorFleet.of(connection_emulator(
@@ -226,7 +228,7 @@ def start_backend(host: str, ports: Mapping[str, int] | None = None) -> tuple[Lo
                                             "token_url": f"http://{DOCKER_HOST}:{emulator.port}{emulator.token_path}"}
         stack = LocalStack(StackConfig(host=host, aws_port=ports.get("aws", 0), api_port=0, lambda_port=0,
                                        provider_urls=fleet.urls(), secrets=secrets,
-                                       parameters=dict(LOCAL_PARAMETERS))).start()
+                                       parameters=dict(PARAMETERS))).start()
     except BaseException:
         fleet.stop()
         raise

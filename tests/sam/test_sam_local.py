@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.sam, pytest.mark.slow]
 
 EVENTS = REPO_ROOT / "events"
 ROUTES = [provider.route for provider in CONNECTIONS]
-"""The connections ``make local`` serves (AriaAu and PyngOrg2 besides the template's five): SAM deploys the same."""
+"""The connections ``env.json`` and ``events/`` cover, which SAM deploys."""
 FUNCTIONS = {provider.route: provider.function for provider in CONNECTIONS}
 
 
