@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from local.template import NO_VALUE, Evaluator, expanded_template
+from local.template import NO_VALUE, TEMPLATE, Evaluator, expanded_template
 from token_vending.catalogue import CATALOGUE
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
 MAX_CONNECTIONS = 36
 """The documented maximum of connections per stack (the five defaults included), with added keys of up to
-:data:`DOCUMENTED_KEY_LENGTH` characters: the resources SAM makes per connection against CloudFormation's 500 per
-stack bind first. tests/template/test_connection_scale.py holds it: within every limit, one more is not."""
+:data:`DOCUMENTED_KEY_LENGTH` characters: the resources SAM makes per connection (13) against CloudFormation's 500
+per stack bind first (with keys of exactly that length, the token API's 4 KB environment too, at the same count).
+tests/template/test_connection_scale.py holds it: within every limit, one more is not."""
 DOCUMENTED_KEY_LENGTH = 24
 """The added keys' length :data:`MAX_CONNECTIONS` holds for. Longer keys lengthen the token API's environment
 (``FUNCTION_<Key>`` and the function's name), which then binds first."""
@@ -253,31 +254,28 @@ def table(rows: Sequence[Measurement]) -> str:
 
 def report(*, longest: bool = False, steps: Sequence[int] = (5, 10, 20, 30, 40, 50, 60)) -> str:
     """The table for ``steps`` and the maxima, as printed."""
-    maxima = {limit.name: largest_within(lambda n, limit=limit: measure(n, longest=longest).within(limit))
-              for limit in LIMITS}
+    def reach(limit: Limit) -> int:
+        return largest_within(lambda n: measure(n, longest=longest).within(limit))
+
+    maxima = {limit.name: reach(limit) for limit in LIMITS}
     overall = largest_within(lambda n: measure(n, longest=longest).within_all())
     binding = [limit for limit in LIMITS if maxima[limit.name] == overall]  # several when they bind together
     shown = sorted({*steps, overall, overall + 1})
     keys = added_keys(1, longest=longest)[0]
-    out = [f"Connections per stack ({'longest keys' if longest else 'realistic keys'}: added keys like {keys}, "
-           f"stack {STACK_NAME}, {REGION}, customer managed key); '!' marks a figure over its limit",
+    which = "the longest keys" if longest else f"keys of {DOCUMENTED_KEY_LENGTH} characters"
+    out = [f"Connections per stack ({which}: added keys like {keys}, stack {STACK_NAME}, {REGION}, customer "
+           "managed key); '!' marks a figure over its limit",
            "", table([measure(n, longest=longest) for n in shown]), ""]
     for limit in LIMITS:
-        reach = maxima[limit.name]
+        most = maxima[limit.name]
         out.append(f"  {limit.source} ({limit.limit:,} {limit.unit}): up to "
-                   f"{reach if reach < 100 else "100 or more"} connections")
-    template_bytes = len(expanded_template_text().encode())
+                   f"{most if most < 100 else '100 or more'} connections")
+    template_bytes = len(TEMPLATE.read_text().encode())
     first = " and ".join(f"{limit.source} ({limit.limit:,} {limit.unit})" for limit in binding)
     out += ["", f"Largest N within every limit: {overall}; first to bind, at {overall + 1}: {first}.",
             f"template.yaml itself is {template_bytes:,} bytes whatever N (over the {TEMPLATE_BODY_LIMIT:,}-byte "
             "request-body limit: deployed through S3, as sam deploy's resolve_s3 does)."]
     return "\n".join(out)
-
-
-def expanded_template_text() -> str:
-    from local.template import TEMPLATE
-
-    return TEMPLATE.read_text()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

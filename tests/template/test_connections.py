@@ -35,6 +35,7 @@ from tests.template.cfn import (
     SEVEN_KEYS,
     TEMPLATE,
     TOKEN_API,
+    TOOLS_PYTHON,
     Evaluator,
     as_list,
     connection_name,
@@ -152,14 +153,19 @@ def test_the_connections_pattern_takes_keys_only() -> None:
 
 
 def test_the_rules_refuse_what_would_deploy_broken() -> None:
-    """The generic provider alone has no parameters and no name of its own to give a connection (OAuth2 needs a
-    label), and the example state machine needs the Pyng connection's function (CloudFormation refuses a
+    """A catalogue key alone is a default connection: any other provider's key alone (the generic OAuth2's) has
+    no parameters, and the template would name it by its key where the layer names it by its entry, so it needs
+    a label; and the example state machine needs the Pyng connection's function (CloudFormation refuses a
     reference to a resource the template does not declare)."""
     template = expanded_with(SEVEN_KEYS)
     assert not Evaluator(template).rules_hold()
     assert not Evaluator(template, {"Connections": "Pyng,OAuth2Acme"}).rules_hold()
-    assert Evaluator(template, {"Connections": "Pyng,OAuth2"}).rules_hold() == [
-        "Connections names OAuth2 without a label; add one (OAuth2Acme)"]
+    outside = [entry.key for entry in CATALOGUE if entry.key not in DEFAULT_KEYS]
+    assert outside, "the generic OAuth2 entry is no default connection"
+    for key in outside:
+        assert Evaluator(template, {"Connections": f"Pyng,{key}"}).rules_hold() == [
+            f"Connections names {key} without a label; add one ({key}Acme)"], key
+        assert not Evaluator(template, {"Connections": f"Pyng,{key}Acme"}).rules_hold(), key
     assert Evaluator(template, {"Connections": "Aria,AriaAu"}).rules_hold() == [
         "Connections must list Pyng, whose function the example state machine (GetTokenStateMachine) invokes"]
 
@@ -238,6 +244,38 @@ def test_sam_translates_seven_connections(translated_seven: dict[str, Any]) -> N
     for connection in SEVEN.values():
         function = functions[connection.function]["Properties"]
         assert function["Role"] == {"Fn::GetAtt": [f"{connection.function}Role", "Arn"]}
+
+
+# SAM CLI's own implementation of AWS::LanguageExtensions (sam build and sam validate expand with it).
+_SAM_CLI_EXPANSION = r"""
+import json, sys
+from samcli.lib.cfn_language_extensions.api import process_template
+from samtranslator.yaml_helper import yaml_parse
+out = process_template(yaml_parse(open(sys.argv[1]).read()), parameter_values={"Connections": sys.argv[2]})
+print(json.dumps(out))
+"""
+
+
+def test_sam_clis_expansion_agrees(seven: dict[str, Any]) -> None:
+    """AWS's own implementation of the transform (SAM CLI's) makes the same resources, conditions and outputs of
+    the seven, and names each function's connection, partition and secret as local.template's expansion does:
+    the identifier is substituted in the mapping lookups' DefaultValue, an added connection's secret is its own."""
+    result = run([require_tool(TOOLS_PYTHON), "-c", _SAM_CLI_EXPANSION, TEMPLATE, ",".join(SEVEN_KEYS)])
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)
+    assert set(theirs["Resources"]) == set(seven["Resources"])
+    assert set(theirs["Conditions"]) == set(seven["Conditions"])
+    assert set(theirs["Outputs"]) == set(seven["Outputs"])
+    for name, connection in SEVEN.items():
+        variables = theirs["Resources"][connection.function]["Properties"]["Environment"]["Variables"]
+        assert variables[constants.CONNECTION_NAME_ENV] == name
+        (policy,) = theirs["Resources"][f"{connection.function}Role"]["Properties"]["Policies"]
+        (partition,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "OwnCachePartition"]
+        assert partition["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == [name]
+        if not connection.default:  # SAM CLI decides the condition: always the stack's placeholder
+            assert variables[constants.SECRET_ID_ENV] == {"Ref": f"{connection.key}Secret"}
+            unset = {constants.TOKEN_URL_ENV, constants.CLIENT_AUTH_ENV, constants.SIGNING_KEY_ID_ENV}
+            assert not set(variables) & unset
 
 
 # --- least privilege between the seven ---------------------------------------------------------------------------

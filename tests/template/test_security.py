@@ -1,17 +1,17 @@
 """Security controls in template.yaml, and the scanners that watch them.
 
-- Least privilege: each provider function reads only its own secret, touches only its own cache partition and
-  uses only its own renewal queue; the token API function reads the cache, writes nothing but a scope set's
+- Least privilege: each connection's function reads only its own secret, touches only its own cache partition
+  and uses only its own renewal queue; the token API function reads the cache, writes nothing but a scope set's
   use mark (``used_at``, IAM's dynamodb:Attributes checked against the layer's own call) and invokes the
-  provider functions (one policy per provider, from the template's loop); no wildcard where a narrower ARN
-  exists (X-Ray's two actions have none). Every provider is the catalogue's: the template's loops make the
-  same resources for each.
+  connections' functions (one policy per connection, from the template's loop); no wildcard where a narrower ARN
+  exists (X-Ray's two actions have none). The template's loops make the same resources for each of the default
+  connections checked here; test_connections.py checks the same with added ones.
 - Encryption: the optional customer managed key (KmsKeyArn) reaches the table, the placeholder secrets
   and the functions' policies, and nothing else is granted when it is empty.
-- Client assertions: a provider's KMS signing key (<Provider>SigningKeyArn) may be used by that provider's
-  function alone, with <Provider>ClientAuth private_key_jwt only, for kms:Sign in the layer's algorithms and
-  kms:GetPublicKey, and by nobody when it is empty (SAM's translation evaluated for every provider alone, all
-  together and none).
+- Client assertions: a default connection's KMS signing key (<Key>SigningKeyArn) may be used by that
+  connection's function alone, with <Key>ClientAuth private_key_jwt only, for kms:Sign in the layer's
+  algorithms and kms:GetPublicKey, and by nobody when it is empty (SAM's translation evaluated for every
+  connection alone, all together and none).
 - Callers: the API's resource policy for every combination of ApiEndpointType, ApiAllowedAccountIds
   and ApiAllowedVpcEndpointIds, checked by evaluating SAM's translation and by cfn-lint.
 - Scanners: checkov on template.yaml with its loops expanded (checkov cannot read Fn::ForEach, and skips what
