@@ -355,7 +355,7 @@ def machine_for(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> type[RuleBas
 
 
 MACHINE_SETTINGS = settings(
-    max_examples=int(os.environ.get("FLEET_CONNECTION_EXAMPLES", "15")),
+    max_examples=int(os.environ.get("FLEET_CONNECTION_EXAMPLES", "20")),
     stateful_step_count=int(os.environ.get("FLEET_STEPS", "20")),
     deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
     phases=[Phase.explicit, Phase.generate, Phase.shrink], report_multiple_bugs=False,
