@@ -285,7 +285,7 @@ def plan_connections(config: dict[str, Any]) -> list[Served]:
     for given, entry in config.items():
         name = connection_name(given)  # a catalogue key (``Pyng``) names its entry's connection (``pyng``)
         profile = connection(name)
-        if profile is None:
+        if profile is None or (profile.name == profile.provider and name not in planned):  # ``OAuth2``: no label
             raise ConfigError(f"--config: {given} is no connection: a name the stack serves "
                               f"({', '.join(planned)}) or a new key, one of {', '.join(KEYS)} followed by a label "
                               "(AriaAu, OAuth2Acme)")

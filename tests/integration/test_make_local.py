@@ -230,6 +230,7 @@ def test_a_config_file_adds_and_removes_connections(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("config", "message"), [
     ({"PyngNope!": {}}, "PyngNope! is no connection"),
     ({"Paypal": {}}, "Paypal is no connection"),
+    ({"OAuth2": {}}, "OAuth2 is no connection"),  # a catalogue key outside the five needs a label
     ({"OAuth2Acme": {"token_url": "https://login.example.test/token", "client_id": "c"}},
      "OAuth2Acme (client_secret_basic client authentication) needs 'client_secret'"),
     ({"AriaAu": {"regoin": "AUS"}}, "AriaAu has unknown field 'regoin'"),
