@@ -3,11 +3,14 @@
 ``python -m local.generate`` rewrites them; ``python -m local.generate --check`` (run by ``make test``)
 fails when the committed files differ from what the template and catalogue give, so they cannot drift.
 
-``env.json`` points every function at the embedded AWS of ``make local`` and at the provider emulators
-through ``host.docker.internal`` (where ``sam local`` containers reach the host), with the parameters'
-defaults for everything else but the renewal queue (none: ``RENEWAL_QUEUE_URL`` empty). ``events/`` holds,
-per provider, an API Gateway proxy event for the token API function (``api-<route>.json``) and a
-direct-invocation payload (``invoke-<route>.json``).
+They cover the connections template.yaml deploys with :data:`PARAMETERS` (none given: its ``Connections``
+default, what ``sam local`` runs), in that order; ``make sam-local`` gives SAM the same parameters and serves an
+emulator per connection, on the ports ``make local`` gives them. ``env.json`` points every function at the
+embedded AWS of ``make local`` and at the emulators through ``host.docker.internal`` (where ``sam local``
+containers reach the host) -- a default connection by its ``TOKEN_URL``, an added one by the ``token_url`` its
+secret holds, as deployed -- with the parameters' defaults for everything else but the renewal queue (none:
+``RENEWAL_QUEUE_URL`` empty). ``events/`` holds, per connection, an API Gateway proxy event for the
+token API function (``api-<name>.json``) and a direct-invocation payload (``invoke-<name>.json``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ import sys
 import uuid
 from typing import Any
 
-from local.stack import API_FUNCTION, PROVIDERS, TABLE_NAME, DeployedProvider, deployed, secret_name
+from local.stack import (
+    API_FUNCTION,
+    LOCAL_CONNECTIONS,
+    TABLE_NAME,
+    DeployedProvider,
+    deployed,
+    secret_name,
+)
 from local.template import ROOT
-from token_vending.catalogue import by_name
+from token_vending.catalogue import connection
 
 DOCKER_HOST = "host.docker.internal"
 LOCAL_AWS = f"http://{DOCKER_HOST}:4566"
@@ -30,32 +40,44 @@ EMULATOR_PORT_BASE = 9001
 ENV_JSON = ROOT / "env.json"
 EVENTS = ROOT / "events"
 COMMON = {"TOKEN_VENDING_LOCAL_MODE": "true", "CACHE_TABLE_NAME": TABLE_NAME, "AWS_ENDPOINT_URL_DYNAMODB": LOCAL_AWS}
+PARAMETERS: dict[str, str] = {}
+"""The template parameters ``env.json``, ``events/`` and ``make sam-local`` deploy with: the template's defaults
+(its five connections), as ``sam local`` runs template.yaml; ``LOCAL_PARAMETERS`` would add ``make local``'s
+AriaAu and PyngOrg2."""
+CONNECTIONS: tuple[DeployedProvider, ...] = tuple(deployed(PARAMETERS)[0].values())
+"""The connections they cover, in the template's order (their emulators' ports follow it, as with ``make
+local``)."""
+PROVIDERS = CONNECTIONS
+"""What :func:`events` covers (a test may narrow it)."""
+
+
+def emulator_url(index: int, provider: DeployedProvider, host: str = DOCKER_HOST) -> str:
+    """The token URL of the ``index``-th connection's emulator as ``make local`` (``make sam-local``) serves it."""
+    profile = connection(provider.route)
+    path = profile.emulator.path if profile is not None else "/oauth/token"
+    return f"http://{host}:{EMULATOR_PORT_BASE + index}{path}"
 
 
 def env_json() -> dict[str, dict[str, str]]:
     """What ``sam local invoke --env-vars env.json`` sets, per function logical ID."""
-    providers, _ = deployed()
-    catalogue = by_name()
     functions: dict[str, dict[str, str]] = {}
     table: dict[str, dict[str, Any]] = {}
-    for index, provider in enumerate(providers.values()):
-        path = catalogue[provider.route].emulator.path if provider.route in catalogue else "/oauth/token"
+    for index, provider in enumerate(CONNECTIONS):
         settings = {k: v for k, v in provider.environment.items()
-                    if k in {"PROVIDER_NAME", "ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH",
+                    if k in {"CONNECTION_NAME", "ALLOWED_SCOPES", "DEFAULT_SCOPES", "AUDIENCE", "CLIENT_AUTH",
                              "SIGNING_KEY_ID", "REGION", "STAGE"}}
         functions[provider.function] = {
             **COMMON, "AWS_ENDPOINT_URL_SECRETS_MANAGER": LOCAL_AWS, **settings,
-            "TOKEN_URL": f"http://{DOCKER_HOST}:{EMULATOR_PORT_BASE + index}{path}",
+            # An added connection has no TOKEN_URL: its secret's token_url names its emulator (make sam-local).
+            **({} if provider.added else {"TOKEN_URL": emulator_url(index, provider)}),
             "SECRET_ID": secret_name(provider.route),
             # No SQS under sam local: no renewal timers (the template's queue URL would name an absent queue);
             # the schedule's payload renews by its interval instead.
             "RENEWAL_QUEUE_URL": "",
         }
-        table[provider.route] = {"function": provider.function,
-                                 "scopes": provider.environment.get("ALLOWED_SCOPES", ""),
-                                 "default_scopes": provider.environment.get("DEFAULT_SCOPES", "")}
-    # The API's provider table as one declared variable: sam local does not expand the loop in its
-    # environment (docs/sam-local-and-step-functions.md).
+        table[provider.route] = {"function": provider.function}
+    # The API's table of connections as one declared variable: sam local does not expand the loop in its
+    # environment (docs/sam-local-and-step-functions.md). It knows no scopes: each connection's function does.
     api = {**COMMON, "AWS_ENDPOINT_URL_LAMBDA": LAMBDA_SERVICE,
            "PROVIDERS": json.dumps(table, separators=(",", ":"))}
     return {API_FUNCTION: api, **functions}
@@ -114,19 +136,26 @@ def min_ttl_limit(provider: DeployedProvider) -> int:
     from token_vending.settings import cache_settings
 
     env = provider.environment
-    profile = by_name().get(provider.route)
+    profile = connection(provider.route)
     documented = profile.lifetime if profile is not None else constants.DEFAULT_DOCUMENTED_LIFETIME
     lifetime = int(env.get(constants.TOKEN_LIFETIME_ENV) or documented)
     cache = cache_settings(env, provider.route)
     return RefreshPolicy(cache.refresh_margin_seconds, cache.refresh_margin_ratio).min_ttl_limit(lifetime)
 
 
+def allowed_scopes(provider: DeployedProvider) -> list[str]:
+    """The connection's allowed scopes: its parameter (``ALLOWED_SCOPES``), else what ``make local`` puts in its
+    secret (:data:`LOCAL_CONNECTIONS`)."""
+    local = LOCAL_CONNECTIONS.get(provider.route, {})
+    return str(provider.environment.get("ALLOWED_SCOPES", "") or local.get("scopes", "")).split()
+
+
 def events() -> dict[str, dict[str, Any]]:
-    """File name -> content: a request for one allowed scope where the provider has scopes, else one
+    """File name -> content: a request for one allowed scope where the connection has scopes, else one
     asking for a token that lasts at least five minutes (or as long as the provider's tokens allow)."""
     files: dict[str, dict[str, Any]] = {}
     for index, provider in enumerate(PROVIDERS):
-        scopes = provider.environment.get("ALLOWED_SCOPES", "").split()
+        scopes = allowed_scopes(provider)
         query = {"scope": scopes[-1]} if scopes else {"min_ttl": str(min(300, min_ttl_limit(provider)))}
         files[f"api-{provider.route}.json"] = api_event(provider.route, index, query)
         files[f"invoke-{provider.route}.json"] = {**({"scope": scopes[-1]} if scopes else {}),

@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSERTION_TYPE", "DEFAULT_PORTS", "JSON_CONTENT_TYPE", "LOCAL_CREDENTIALS", "OMIT", "PYNG_SCOPES", "ROUTES",
-    "EmulatorFleet", "Fault", "ProviderEmulator", "RecordedRequest", "decode_jwt", "encode_jwt",
-    "local_credentials", "main",
+    "EmulatorFleet", "Fault", "ProviderEmulator", "RecordedRequest", "connection_emulator", "decode_jwt",
+    "encode_jwt", "local_credentials", "main",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -107,6 +107,17 @@ class RecordedRequest:
         """First value of form field ``name``; a convenience for assertions."""
         values = (self.form or {}).get(name)
         return values[0] if values else None
+
+    @property
+    def client_id(self) -> str | None:
+        """The client this request names, wherever it put it (``Authorization: Basic``, the form or the JSON
+        body); ``None`` when it names none. Which connection asked, for assertions (never a secret)."""
+        if self.basic_auth is not None:
+            return self.basic_auth[0]
+        named = self.form_value("client_id")
+        if named is None and isinstance(self.json, dict) and isinstance(self.json.get("client_id"), str):
+            named = self.json["client_id"]
+        return named
 
 
 @dataclass
@@ -215,7 +226,9 @@ class _Settings:
     """A consistent snapshot of an emulator's credentials and options for one request."""
 
     client_id: str
-    client_secret: str
+    """The primary client: the one ``private_key_jwt`` assertions name."""
+    clients: Mapping[str, str]
+    """Every registered client: client_id -> client_secret (the primary one included)."""
     options: Mapping[str, Any]
     jwt_key: bytes
     assertion_key: Any  # public key verifying private_key_jwt assertions; None: not accepted
@@ -230,11 +243,15 @@ class _Settings:
         whole = parse_whole(value) if isinstance(value, str) else None
         return default if whole is None else whole
 
-    def known(self, client_id: Any, client_secret: Any) -> bool:
-        """Whether the pair is the registered one (compared in constant time, as a real server does)."""
-        return (isinstance(client_id, str) and isinstance(client_secret, str)
-                and hmac.compare_digest(client_id.encode(), self.client_id.encode())
-                and hmac.compare_digest(client_secret.encode(), self.client_secret.encode()))
+    def known(self, client_id: Any, client_secret: Any) -> str | None:
+        """The client if the pair is a registered one (the secret compared in constant time, as a real server
+        does), else ``None``."""
+        if not isinstance(client_id, str) or not isinstance(client_secret, str):
+            return None
+        registered = self.clients.get(client_id)
+        if registered is None or not hmac.compare_digest(client_secret.encode(), registered.encode()):
+            return None
+        return client_id
 
 
 @dataclass(eq=False)
@@ -245,6 +262,8 @@ class _Reply(Exception):
     body: dict[str, Any]
     headers: tuple[tuple[str, str], ...] = ()
     issued: bool = False
+    client_id: str = ""
+    """The client a token was issued to."""
 
 
 class _Endpoint:
@@ -265,11 +284,12 @@ class _Endpoint:
         """The checks in the order :class:`EmulatorRules` states, then the token."""
         rules = self.rules
         header_first = rules.auth_first and rules.credentials == "basic"
+        client = ""
         if header_first:  # the Authorization header is checked before the body is looked at
-            self.authenticate(req, {}, settings)
+            client = self.authenticate(req, {}, settings)
         params = self.parameters(req)
         if rules.auth_first and not header_first:
-            self.authenticate(req, params, settings)
+            client = self.authenticate(req, params, settings)
         if rules.one_auth_method and "authorization" in req.headers and "client_secret" in params:
             raise self.error(400, "invalid_request", "Multiple client authentication methods used")
         grant_type = params.get("grant_type")
@@ -284,12 +304,12 @@ class _Endpoint:
         if rules.json_audience and params["audience"] != "":
             raise self.error(400, "invalid_request", 'audience must be ""')
         if not rules.auth_first:
-            self.authenticate(req, params, settings)
+            client = self.authenticate(req, params, settings)
         unexpected = sorted(name for name in params if name != "grant_type")
         if rules.only_grant_type and unexpected:
             raise self.error(400, "invalid_request", f"Unexpected parameter(s): {', '.join(unexpected)}")
         scope = self.scope(params, settings)
-        return self.success(settings, self.token(settings, scope), scope)
+        return self.success(settings, self.token(settings, scope, client), scope, client)
 
     def parameters(self, req: RecordedRequest) -> dict[str, Any]:
         """The request parameters. A body that is not a form carries none (what the real servers do) unless
@@ -310,22 +330,23 @@ class _Endpoint:
             raise self.error(400, "invalid_request", f"Duplicated parameter(s): {', '.join(duplicated)}")
         return {name: values[0] for name, values in req.form.items()}
 
-    def authenticate(self, req: RecordedRequest, params: Mapping[str, Any], settings: _Settings) -> None:
-        """Raise the credential error unless the client authenticated where the rules look."""
+    def authenticate(self, req: RecordedRequest, params: Mapping[str, Any], settings: _Settings) -> str:
+        """The client that authenticated where the rules look; else the credential error is raised."""
         rules = self.rules
         if rules.credentials == "basic" or (rules.credentials == "basic_or_form" and "authorization" in req.headers):
             given = req.basic_auth
             if given is not None and rules.basic_decoding == "rfc6749":  # RFC 6749 2.3.1: form-urlencoded parts
                 given = (unquote_plus(given[0]), unquote_plus(given[1]))
-            ok = given is not None and settings.known(*given)
+            client = settings.known(*given) if given is not None else None
         elif rules.credentials != "json" and "client_assertion" in params and settings.assertion_key is not None:
-            ok = _assertion_ok(params, settings)  # private_key_jwt, as Keycloak accepts it
+            client = settings.client_id if _assertion_ok(params, settings) else None  # private_key_jwt (Keycloak)
         else:
-            ok = settings.known(params.get("client_id"), params.get("client_secret"))
-        if not ok:
+            client = settings.known(params.get("client_id"), params.get("client_secret"))
+        if client is None:
             challenge = rules.www_authenticate == "always" or (
                 rules.www_authenticate == "when_basic" and "authorization" in req.headers)
             raise self.error(*rules.credential_error, *([("WWW-Authenticate", "Basic")] if challenge else []))
+        return client
 
     def scope(self, params: Mapping[str, Any], settings: _Settings) -> str | None:
         """The granted scope: the fixed one, else the requested scopes once checked (``None``: no scope)."""
@@ -340,7 +361,7 @@ class _Endpoint:
             raise self.error(400, "invalid_scope", "The requested scope is invalid, unknown, or malformed")
         return " ".join(dict.fromkeys(requested)) or None
 
-    def token(self, settings: _Settings, scope: str | None) -> str:
+    def token(self, settings: _Settings, scope: str | None, client_id: str) -> str:
         rules = self.rules
         if rules.token == "hex":  # noqa: S105 - a token kind, not a secret
             return secrets.token_hex(28)
@@ -350,12 +371,12 @@ class _Endpoint:
         values: dict[str, Any] = {
             "iat": now, "exp": now + settings.lifetime(rules.expires_in or UNDOCUMENTED_LIFETIME),
             "jti": secrets.token_hex(16),
-            "client_id": settings.client_id, "scope": scope or "",
+            "client_id": client_id, "scope": scope or "",
             **{name: settings.options[name] for name, _ in rules.options},
         }
         return encode_jwt({name: _claim(template, values) for name, template in rules.claims}, settings.jwt_key)
 
-    def success(self, settings: _Settings, token: str, scope: str | None) -> _Reply:
+    def success(self, settings: _Settings, token: str, scope: str | None, client_id: str) -> _Reply:
         """The success body in the provider's member order; ``OMIT`` (or no scope) leaves a member out."""
         values: dict[str, Any] = {
             "access_token": token, "scope": scope, **dict(self.rules.extra_fields),
@@ -363,7 +384,7 @@ class _Endpoint:
             "expires_in": settings.options.get("expires_in", self.rules.expires_in),
         }
         body = {name: values[name] for name in self.rules.response_fields if values[name] not in (None, OMIT)}
-        return _Reply(200, body, issued=True)
+        return _Reply(200, body, issued=True, client_id=client_id)
 
 
 def _claim(template: str, values: Mapping[str, Any]) -> Any:
@@ -554,7 +575,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.issued:
             with emulator._lock:
                 emulator.issued.append(reply.body)
-        self._send(reply.status, _json_bytes(reply.body), reply.headers, close=False, path=path)
+                emulator.issued_to[str(reply.body.get("access_token"))] = reply.client_id
+        self._send(reply.status, _json_bytes(reply.body), reply.headers, close=False, path=path,
+                   client=reply.client_id)
 
     def _play(self, fault: Fault, path: str) -> None:
         if fault.delay > 0:
@@ -579,8 +602,11 @@ class _Handler(BaseHTTPRequestHandler):
                    defaults=False)
 
     def _send(self, status: int, payload: bytes, headers: tuple[tuple[str, str], ...], *, close: bool, path: str,
-              defaults: bool = True) -> None:
-        _LOG.info("%s %s %s -> %d", self.server.emulator.route, self.command, path, status)
+              defaults: bool = True, client: str = "") -> None:
+        """``client``: the client a token was issued to, logged by its id (which connection asked; never a
+        secret)."""
+        _LOG.info("%s %s %s -> %d%s", self.server.emulator.route, self.command, path, status,
+                  f" (client {client})" if client else "")
         try:
             self.send_response(status)
             if defaults:
@@ -608,14 +634,15 @@ class _Handler(BaseHTTPRequestHandler):
 class ProviderEmulator:
     """One provider's token endpoint on loopback, with request recording and fault injection.
 
-    ``route`` names a catalogue entry or is an entry itself (a provider not in the catalogue); a route the
-    catalogue does not know may instead be given its ``rules``.
+    ``route`` names a catalogue entry or a connection of one (``AriaAu``: an Aria endpoint, its requests logged
+    under that name, its default credentials :func:`local_credentials` of it), or is an entry itself (a provider
+    not in the catalogue); a route the catalogue does not know may instead be given its ``rules``.
     """
 
     def __init__(self, route: str | ClientCredentialsProfile, *, port: int = 0, host: str = "127.0.0.1",
                  client_id: str | None = None, client_secret: str | None = None, rules: EmulatorRules | None = None,
                  **options: Any) -> None:
-        profile = route if isinstance(route, ClientCredentialsProfile) else catalogue.entry(route)
+        profile = route if isinstance(route, ClientCredentialsProfile) else catalogue.connection(route)
         if isinstance(route, ClientCredentialsProfile):
             rules = rules or route.emulator
             route = route.name
@@ -649,6 +676,9 @@ class ProviderEmulator:
         """HMAC key of the JWTs this emulator issues (Aria, Autopay); see :func:`decode_jwt`."""
         self.requests: list[RecordedRequest] = []
         self.issued: list[dict[str, Any]] = []
+        self.issued_to: dict[str, str] = {}
+        """Access token -> the client_id it was issued to (which connection's credentials asked)."""
+        self._other_clients: dict[str, str] = {}
         self.configure(**options)
 
     def configure(self, **options: Any) -> None:
@@ -679,9 +709,16 @@ class ProviderEmulator:
             self._assertion_key = load_pem_public_key(public_key_pem) if public_key_pem else None
 
     def set_credentials(self, client_id: str, client_secret: str) -> None:
-        """Simulate a credential rotation at the provider: only the new pair is accepted from now on."""
+        """Simulate a credential rotation at the provider: only the new pair is accepted from now on (clients
+        added with :meth:`add_client` stay registered)."""
         with self._lock:
             self._client_id, self._client_secret = client_id, client_secret
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        """Register one more client at this provider (another connection's credentials: ``PyngOrg2`` beside
+        ``pyng``); its tokens are issued to it (:attr:`issued_to`, and the JWT claims naming the client)."""
+        with self._lock:
+            self._other_clients[client_id] = client_secret
 
     @property
     def credentials(self) -> tuple[str, str]:
@@ -755,12 +792,14 @@ class ProviderEmulator:
         with self._lock:
             self.requests.clear()
             self.issued.clear()
+            self.issued_to.clear()
             self._faults.clear()
 
     def _respond(self, request: RecordedRequest) -> _Reply:
         with self._lock:
             settings = _Settings(
-                client_id=self._client_id, client_secret=self._client_secret, options=dict(self._options),
+                client_id=self._client_id, clients={**self._other_clients, self._client_id: self._client_secret},
+                options=dict(self._options),
                 jwt_key=self.jwt_key, assertion_key=self._assertion_key,
                 audience=f"{self.base_url}{self._options['token_path']}", seen_jti=self._seen_jti)
         if request.path != settings.options["token_path"]:
@@ -776,6 +815,24 @@ class ProviderEmulator:
         return f"<ProviderEmulator {self.route} {self.url} {'stopped' if self._server is None else 'running'}>"
 
 
+def connection_emulator(name: str, settings: Mapping[str, Any] | None = None, *, port: int = 0,
+                        host: str = "127.0.0.1", client_id: str | None = None,
+                        client_secret: str | None = None) -> ProviderEmulator:
+    """The emulator standing for connection ``name``'s endpoint (``AriaAu``: an Aria endpoint). For a provider with
+    documented regional endpoints whose tokens name their issuer (Aria's Keycloak realms), the issuer is the realm
+    that ``settings``' ``region`` and ``stage`` choose (``https://kauth.prod.aus.ariasystems.net/realms/aria``), so a
+    token shows which region issued it."""
+    profile = catalogue.connection(name)
+    if profile is None:
+        known = ", ".join(entry.key for entry in catalogue.CATALOGUE)
+        raise ValueError(f"{name!r} is no connection of the catalogue (a key starting with one of {known})")
+    options: dict[str, Any] = {}
+    chosen = profile.endpoints.get(f"{(settings or {}).get('region')}/{(settings or {}).get('stage')}")
+    if chosen and "issuer" in dict(profile.emulator.options):
+        options["issuer"] = chosen.split("/protocol/", 1)[0]
+    return ProviderEmulator(name, port=port, host=host, client_id=client_id, client_secret=client_secret, **options)
+
+
 class EmulatorFleet:
     """An emulator per catalogue entry (or per given entry): what ``make local`` and end-to-end tests run."""
 
@@ -785,6 +842,13 @@ class EmulatorFleet:
             entry.name: ProviderEmulator(entry, port=(ports or {}).get(entry.name, 0), host=host)
             for entry in (catalogue.CATALOGUE if entries is None else entries)
         }
+
+    @classmethod
+    def of(cls, emulators: Iterable[ProviderEmulator]) -> EmulatorFleet:
+        """A fleet of these emulators (one per connection: ``connection_emulator``), by their routes."""
+        fleet = cls(entries=())
+        fleet.emulators = {emulator.route: emulator for emulator in emulators}
+        return fleet
 
     def __getitem__(self, route: str) -> ProviderEmulator:
         return self.emulators[route]

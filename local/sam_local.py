@@ -3,10 +3,12 @@ AWS and the provider emulators of ``make local``, reachable from SAM's container
 
 What runs where:
 
-* the embedded AWS (moto: DynamoDB table ``token-vending-local``, secrets ``token-vending/local/<provider>``) on
-  port 4566 and the provider emulators on 9001, 9002, ... (template order) listen on the Docker bridge's gateway
-  (172.17.0.1 by default), never on the outward interface: containers reach them as ``host.docker.internal``
-  (``--add-host host.docker.internal:host-gateway``), as the committed ``env.json`` says;
+* the connections ``env.json`` and ``events/`` describe (:data:`local.generate.PARAMETERS`: the template's
+  defaults; SAM is given any other value, ``--parameter-overrides``), an emulator each;
+* the embedded AWS (moto: DynamoDB table ``token-vending-local``, secrets ``token-vending/local/<connection>``) on
+  port 4566 and the emulators on 9001, 9002, ... (one per connection, in that order) listen on the Docker
+  bridge's gateway (172.17.0.1 by default), never on the outward interface: containers reach them as
+  ``host.docker.internal`` (``--add-host host.docker.internal:host-gateway``), as the committed ``env.json`` says;
 * ``sam local start-lambda`` on the gateway's port 3001: the token API function's ``AWS_ENDPOINT_URL_LAMBDA``
   (``env.json``) sends its provider invocations there, so they run in SAM's containers too;
 * when one of those ports is taken (``make local``, a LocalStack on 4566, another checkout's tests), every
@@ -132,22 +134,32 @@ def bridge_gateway() -> str:
     return "172.17.0.1"
 
 
+def parameter_overrides() -> list[str]:
+    """SAM CLI's option giving the template the parameters ``env.json`` was generated with (none by default)."""
+    from local.generate import PARAMETERS
+
+    if not PARAMETERS:
+        return []
+    return ["--parameter-overrides", " ".join(f"{name}={value}" for name, value in PARAMETERS.items())]
+
+
 def build(architecture: str | None = None) -> Path:
-    """``sam build`` of :func:`local_template` (cached between runs); returns the built template."""
+    """``sam build`` of :func:`local_template` (cached between runs) with :func:`parameter_overrides`; returns the
+    built template."""
     LOCAL_TEMPLATE.write_text(local_template(architecture))
     subprocess.run([str(SAM), "build", "--template-file", str(LOCAL_TEMPLATE), "--build-dir", str(BUILD_DIR),
-                    "--cache-dir", str(CACHE_DIR), "--cached", "--parallel"],
+                    "--cache-dir", str(CACHE_DIR), "--cached", "--parallel", *parameter_overrides()],
                    check=True, cwd=REPO_ROOT, env=sam_env(), stdout=sys.stderr)
     return BUILD_DIR / "template.yaml"
 
 
 def committed_ports() -> dict[str, int]:
-    """The ports ``env.json`` names: ``aws``, ``lambda`` and each provider's route (9001, 9002, ... in template
-    order)."""
-    from local.stack import PROVIDERS
+    """The ports ``env.json`` names: ``aws``, ``lambda`` and each connection's name (9001, 9002, ... in the order of
+    the connections)."""
+    from local.generate import CONNECTIONS
 
     return {"aws": AWS_PORT, "lambda": LAMBDA_PORT,
-            **{provider.route: EMULATOR_PORT_BASE + index for index, provider in enumerate(PROVIDERS)}}
+            **{provider.route: EMULATOR_PORT_BASE + index for index, provider in enumerate(CONNECTIONS)}}
 
 
 def ports_free(host: str, ports: Iterable[int]) -> bool:
@@ -193,17 +205,30 @@ def _port(url: str) -> int:
 
 
 def start_backend(host: str, ports: Mapping[str, int] | None = None) -> tuple[LocalStack, EmulatorFleet]:
-    """The embedded AWS (table and secrets as ``env.json`` names them) and the provider emulators on ``host``, on
-    ``ports`` (named as :func:`committed_ports` names them; free ports where not given). :func:`backend_ports`
-    says where they listen."""
-    from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
-    from local.stack import PROVIDERS, LocalStack, StackConfig
+    """The embedded AWS (table and secrets as ``env.json`` names them) and the connections' emulators on ``host``,
+    on ``ports`` (named as :func:`committed_ports` names them; free ports where not given). An added connection's
+    secret names its emulator as SAM's containers reach it (``host.docker.internal``), as its settings; a default
+    connection's ``TOKEN_URL`` is ``env.json``'s. :func:`backend_ports` says where they listen."""
+    from local.generate import CONNECTIONS, PARAMETERS
+    from local.providers import EmulatorFleet, connection_emulator, local_credentials
+    from local.stack import LOCAL_CONNECTIONS, LocalStack, StackConfig
 
     ports = ports or {}
-    fleet = EmulatorFleet(ports={p.route: ports.get(p.route, 0) for p in PROVIDERS}, host=host).start()
+    fleet = EmulatorFleet.of(connection_emulator(
+        provider.route, LOCAL_CONNECTIONS.get(provider.route) or provider.environment, host=host,
+        port=ports.get(provider.route, 0)) for provider in CONNECTIONS).start()
     try:
+        secrets: dict[str, dict[str, Any]] = {}
+        for provider in CONNECTIONS:
+            client_id, client_secret = local_credentials(provider.route)
+            emulator = fleet[provider.route]
+            secrets[provider.route] = {"client_id": client_id, "client_secret": client_secret}
+            if provider.added:
+                secrets[provider.route] |= {**LOCAL_CONNECTIONS.get(provider.route, {}),
+                                            "token_url": f"http://{DOCKER_HOST}:{emulator.port}{emulator.token_path}"}
         stack = LocalStack(StackConfig(host=host, aws_port=ports.get("aws", 0), api_port=0, lambda_port=0,
-                                       provider_urls=fleet.urls(), credentials=dict(LOCAL_CREDENTIALS))).start()
+                                       provider_urls=fleet.urls(), secrets=secrets,
+                                       parameters=dict(PARAMETERS))).start()
     except BaseException:
         fleet.stop()
         raise
@@ -211,7 +236,7 @@ def start_backend(host: str, ports: Mapping[str, int] | None = None) -> tuple[Lo
 
 
 def backend_ports(stack: LocalStack, fleet: EmulatorFleet) -> dict[str, int]:
-    """Where the embedded AWS (``aws``) and each provider's emulator (by route) listen."""
+    """Where the embedded AWS (``aws``) and each connection's emulator (by name) listen."""
     return {"aws": _port(stack.aws_url), **{route: _port(url) for route, url in fleet.urls().items()}}
 
 
@@ -249,7 +274,7 @@ class SamLocal:
 
     def options(self) -> list[str]:
         return ["--template", str(self.template), "--env-vars", str(self.env_vars), "--skip-pull-image",
-                "--add-host", f"{DOCKER_HOST}:host-gateway"]
+                "--add-host", f"{DOCKER_HOST}:host-gateway", *parameter_overrides()]
 
     def invoke(self, function: str, event: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """``sam local invoke``: the function's result on stdout (its logs on stderr)."""
@@ -327,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  API (sam local start-api)        {api_url}/token/{{provider}}  (no SigV4 check)\n"
               f"  Lambda (sam local start-lambda)  {lambda_url}\n"
               f"  embedded AWS                     {stack.aws_url}\n"
-              f"  providers                        {', '.join(f'{r}={u}' for r, u in fleet.urls().items())}\n"
+              f"  connections                      {', '.join(f'{r}={u}' for r, u in fleet.urls().items())}\n"
               f"  env vars (sam local --env-vars)  {env_file.relative_to(REPO_ROOT)}"
               f"{'' if fixed else '  (ports taken: free ones chosen, not those of env.json)'}\n\n"
               f"  try: curl -s {api_url}/token/pyng   (the first request to a function starts its container)\n",

@@ -4,6 +4,12 @@ Used by ``make local`` (``python -m local``) and by the integration tests, so th
 exactly what a developer runs. DynamoDB can be the embedded moto server or any other endpoint
 (the tests pass DynamoDB Local's).
 
+The stack runs the connections the template's ``Connections`` parameter gives (``StackConfig.parameters``;
+the template's five by default), each with the function, environment, renewal queue and event source the
+template gives it, and its secret seeded (``token-vending/local/<name>``): credentials and, for a connection
+added by configuration, its settings (``token_url``, ``region``, ``scopes``, ...), exactly the fields a deployed
+connection's secret holds. ``make local`` adds :data:`LOCAL_CONNECTIONS`.
+
 Refresh ahead as deployed: ``refresh_ahead_every`` runs the rate schedule (EventBridge Scheduler's payload
 ``{"refresh_ahead": true}``); ``renewals`` adds the per-token renewal timers -- one SQS queue per provider
 function (on the embedded moto server, which honours ``DelaySeconds`` and visibility timeouts; it is started for
@@ -23,13 +29,16 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from local.api_gateway import ApiGateway
 from local.lambda_service import REPO_ROOT, FunctionSpec, LambdaService, SqsEventSource
 from local.sigv4 import Credentials
 from local.template import Evaluator, expanded_template, function_env, load_template, provider_functions
 from token_vending import constants
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 LOG = logging.getLogger("local")
 TABLE_NAME = constants.LOCAL_TABLE_NAME
@@ -59,15 +68,38 @@ class RenewalSource:
 
 @dataclass(frozen=True)
 class DeployedProvider:
-    """One provider function as template.yaml deploys it (the loop over the catalogue's keys)."""
+    """One connection's function as template.yaml deploys it (the loop over ``Connections``)."""
 
     route: str
+    """The connection's name: its route, partition key and metric dimension (``pyng``, ``AriaAu``)."""
     function: str
     """The function's logical ID: its name in the local Lambda service."""
     environment: dict[str, str]
     """Its environment with the parameters' defaults (or the values given), before local overrides."""
     renewal: RenewalSource = field(default_factory=RenewalSource)
     """Its renewal queue and event source mapping (used with ``StackConfig.renewals``)."""
+
+    @property
+    def key(self) -> str:
+        """The connection's key (its item in ``Connections``): the prefix of its logical IDs."""
+        return self.function.removesuffix("Function")
+
+    @property
+    def provider(self) -> str:
+        """The name of the catalogue entry the connection belongs to (``aria`` for ``AriaAu``)."""
+        from token_vending.catalogue import connection
+
+        profile = connection(self.route)
+        return profile.provider if profile is not None else self.route
+
+    @property
+    def added(self) -> bool:
+        """Whether the connection is one added by configuration (not one of the template's own five): it has no
+        parameters, so its settings live in its secret."""
+        return self.route != self.provider
+
+
+DeployedConnection = DeployedProvider
 
 
 def renewal_source(template: dict[str, Any], logical_id: str, evaluate: Evaluator) -> RenewalSource:
@@ -93,8 +125,9 @@ def renewal_source(template: dict[str, Any], logical_id: str, evaluate: Evaluato
 
 
 def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, DeployedProvider], dict[str, str]]:
-    """Every provider function of template.yaml and the token API function's environment, evaluated with the
-    parameters' defaults (``""`` for a parameter without one, such as PyngTokenUrl) or ``parameters``."""
+    """Every connection's function of template.yaml (name -> it, in ``Connections`` order) and the token API
+    function's environment, evaluated with the parameters' defaults (``""`` for a parameter without one, such as
+    PyngTokenUrl) or ``parameters`` (``{"Connections": "InvoiceCloud,...,AriaAu"}``)."""
     template = expanded_template(parameters=parameters)
     given = {name: "" for name, spec in template["Parameters"].items() if "Default" not in spec}
     evaluate = Evaluator(template, {**given, **(parameters or {})}, resource_ref=lambda name: name)
@@ -109,9 +142,31 @@ def deployed(parameters: dict[str, str] | None = None) -> tuple[dict[str, Deploy
 
 
 PROVIDERS: tuple[DeployedProvider, ...] = tuple(deployed()[0].values())
-"""The providers template.yaml deploys, in its order."""
+"""The connections template.yaml deploys with its defaults (the five default connections), in its order."""
 PYNG_SCOPES = next(p.environment["ALLOWED_SCOPES"] for p in PROVIDERS if p.route == "pyng")
 """PyngScopes' default: the four scopes Pyng's document lists."""
+DEFAULT_CONNECTIONS: tuple[str, ...] = tuple(provider.key for provider in PROVIDERS)
+"""The keys of the template's ``Connections`` default."""
+
+LOCAL_CONNECTIONS: dict[str, dict[str, Any]] = {
+    # Aria's Australian region (its documented AUS/Prod realm), served locally by an Aria emulator of its own,
+    # whose issuer is that realm's: a token shows which region issued it.
+    "AriaAu": {"region": "AUS", "stage": "Prod"},
+    # A second Pyng organisation: its own credentials, and read-only scopes.
+    "PyngOrg2": {"scopes": "billing:customers:read billing:batches:read", "default_scopes": "billing:batches:read"},
+}
+"""The connections ``make local`` serves besides the template's defaults: key -> the settings in its secret
+(credentials and the local ``token_url`` are added). Adding one is configuration only (``--config``)."""
+
+
+def connections_parameter(keys: Iterable[str]) -> dict[str, str]:
+    """The template parameter that deploys these connections: ``{"Connections": "InvoiceCloud,...,AriaAu"}``."""
+    return {"Connections": ",".join(keys)}
+
+
+LOCAL_PARAMETERS: dict[str, str] = connections_parameter([*DEFAULT_CONNECTIONS, *LOCAL_CONNECTIONS])
+"""The parameters of ``make local``'s stack (and of ``env.json`` and ``events/``): the default connections and
+:data:`LOCAL_CONNECTIONS`."""
 
 DUMMY_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -156,23 +211,26 @@ class StackConfig:
     """``None``: the embedded moto server."""
     provider_urls: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
-    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Route -> its whole secret document (``--config``: a PEM key, a certificate...), instead of ``credentials``."""
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Connection name -> its whole secret document (credentials and settings: a PEM key, a certificate, a
+    ``token_url``, ``region``...), instead of ``credentials``."""
     function_env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every function (e.g. ``MEMORY_CACHE_SECONDS``)."""
     provider_env: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Extra environment per provider route."""
+    """Extra environment per connection name."""
     table_name: str = TABLE_NAME
     secret_prefix: str = "token-vending/local"  # noqa: S105 - a name prefix, not a secret
     max_concurrency: int = 8
     log_stream: IO[str] | None = None
     create_resources: bool = True
     client_auth: dict[str, str] = field(default_factory=dict)
-    """Route -> ``private_key_jwt``: that provider signs client assertions with a KMS key the stack creates in
-    the embedded AWS (ECC P-256, as a deployment would with ``<Provider>SigningKeyArn``); its secret then
-    holds only ``client_id``. :meth:`LocalStack.signing_public_key` gives the key to register."""
+    """Connection name -> ``private_key_jwt``: that connection signs client assertions with a KMS key the stack
+    creates in the embedded AWS (ECC P-256), as a deployment would with ``<Key>SigningKeyArn`` (a default
+    connection: its function's environment) or with a key aliased ``alias/<stack>/<Key>`` named by its secret's
+    ``signing_key_id`` (an added one); its secret then holds no ``client_secret``.
+    :meth:`LocalStack.signing_public_key` gives the key to register."""
     parameters: dict[str, str] = field(default_factory=dict)
-    """Template parameter values other than the defaults (``PyngDefaultScopes``, ...)."""
+    """Template parameter values other than the defaults (``Connections``, ``PyngDefaultScopes``, ...)."""
     refresh_ahead_every: float | None = None
     """Seconds between local refresh-ahead runs (the template's EventBridge schedule); ``None``: off."""
     renewals: bool = False
@@ -193,10 +251,10 @@ class LocalStack:
         self.aws_url = ""
         self.sqs_url = ""
         self.renewal_queues: dict[str, str] = {}
-        """Provider route -> its renewal queue's URL (empty without ``renewals``)."""
+        """Connection name -> its renewal queue's URL (empty without ``renewals``)."""
         self.event_sources: list[SqsEventSource] = []
-        self.providers: tuple[DeployedProvider, ...] = PROVIDERS
-        """The provider functions this stack runs (template.yaml's, with ``config.parameters``)."""
+        self.providers: tuple[DeployedProvider, ...] = tuple(deployed(config.parameters)[0].values())
+        """The connections' functions this stack runs (template.yaml's, with ``config.parameters``)."""
         self.lambdas: LambdaService | None = None
         self.api: ApiGateway | None = None
         self.stage = stage_name(config.parameters)
@@ -223,12 +281,13 @@ class LocalStack:
         self.dynamodb_url = config.dynamodb_endpoint or self.aws_url
         self.secrets_url = config.secrets_endpoint or self.aws_url
         self.sqs_url = (config.sqs_endpoint or self.aws_url) if config.renewals else ""
-        self.providers = tuple(deployed(config.parameters)[0].values())
         self._signing_keys: dict[str, str] = {}
+        self._signing_aliases: dict[str, str] = {}
+        """Added connection -> the alias ARN its secret's ``signing_key_id`` names."""
+        self.create_signing_keys()
         if config.create_resources:
             self.create_table()
             self.seed_secrets()
-        self.create_signing_keys()
         if config.renewals:
             self.create_renewal_queues()
         self.lambdas = LambdaService(self.function_specs(), log_stream=config.log_stream)
@@ -331,16 +390,31 @@ class LocalStack:
                 report_batch_item_failures=provider.renewal.report_batch_item_failures).start())
 
     def create_signing_keys(self) -> None:
-        """One KMS signing key per provider configured for ``private_key_jwt`` (moto serves KMS too)."""
+        """One KMS signing key per connection configured for ``private_key_jwt`` (moto serves KMS too). A default
+        connection gets it as its ``<Key>SigningKeyArn`` parameter would give it (``CLIENT_AUTH`` and
+        ``SIGNING_KEY_ID`` in its environment); an added one as a deployment grants it: a key aliased
+        ``alias/<stack>/<Key>`` (the local stack's name is its table's), which its secret's ``client_auth`` and
+        ``signing_key_id`` name (:meth:`secret_document`)."""
+        by_name = {provider.route: provider for provider in self.providers}
+        if not self.config.client_auth:
+            return
+        kms = self.client("kms")
         for route, method in self.config.client_auth.items():
             if method != "private_key_jwt":
                 raise ValueError(f"{route}: only private_key_jwt is supported locally (got {method})")
-            key = self.client("kms").create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
-                                                Description=f"token-vending local {route} client assertions")
-            self._signing_keys[route] = key["KeyMetadata"]["Arn"]
-            self.config.provider_env.setdefault(route, {}).update({
-                "CLIENT_AUTH": method, "SIGNING_KEY_ID": key["KeyMetadata"]["Arn"],
-                "AWS_ENDPOINT_URL_KMS": self.secrets_url})
+            key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                                 Description=f"token-vending local {route} client assertions")
+            arn = key["KeyMetadata"]["Arn"]
+            self._signing_keys[route] = arn
+            env = self.config.provider_env.setdefault(route, {})
+            env["AWS_ENDPOINT_URL_KMS"] = self.secrets_url
+            connection = by_name.get(route)
+            if connection is not None and connection.added:
+                alias = f"alias/{self.config.table_name}/{connection.key}"
+                kms.create_alias(AliasName=alias, TargetKeyId=arn)
+                self._signing_aliases[route] = arn.split(":key/")[0] + f":{alias}"
+            else:
+                env.update({"CLIENT_AUTH": method, "SIGNING_KEY_ID": arn})
 
     def signing_public_key(self, route: str) -> bytes:
         """The PEM public key of ``route``'s signing key: what a provider registers (the JWKS command prints
@@ -357,17 +431,36 @@ class LocalStack:
     def secret_name(self, route: str) -> str:
         return secret_name(route, self.config.secret_prefix)
 
+    def secret_document(self, connection: DeployedProvider) -> dict[str, Any] | None:
+        """What the connection's secret holds: its document from ``secrets``, else its ``credentials`` (no
+        ``client_secret`` when a KMS key signs for it). An added connection's settings are all in its secret, as
+        deployed: its emulator's URL (``provider_urls``) as ``token_url`` unless the document names one, and its
+        signing key's alias as ``signing_key_id``. ``None``: nothing to seed."""
+        name = connection.route
+        document = self.config.secrets.get(name)
+        if document is None:
+            credentials = self.config.credentials.get(name)
+            if credentials is None:
+                return None
+            document = {"client_id": credentials[0]}
+            if self.config.client_auth.get(name) != "private_key_jwt":
+                document["client_secret"] = credentials[1]
+        document = dict(document)
+        if connection.added:
+            url = self.config.provider_urls.get(name)
+            if url and not document.get("token_url"):
+                document["token_url"] = url
+            if name in self._signing_aliases:
+                document |= {"client_auth": "private_key_jwt", "signing_key_id": self._signing_aliases[name]}
+        return document
+
     def seed_secrets(self) -> None:
+        """Each connection's secret (:meth:`secret_document`), created or given a new version."""
         secrets = self.client("secretsmanager")
-        for provider in PROVIDERS:
-            credentials = self.config.credentials.get(provider.route)
-            document = self.config.secrets.get(provider.route)
+        for provider in self.providers:
+            document = self.secret_document(provider)
             if document is None:
-                if credentials is None:
-                    continue
-                document = {"client_id": credentials[0]}
-                if self.config.client_auth.get(provider.route) != "private_key_jwt":
-                    document["client_secret"] = credentials[1]
+                continue
             value = json.dumps(document)
             try:
                 secrets.create_secret(Name=self.secret_name(provider.route), SecretString=value)
@@ -401,7 +494,8 @@ class LocalStack:
         providers, api_env = deployed(self.config.parameters)
         specs = []
         for provider in providers.values():
-            url = self.config.provider_urls.get(provider.route)
+            # A default connection's token URL is a parameter (its environment); an added one's is in its secret.
+            url = None if provider.added else self.config.provider_urls.get(provider.route)
             env = {**provider.environment, **common, "SECRET_ID": self.secret_name(provider.route),
                    **({"TOKEN_URL": url} if url else {}), **self.renewal_env(provider.route),
                    **self.config.provider_env.get(provider.route, {})}

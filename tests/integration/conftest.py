@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
-from local.providers import LOCAL_CREDENTIALS, EmulatorFleet
-from local.stack import LocalStack, StackConfig
+from local.providers import LOCAL_CREDENTIALS, EmulatorFleet, local_credentials
+from local.stack import DEFAULT_CONNECTIONS, LocalStack, StackConfig, connections_parameter
 from tests.support.dynamodb_local import DynamoDBLocal, free_port
 from tests.support.fleet import FleetClock, Shared
 from tests.support.harness import LogCapture, aws_clients, create_table
@@ -80,6 +80,16 @@ def make_stack(dynamodb_local: DynamoDBLocal, moto_server: str, emulators: Emula
 @pytest.fixture
 def stack(make_stack: Any) -> LocalStack:
     return make_stack()
+
+
+def with_connections(added: dict[str, dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    """``make_stack`` overrides deploying the template's default connections and ``added`` (name -> the fields of
+    its secret: settings and credentials, ``local_credentials(name)`` unless it names a ``client_id``), as
+    configuration alone adds them: the ``Connections`` parameter and the secrets."""
+    secrets = {name: {**dict(zip(("client_id", "client_secret"), local_credentials(name), strict=True)), **fields}
+               for name, fields in added.items()}
+    parameters = {**connections_parameter([*DEFAULT_CONNECTIONS, *added]), **overrides.pop("parameters", {})}
+    return {"parameters": parameters, "secrets": {**secrets, **overrides.pop("secrets", {})}, **overrides}
 
 
 def get_token(stack: LocalStack, provider: str, **params: Any) -> requests.Response:

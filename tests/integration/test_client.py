@@ -9,6 +9,8 @@ import boto3
 import pytest
 import requests
 
+from local.providers import local_credentials
+from tests.integration.conftest import with_connections
 from token_vending_client import InvalidRequest, TokenVendingAuth, UnknownProvider, UpstreamRejected, get_token
 from token_vending_client import client as client_module
 
@@ -75,3 +77,23 @@ def test_auth_on_a_request(stack: Any, emulators: Any, session: boto3.Session) -
     auth = TokenVendingAuth("aria", api_url=stack.stage_url, session=session)
     requests.get(f"{stack.api_url}aria", auth=auth, hooks={"response": record}, timeout=30)
     assert seen == [f"Bearer {emulators['aria'].issued[0]['access_token']}"]
+
+
+def test_a_connection_added_by_configuration_is_a_route_like_any_other(make_stack: Any, emulators: Any,
+                                                                       session: boto3.Session,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AriaAu`` (Aria's AUS region, added by configuration) beside ``aria``: its name is the route, its function
+    ``AriaAuFunction``; each way in vends AriaAu's own token, never aria's."""
+    emulators["aria"].add_client(*local_credentials("AriaAu"))
+    stack = make_stack(**with_connections({"AriaAu": {"region": "AUS", "stage": "Prod",
+                                                      "token_url": emulators["aria"].url}}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", stack.lambda_url)
+    aria = get_token("aria", api_url=stack.stage_url, session=session)
+    via_api = get_token("AriaAu", api_url=stack.stage_url, session=session)
+    via_function = get_token("AriaAu", function_name="AriaAuFunction", session=session)
+    assert via_api.provider == "AriaAu"
+    assert via_api.access_token == via_function.access_token != aria.access_token
+    assert emulators["aria"].issued_to[via_api.access_token] == local_credentials("AriaAu")[0]
+    assert emulators["aria"].issued_to[aria.access_token] == local_credentials("aria")[0]
+    with pytest.raises(UnknownProvider):
+        get_token("AriaNz", api_url=stack.stage_url, session=session)  # a name no connection of this stack has

@@ -25,7 +25,9 @@ Invariants, after every step:
    clock at serve time plus the request's effective ``min_ttl``.
 2. Single flight: at most one token request in flight per cache key at any instant, fleet-wide, seen from the
    provider's side of the socket; a burst makes at most one token request per key plus its retries (twice that
-   when a rotated secret had to be re-read).
+   when a rotated secret had to be re-read). The provider sees scope sets, not cache keys: the default set is
+   asked for by two keys (``""``, a request naming no scope, and the default set named), so two of its
+   requests may be in flight at once, one per key.
 3. No ``internal_error``/``InternalError`` for a fault outside the service, and no ``misconfigured`` (nothing is
    misconfigured here); the scheduled refresh ahead never raises.
 4. The same request gets the same kind of answer on both interfaces whatever the cache holds: a request the
@@ -217,8 +219,11 @@ class FleetWorld:
         self.secret_id = f"token-vending/fleet/{self.name}"
         shared.secretsmanager.create_secret(Name=self.secret_id, SecretString=self._secret_document(self.secret))
         self.server = ScriptedProvider(self.clock, CLIENT_ID, self.secret)
+        self.default_key = " ".join(sorted(self.default))
+        """What the provider is asked for by the ``""`` key (no scope named) and by the default set named."""
+        self.server.cache_keys = {self.default_key: 2}
         self.env = {
-            constants.PROVIDER_NAME_ENV: self.name,
+            constants.CONNECTION_NAME_ENV: self.name,
             constants.TOKEN_URL_ENV: self.server.url,
             constants.SECRET_ID_ENV: self.secret_id,
             constants.ALLOWED_SCOPES_ENV: " ".join(ALLOWED),
@@ -231,9 +236,7 @@ class FleetWorld:
             constants.CONNECT_TIMEOUT_ENV: "0.5",
             constants.UPSTREAM_RETRIES_ENV: str(retries),
             constants.MEMORY_CACHE_SECONDS_ENV: "5",
-            constants.PROVIDERS_ENV: json.dumps({self.name: {
-                "function": self.function_name, "scopes": " ".join(ALLOWED), "default_scopes": default_scopes,
-                "lifetime": LIFETIME}}),
+            constants.PROVIDERS_ENV: json.dumps({self.name: {"function": self.function_name, "lifetime": LIFETIME}}),
         }
         self.armed: list[Renewal] = []
         self.delivered: list[Renewal] = []
@@ -462,14 +465,15 @@ def check_burst_bound(world: FleetWorld, mark: int, calls: list[Call]) -> None:
     counts = world.server.request_count(since=mark)
     rejected = world.server.invalid_client_since(mark)
     for key, count in counts.items():
-        bound = (1 + world.retries) * (2 if key in rejected else 1)
+        bound = (1 + world.retries) * (2 if key in rejected else 1) * world.server.allowed_in_flight(key)
         assert count <= bound, (f"invariant 2: one burst made {count} token requests for scope {key!r} "
                                 f"(bound {bound}; behaviour {world.server.behaviour.name}): {calls}")
 
 
 def check_single_flight(world: FleetWorld) -> None:
     assert not world.server.overlaps, f"invariant 2 (single flight): {world.server.overlaps}"
-    assert all(n <= 1 for n in world.server.max_in_flight.values()), world.server.max_in_flight
+    assert all(n <= world.server.allowed_in_flight(key) for (_, key), n in world.server.max_in_flight.items()), (
+        world.server.max_in_flight)
 
 
 def check_use_marks(world: FleetWorld) -> None:
@@ -506,12 +510,14 @@ def _token_of(world: FleetWorld, scope_key: str, stored: tuple[str, float, int, 
                        expires_at=stored[2], used_at=stored[3])
 
 
-def mark_use(world: FleetWorld, scope_key: str) -> None:
-    """A caller's hit marks the scope set in use now, as the token API writes it (remembered for the invariant)."""
+def mark_use(world: FleetWorld, asked: str) -> None:
+    """A caller's hit marks the scope set in use now, as the token API writes it (remembered for the invariant):
+    every cache key whose token request asks the provider for ``asked`` (the default set: ``""`` too)."""
     now = world.clock.now()
-    if world.cache.record_use(world.name, scope_key, now):
-        sort_key = f"token#{scope_key}"
-        world.marks[sort_key] = max(world.marks.get(sort_key, 0.0), now)
+    for scope_key in (asked, "") if asked == world.default_key else (asked,):
+        if world.cache.record_use(world.name, scope_key, now):
+            sort_key = f"token#{scope_key}"
+            world.marks[sort_key] = max(world.marks.get(sort_key, 0.0), now)
 
 
 def check_no_leaks(world: FleetWorld) -> None:
@@ -637,8 +643,7 @@ def machine_for(shared: Shared) -> type[RuleBasedStateMachine]:
             and the provider is not asked."""
             world = self.world
             assert world is not None
-            scope_key = " ".join(sorted(world.default))
-            stored = world.stored(scope_key)
+            stored = world.stored("")  # the call names no scope: the "" key
             if stored is not None and inside_margin:
                 shared.clock.advance(max(0.0, stored[2] - shared.clock.now() - 80))  # margin 90 s, min_ttl 60
             behaviour = world.server.behaviour
@@ -863,16 +868,16 @@ def test_a_renewal_whose_token_cannot_be_stored_is_not_lost(shared: Shared, faul
     (the new one is stored, unknown to the renewal): either way the stored token has a renewal armed."""
     world = FleetWorld(shared, scope_mode=ScopeMode.REQUIRED, default_scopes="read", retries=0, renewals=True)
     try:
-        run(world, [Call("direct")])
+        run(world, [Call("direct")])  # no scope named: the "" key
         [renewal] = world.armed
         shared.clock.advance(renewal.due - shared.clock.now())
         with world.faults.during(fault, ("UpdateItem",)):
             run(world, [Call("renewal")])
         assert world.faults.injected
         check_no_renewal_lost(world)
-        stored = world.stored("read")
+        stored = world.stored("")
         assert stored is not None
-        assert any(again.names(_token_of(world, "read", stored)) for again in world.armed), (stored, world.armed)
+        assert any(again.names(_token_of(world, "", stored)) for again in world.armed), (stored, world.armed)
     finally:
         world.close()
 
@@ -899,7 +904,7 @@ def test_a_use_marked_during_a_renewal_is_kept(shared: Shared) -> None:
         shared.clock.advance(renewal.due - shared.clock.now())
         world.server.on_request = lambda key: mark_use(world, key)
         run(world, [Call("renewal")])
-        assert world.marks["token#read"] > renewal.fetched_at + 1
+        assert world.marks["token#"] > renewal.fetched_at + 1
         check_use_marks(world)
     finally:
         world.close()

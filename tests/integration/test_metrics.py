@@ -1,4 +1,4 @@
-"""The EMF metrics (Powertools Metrics, provider dimension) each scenario emits, read from the functions'
+"""The EMF metrics (Powertools Metrics, ``connection`` dimension) each scenario emits, read from the functions'
 captured CloudWatch Logs output."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from local.providers import Fault
-from tests.integration.conftest import get_token
+from local.providers import Fault, local_credentials
+from tests.integration.conftest import get_token, with_connections
 
 pytestmark = pytest.mark.integration
 
 
 def emf(stack: Any) -> Counter[tuple[str, str | None]]:
-    """(metric name, provider dimension) -> total value, over every EMF document logged so far."""
+    """(metric name, connection dimension) -> total value, over every EMF document logged so far."""
     totals: Counter[tuple[str, str | None]] = Counter()
     for line in stack.logs.text().splitlines():
         if not line.startswith('{"_aws"'):
@@ -27,7 +27,7 @@ def emf(stack: Any) -> Counter[tuple[str, str | None]]:
         assert directive["Namespace"] == "TokenVending"
         for metric in directive["Metrics"]:
             values = document[metric["Name"]]
-            totals[(metric["Name"], document.get("provider"))] += sum(values) if isinstance(values, list) else values
+            totals[(metric["Name"], document.get("connection"))] += sum(values) if isinstance(values, list) else values
     return totals
 
 
@@ -41,10 +41,31 @@ def test_miss_then_hits(stack: Any) -> None:
     assert metrics[("ProviderInvoke", "aria")] == 1
     assert metrics[("CacheHitDynamoDB", "aria")] == 1  # second request: the token API reads the table
     assert metrics[("CacheHitMemory", "aria")] == 1  # third: the same warm environment's memory
-    # Every structured log line names its provider and request, warm invocations included.
+    # Every structured log line names its connection and request, warm invocations included.
     lines = [json.loads(line) for line in stack.logs.text().splitlines() if line.startswith('{"level"')]
     assert lines
-    assert all(line.get("provider") == "aria" and line.get("function_request_id") for line in lines)
+    assert all(line.get("connection") == "aria" and line.get("function_request_id") for line in lines)
+
+
+def test_an_added_connection_counts_under_its_own_name(make_stack: Any, emulators: Any) -> None:
+    """``AriaAu`` (Aria, added by configuration) beside ``aria``: its metrics and log lines are its own (dimension
+    ``connection``), its provider named for context; nothing it does is counted as aria's."""
+    stack = make_stack(**with_connections({"AriaAu": {"region": "AUS", "stage": "Prod",
+                                                      "token_url": emulators["aria"].url}}))
+    emulators["aria"].add_client(*local_credentials("AriaAu"))
+    for _ in range(2):
+        assert get_token(stack, "AriaAu").status_code == 200
+    assert get_token(stack, "aria").status_code == 200
+    metrics = emf(stack)
+    assert (metrics[("CacheMiss", "AriaAu")], metrics[("UpstreamRequest", "AriaAu")]) == (1, 1)
+    assert metrics[("CacheHitDynamoDB", "AriaAu")] == 1
+    assert (metrics[("CacheMiss", "aria")], metrics[("UpstreamRequest", "aria")]) == (1, 1)
+    assert metrics[("CacheHitDynamoDB", "aria")] == 0
+    assert not {dimension for _, dimension in metrics} - {"aria", "AriaAu"}
+    lines = [json.loads(line) for line in stack.logs.text().splitlines() if line.startswith('{"level"')]
+    added = [line for line in lines if line.get("connection") == "AriaAu"]
+    assert added
+    assert all(line.get("provider") == "aria" for line in added)
 
 
 def test_stale_serve_and_upstream_failure(make_stack: Any, emulators: Any) -> None:

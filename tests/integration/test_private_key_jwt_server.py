@@ -123,7 +123,7 @@ def deploy(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
         create_table(aws["dynamodb"], deployment.table)
         deployment.put_secret(**secret)
         settings = {
-            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "PROVIDER_NAME": PROVIDER, "TOKEN_URL": server.url,
+            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "CONNECTION_NAME": PROVIDER, "TOKEN_URL": server.url,
             "SECRET_ID": deployment.secret_id, "CACHE_TABLE_NAME": deployment.table,
             "ALLOWED_SCOPES": " ".join(sorted(SCOPES)), "DEFAULT_SCOPES": "billing:read",
             "TOKEN_LIFETIME": str(LIFETIME), "UPSTREAM_RETRIES": "0", "UPSTREAM_READ_TIMEOUT": "5",

@@ -102,7 +102,8 @@ def test_each_token_is_renewed_once_just_before_its_margin_while_callers_never_w
     assert armed[-1].due - renewal.due == pytest.approx(LIFETIME - MARGIN - LEAD_SECONDS, abs=2)
     # The old token is still outside its margin, yet the new one is already stored: callers are served from the
     # cache (an environment's memory may hold the old one a few more seconds) and nobody waits on the provider.
-    stored = shared.dynamodb.get_item(TableName=shared.table, Key={"pk": {"S": world.name}, "sk": {"S": "token#read"}})
+    # (A caller naming no scope: the "" key, the default set.)
+    stored = shared.dynamodb.get_item(TableName=shared.table, Key={"pk": {"S": world.name}, "sk": {"S": "token#"}})
     assert stored["Item"]["access_token"]["S"] != token
     shared.clock.advance(5)
     answers = run(world, [Call("api"), Call("api", hint=1), Call("direct", hint=2)])
@@ -244,7 +245,7 @@ def test_callers_cannot_spend_the_budget_renewals_need(budgeted: FleetWorld, sha
     assert requests(world) == 6
     assert "UpstreamBudgetExhausted" in world.logs.getvalue()
     # ...and the default set's renewal still has the rest of the budget.
-    renewal = next(r for r in reversed(armed) if r.scope_key == "read")
+    renewal = next(r for r in reversed(armed) if r.scope_key == "")  # the no-scope key: the default set
     shared.clock.advance(renewal.due - shared.clock.now())
     deliver(world, renewal)
     assert requests(world) == 7

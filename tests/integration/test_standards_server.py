@@ -125,7 +125,7 @@ def deploy(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
         create_table(aws["dynamodb"], deployment.table)
         deployment.put_secret(*secret)
         for name, value in {
-            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "PROVIDER_NAME": PROVIDER, "TOKEN_URL": server.url,
+            **DUMMY_AWS, "TOKEN_VENDING_LOCAL_MODE": "true", "CONNECTION_NAME": PROVIDER, "TOKEN_URL": server.url,
             "SECRET_ID": deployment.secret_id, "CACHE_TABLE_NAME": deployment.table,
             "ALLOWED_SCOPES": ALLOWED_SCOPES, "DEFAULT_SCOPES": "billing:read", "TOKEN_LIFETIME": str(LIFETIME),
             "UPSTREAM_RETRIES": "0", "UPSTREAM_READ_TIMEOUT": "5", "LEASE_SECONDS": "10",
@@ -329,9 +329,13 @@ def test_one_token_request_per_cache_key_over_repeated_calls(deploy: Any) -> Non
         tokens.add(second.handle(event, None)["access_token"])  # another environment: served from DynamoDB
     assert len(tokens) == 1
     assert deployment.server.token_requests == 1
-    first.handle({}, None)  # the default scope set is another cache key
-    second.handle({"scope": "billing:read"}, None)
+    first.handle({}, None)  # no scope: the "" key (the default scope set, billing:read), another cache key
+    first.handle({}, None)
     assert deployment.server.token_requests == 2
+    assert deployment.server.received()[-1].form["scope"] == ["billing:read"]
+    assert deployment.item("") is not None
+    second.handle({"scope": "billing:read"}, None)  # naming the default set is a key of its own (documented)
+    assert deployment.server.token_requests == 3
 
 
 def test_concurrent_environments_make_one_token_request(deploy: Any) -> None:

@@ -94,7 +94,7 @@ def make_fleet(client: Any, name: str, now: float) -> dict[str, CachedToken]:
 
 
 def rows(document: dict[str, Any]) -> dict[tuple[str, str | None], dict[str, Any]]:
-    return {(row["provider"], row["scope"]): row for row in document["tokens"]}
+    return {(row["connection"], row["scope"]): row for row in document["tokens"]}
 
 
 def test_every_state_in_json_and_table(table: tuple[Any, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,8 +142,8 @@ def test_every_state_in_json_and_table(table: tuple[Any, str], capsys: pytest.Ca
 
     lines = status.table_lines(document)
     text = "\n".join(lines)
-    assert lines[0].split()[:3] == ["PROVIDER", "SCOPE", "SET"]
-    line = {(row["provider"], row["scope"]): next(ln for ln in lines if ln.startswith(row["provider"]) and (
+    assert lines[0].split()[:4] == ["CONNECTION", "PROVIDER", "SCOPE", "SET"]
+    line = {(row["connection"], row["scope"]): next(ln for ln in lines if ln.startswith(row["connection"]) and (
         row["scope"] or status.NO_SCOPE) in ln) for row in document["tokens"]}
     assert fingerprint(fleet["fresh"].access_token) in line["pyng", "billing:customers:read"]
     assert "13m20s" in line["pyng", "billing:customers:read"]  # time left
@@ -171,6 +171,53 @@ def test_every_state_in_json_and_table(table: tuple[Any, str], capsys: pytest.Ca
     assert "idle" in printed
 
 
+def test_connections_of_one_provider_are_rows_of_their_own(table: tuple[Any, str]) -> None:
+    """Two connections of Pyng (``pyng``, ``PyngOrg2``) and of Aria (``aria``, ``AriaAu``) with the same scope
+    keys: a row per connection, each with its own token, lease, cool-down and budget (``PyngOrg2=1`` spent, pyng's
+    untouched), its provider named beside it, the provider's margin (Pyng's 90 s) for each."""
+    client, name = table
+    now = float(int(time.time()))
+    cache = TokenCache(name, client)
+    tokens = {
+        "pyng": token("pyng", "", fetched=now - 100, lifetime=900, used=now - 5),
+        "PyngOrg2": token("PyngOrg2", "", fetched=now - 850, lifetime=900, used=now - 5),
+        "aria": token("aria", "", fetched=now - 60, lifetime=3600, used=now - 1),
+        "AriaAu": token("AriaAu", "", fetched=now - 60, lifetime=3600, used=now - 1),
+    }
+    for item in tokens.values():
+        assert cache.put(item)
+    assert cache.acquire_lease("aria", "", "request-1", 20, now=now).acquired
+    assert cache.acquire_lease("AriaAu", "", "request-2", 20, now=now - 5).acquired
+    cache.record_failure("AriaAu", "", "request-2", now + 30, {"error": "upstream_rejected"}, failures=1)
+    budget = UpstreamBudget(cache, "PyngOrg2", per_hour=1)
+    assert budget.spend("renewal", now) is None
+    assert budget.spend("renewal", now) is not None  # spent
+    settings = status.Settings.from_env({"UPSTREAM_BUDGETS": "PyngOrg2=1"})
+    document = status.read(client, name, settings, now=now)
+    by_key = rows(document)
+    assert set(by_key) == {("pyng", ""), ("PyngOrg2", ""), ("aria", ""), ("AriaAu", "")}
+    assert {key: row["provider"] for key, row in by_key.items()} == {
+        ("pyng", ""): "pyng", ("PyngOrg2", ""): "pyng", ("aria", ""): "aria", ("AriaAu", ""): "aria"}
+    for connection, item in tokens.items():
+        assert by_key[connection, ""]["fingerprint"] == fingerprint(item.access_token)
+    assert by_key["pyng", ""]["state"] == ["fresh"]
+    assert by_key["pyng", ""]["budget"] == {"spent": 0, "limit": 60, "forced": 0}
+    assert by_key["PyngOrg2", ""]["state"] == ["in margin", "budget spent"]  # 50 s left of 900: Pyng's 90 s margin
+    assert by_key["PyngOrg2", ""]["budget"] == {"spent": 1, "limit": 1, "forced": 0}
+    assert by_key["aria", ""]["state"] == ["fresh", "renewing"]
+    assert by_key["aria", ""]["cool_down"] is None
+    assert by_key["AriaAu", ""]["state"] == ["fresh", "cooling down"]
+    assert by_key["AriaAu", ""]["lease"] is None
+    assert by_key["AriaAu", ""]["cool_down"]["error"] == "upstream_rejected"
+    lines = status.table_lines(document)
+    line = {row["connection"]: next(ln for ln in lines if ln.split()[0] == row["connection"])
+            for row in document["tokens"]}
+    assert line["PyngOrg2"].split()[:3] == ["PyngOrg2", "pyng", status.NO_SCOPE]
+    assert line["AriaAu"].split()[:2] == ["AriaAu", "aria"]
+    assert "1/1" in line["PyngOrg2"]
+    assert "0/60" in line["pyng"]
+
+
 def test_entry_point_json_as_a_subprocess(table: tuple[Any, str], aws_env: dict[str, str]) -> None:
     client, name = table
     fleet = make_fleet(client, name, time.time())
@@ -181,7 +228,7 @@ def test_entry_point_json_as_a_subprocess(table: tuple[Any, str], aws_env: dict[
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert document["table"] == name
-    states = {(row["provider"], row["scope"]): row["state"] for row in document["tokens"]}
+    states = {(row["connection"], row["scope"]): row["state"] for row in document["tokens"]}
     assert "cooling down" in states["invoice-cloud", ""]
     assert "budget spent" in states["autopay", ""]
     for item in fleet.values():

@@ -96,7 +96,7 @@ def deploy(aws: dict[str, Any], pki: Pki, monkeypatch: pytest.MonkeyPatch) -> It
         deployment = Deployment(aws, server, table=f"tokens-mtls-{unique}", secret_id=f"token-vending/mtls-{unique}")
         create_table(aws["dynamodb"], deployment.table)
         settings = {
-            **DUMMY_AWS, "PROVIDER_NAME": PROVIDER, "TOKEN_URL": server.url, "SECRET_ID": deployment.secret_id,
+            **DUMMY_AWS, "CONNECTION_NAME": PROVIDER, "TOKEN_URL": server.url, "SECRET_ID": deployment.secret_id,
             "CACHE_TABLE_NAME": deployment.table, "ALLOWED_SCOPES": "billing:read billing:write reports:read",
             "DEFAULT_SCOPES": "billing:read", "TOKEN_LIFETIME": str(LIFETIME), "UPSTREAM_RETRIES": "2",
             "UPSTREAM_READ_TIMEOUT": "5", "LEASE_SECONDS": "10", "CLIENT_AUTH": "",
@@ -188,7 +188,7 @@ def test_tls_client_auth_days_left_metric_has_the_certificate_s_remaining_validi
     (document,) = [doc for doc in deployment.outputs.emf if "ClientCertificateDaysLeft" in doc]
     declared = {metric["Name"]: metric for metric in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert "ClientCertificateDaysLeft" in declared
-    assert document["provider"] == PROVIDER
+    assert document["connection"] == PROVIDER
     # A cache hit uses no certificate: nothing to report.
     environment.call()
     assert len(deployment.outputs.metric("ClientCertificateDaysLeft")) == 1

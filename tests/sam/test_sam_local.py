@@ -15,9 +15,10 @@ import pytest
 import requests
 from botocore.config import Config
 
+from local.generate import CONNECTIONS
 from local.lambda_service import REPO_ROOT
 from local.sam_local import SamLocal, local_architecture
-from local.stack import API_FUNCTION, PROVIDERS
+from local.stack import API_FUNCTION
 from token_vending.request import fingerprint
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.sam, pytest.mark.slow]
 
 EVENTS = REPO_ROOT / "events"
-ROUTES = [provider.route for provider in PROVIDERS]
-FUNCTIONS = {provider.route: provider.function for provider in PROVIDERS}
+ROUTES = [provider.route for provider in CONNECTIONS]
+"""The connections ``env.json`` and ``events/`` cover, which SAM deploys."""
+FUNCTIONS = {provider.route: provider.function for provider in CONNECTIONS}
 
 
 def issued(backend: Any, route: str) -> set[str]:

@@ -20,6 +20,12 @@ used before. What is written here is only what Authlib asks the application for:
 which audiences it answers to, which algorithms it allows (``token_endpoint_auth_signing_alg_values_supported``;
 joserfc's default set leaves out PS256) and a store of seen ``jti`` values. ``respond`` may rewrite an answer
 after Authlib made it (a provider that echoes what it received, for leak tests).
+
+``api_audience`` makes it an Auth0-style server: a token request must name that API identifier as its
+``audience`` (missing: ``invalid_request``; another: 403 ``access_denied``), and ``resources`` the RFC 8707
+resource indicators it accepts (any other: ``invalid_target``). Both are checks made with Authlib's own grant
+extension hook (``before_create_token_response``, after Authlib authenticated the client and checked the grant
+and scopes), answered as Authlib answers its own errors; what each token was issued for is recorded (``issued``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
+    InvalidRequestError,
+    OAuth2Error,
     OAuth2Payload,
     OAuth2Request,
 )
@@ -214,11 +222,50 @@ class Exchange:
     body: dict[str, Any]
 
 
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]
+    """RFC 8707 section 2: a ``resource`` the server does not serve (or is not a valid indicator)."""
+
+    error = "invalid_target"
+
+
+class AccessDeniedError(OAuth2Error):  # type: ignore[misc]
+    """What Auth0 answers a client credentials request for an API it does not know (403 ``access_denied``)."""
+
+    error = "access_denied"
+    status_code = 403
+
+
+def audience_check(api_audience: str | None, resources: frozenset[str] | None) -> Callable[[Any], None]:
+    """A grant extension (Authlib calls it with each grant it makes): before the token is created, the request's
+    ``audience`` must be ``api_audience`` and each of its ``resource`` parameters one of ``resources``."""
+
+    def check(grant: Any) -> None:
+        payload = grant.request.payload
+        audience = payload.datalist.get("audience", [])
+        if api_audience is not None:
+            if not audience or not audience[0]:
+                raise InvalidRequestError("Missing 'audience' parameter")
+            if len(audience) > 1:
+                raise InvalidRequestError("Multiple 'audience' parameters")
+            if audience[0] != api_audience:
+                raise AccessDeniedError(f"Service not found: {audience[0]}")
+        if resources is not None:
+            for resource in payload.datalist.get("resource", []):
+                if resource not in resources:
+                    raise InvalidTargetError(f"Unknown resource: {resource}")
+
+    def extension(grant: Any) -> None:
+        grant.register_hook("before_create_token_response", lambda hooked_grant, *_: check(hooked_grant))
+
+    return extension
+
+
 class StandardsAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
     """Authlib's ``AuthorizationServer`` with the few hooks a framework integration must implement."""
 
     def __init__(self, clients: Iterable[RegisteredClient], *, expires_in: int,
-                 signing_algorithms: Iterable[str] = PRIVATE_KEY_JWT_ALGORITHMS) -> None:
+                 signing_algorithms: Iterable[str] = PRIVATE_KEY_JWT_ALGORITHMS,
+                 api_audience: str | None = None, resources: frozenset[str] | None = None) -> None:
         registered = {client.client_id: client for client in clients}
         supported = sorted(set().union(*(client.scopes for client in registered.values())))
         super().__init__(scopes_supported=supported)
@@ -231,15 +278,18 @@ class StandardsAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.seen_jti: set[tuple[str, str]] = set()
         self.register_token_generator("default", BearerTokenGenerator(
             access_token_generator=lambda **_: secrets.token_urlsafe(32), expires_generator=expires_in))
-        self.register_grant(_ClientCredentialsGrant)
+        self.register_grant(_ClientCredentialsGrant, [audience_check(api_audience, resources)])
         self.register_client_auth_method("private_key_jwt", PrivateKeyJWT(self))
 
     def query_client(self, client_id: str) -> RegisteredClient | None:
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        fields = request.payload.datalist
         with self._lock:
-            self.issued.append({**token, "client_id": request.client.client_id})
+            self.issued.append({**token, "client_id": request.client.client_id,
+                                "audience": (fields.get("audience") or [None])[0],
+                                "resource": list(fields.get("resource", []))})
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """Authlib's hook for framework signals; nothing listens here."""
@@ -275,11 +325,16 @@ class AuthlibTokenServer:
     """What ``private_key_jwt`` assertions may name as ``aud``; ``None``: the token URL."""
     respond: Callable[[Incoming, int, dict[str, Any]], tuple[int, dict[str, Any]]] | None = None
     """Rewrites Authlib's answer (status, JSON body) before it is sent; ``None``: Authlib's answer as it is."""
+    api_audience: str | None = None
+    """An Auth0-style API identifier every token request must name as its ``audience``; ``None``: not checked."""
+    resources: frozenset[str] | None = None
+    """The RFC 8707 resource indicators accepted (others: ``invalid_target``); ``None``: not checked."""
     exchanges: list[Exchange] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.authorization = StandardsAuthorizationServer(self.clients, expires_in=self.expires_in)
+        self.authorization = StandardsAuthorizationServer(self.clients, expires_in=self.expires_in,
+                                                          api_audience=self.api_audience, resources=self.resources)
         self._httpd = make_server("127.0.0.1", 0, self._app, server_class=_ThreadingWSGIServer,
                                   handler_class=_QuietHandler)
         self.url = f"http://127.0.0.1:{self._httpd.server_port}{TOKEN_PATH}"

@@ -246,6 +246,8 @@ class Issued:
     jwt_exp: int | None
     servable: bool
     """False for a token no client may use (CR/LF or spaces in it): serving one is a violation whatever its expiry."""
+    client_id: str = ""
+    """The client it was issued to (which connection's credentials asked)."""
 
 
 @dataclass
@@ -255,6 +257,8 @@ class TokenRequestRecord:
     """``time.monotonic``."""
     outcome: str = ""
     ended: float | None = None
+    client_id: str = ""
+    """The client_id the request named (whether or not its secret was right)."""
 
 
 def _b64url(data: bytes) -> str:
@@ -271,10 +275,12 @@ def make_jwt(exp: int, issued_at: int, scope: str) -> str:
 class ScriptedProvider:
     """A real threaded HTTP token endpoint on 127.0.0.1 that can be switched between behaviours.
 
-    It checks the client secret (only the current one is accepted), keeps the ground truth of every token it
-    issued, and counts token requests per scope set: how many, and how many were in flight at once. A request
-    is in flight from the moment its body is read until the last byte of the answer is written or the client
-    hangs up (noticed within ``POLL`` seconds even while the endpoint stalls or trickles).
+    It checks the client secret (only the current one is accepted; ``clients`` may register more clients: other
+    connections of the same provider), keeps the ground truth of every token it issued and to which client, and
+    counts token requests per scope set: how many, and how many were in flight at once for one client and scope
+    set (more than ``cache_keys`` of that scope set allows is an overlap). A request is in flight from the moment
+    its body is read until the last byte of the answer is written or the client hangs up (noticed within ``POLL``
+    seconds even while the endpoint stalls or trickles).
     """
 
     POLL = 0.05
@@ -284,11 +290,17 @@ class ScriptedProvider:
         self.clock = clock
         self.client_id = client_id
         self.secret = secret
+        self.clients: dict[str, str] = {}
+        """Further registered clients (client_id -> secret) besides ``client_id``."""
+        self.cache_keys: dict[str, int] = {}
+        """Scope set -> how many cache keys ask the provider for it (the ``""`` key and the named default set both
+        ask for the default scopes): that many of its requests may be in flight at once per client. Else one."""
         self.behaviour = BEHAVIOURS["normal"]
         self.issued: dict[str, Issued] = {}
         self.records: list[TokenRequestRecord] = []
-        self.in_flight: dict[str, int] = {}
-        self.max_in_flight: dict[str, int] = {}
+        self.in_flight: dict[tuple[str, str], int] = {}
+        """(client_id, scope set) -> token requests in flight."""
+        self.max_in_flight: dict[tuple[str, str], int] = {}
         self.overlaps: list[str] = []
         self.invalid_client_answers: list[str] = []
         self.on_request: Callable[[str], None] | None = None
@@ -327,11 +339,13 @@ class ScriptedProvider:
         self.thread.join(timeout=5)
 
     # -- observations --------------------------------------------------------------------------------------------
-    def request_count(self, since: int = 0) -> dict[str, int]:
+    def request_count(self, since: int = 0, client_id: str | None = None) -> dict[str, int]:
+        """Scope set -> token requests since ``since`` (of ``client_id`` alone, if given)."""
         with self.lock:
             counts: dict[str, int] = {}
             for record in self.records[since:]:
-                counts[record.key] = counts.get(record.key, 0) + 1
+                if client_id is None or record.client_id == client_id:
+                    counts[record.key] = counts.get(record.key, 0) + 1
             return counts
 
     def mark(self) -> int:
@@ -341,6 +355,9 @@ class ScriptedProvider:
     def invalid_client_since(self, since: int) -> set[str]:
         with self.lock:
             return {r.key for r in self.records[since:] if r.outcome == "invalid_client"}
+
+    def allowed_in_flight(self, key: str) -> int:
+        return self.cache_keys.get(key, 1)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once no request is in flight (a hung-up client is noticed within ``POLL``)."""
@@ -358,18 +375,21 @@ class ScriptedProvider:
         raw = handler.rfile.read(min(length, 65536)).decode("latin-1")
         form = {name: values[0] for name, values in parse_qs(raw, keep_blank_values=True).items()}
         key = " ".join(sorted(set(form.get("scope", "").split())))
+        client = form.get("client_id", "")
         behaviour = self.behaviour
-        record = TokenRequestRecord(key=key, started=time.monotonic())
+        record = TokenRequestRecord(key=key, started=time.monotonic(), client_id=client)
+        flight = (client, key)
         with self.lock:
             self.records.append(record)
-            self.in_flight[key] = self.in_flight.get(key, 0) + 1
-            if self.in_flight[key] > 1:
-                self.overlaps.append(f"{self.in_flight[key]} token requests in flight for scope {key!r} "
-                                     f"(behaviour {behaviour.name})")
-            self.max_in_flight[key] = max(self.max_in_flight.get(key, 0), self.in_flight[key])
+            self.in_flight[flight] = self.in_flight.get(flight, 0) + 1
+            if self.in_flight[flight] > self.allowed_in_flight(key):
+                self.overlaps.append(f"{self.in_flight[flight]} token requests of {client!r} in flight for scope "
+                                     f"{key!r} (behaviour {behaviour.name})")
+            self.max_in_flight[flight] = max(self.max_in_flight.get(flight, 0), self.in_flight[flight])
+            registered = {**self.clients, self.client_id: self.secret}
         exchange = _Exchange(self, handler, record)
         try:
-            if form.get("client_id") != self.client_id or form.get("client_secret") != self.secret:
+            if client not in registered or form.get("client_secret") != registered[client]:
                 record.outcome = "invalid_client"
                 # Hostile: the description echoes what the client sent, its secret included.
                 exchange.answer(401, {"error": "invalid_client",
@@ -386,12 +406,12 @@ class ScriptedProvider:
                 exchange.answer(behaviour.status, {"error": "temporarily_unavailable"}, headers)
                 return
             record.outcome = "issued"
-            exchange.answer_bytes(200, self._token_body(behaviour, key), trickle=behaviour.trickle,
+            exchange.answer_bytes(200, self._token_body(behaviour, key, client), trickle=behaviour.trickle,
                                   cut=behaviour.cut)
         finally:
             exchange.leave()
 
-    def _token_body(self, behaviour: Behaviour, key: str) -> bytes:
+    def _token_body(self, behaviour: Behaviour, key: str, client_id: str = "") -> bytes:
         now = self.clock.now()
         scopes = frozenset(key.split())
         granted = key
@@ -413,7 +433,7 @@ class ScriptedProvider:
         truth = min(expiries) if expiries else now + 300
         with self.lock:
             self.issued[token] = Issued(token=token, scopes=scopes, issued_at=now, true_expiry=truth,
-                                        jwt_exp=jwt_exp, servable=servable)
+                                        jwt_exp=jwt_exp, servable=servable, client_id=client_id)
         if behaviour.body == "not_json":
             return f"<html>token: {token}</html>".encode()
         document: dict[str, Any] = {"token_type": "Bearer"}
@@ -446,7 +466,7 @@ class _Exchange:
         self.left = True
         with self.provider.lock:
             self.record.ended = time.monotonic()
-            self.provider.in_flight[self.record.key] -= 1
+            self.provider.in_flight[self.record.client_id, self.record.key] -= 1
 
     def client_gone(self) -> bool:
         with contextlib.suppress(OSError, ValueError):

@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 SECRETS = {"testing": "testing"}
 """The secret access keys the fake API knows, by access key id (and ``secret_for`` the ``AKIATEST`` ones)."""
-ROUTE = re.compile(r"/v1/token/[a-z-]+")
-"""The fake API's one route, at stage ``v1``: API Gateway answers any other path 403."""
+ROUTE = re.compile(r"/v1/token/[A-Za-z0-9-]+")
+"""The fake API's one route, at stage ``v1`` (``{provider}``: a connection's name, ``pyng`` or ``AriaAu``): API
+Gateway answers any other path 403."""
 
 
 def secret_for(access_key: str) -> str | None:
@@ -100,6 +101,8 @@ class FakeTokenApi:
     """
 
     served: list[dict[str, list[str]]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    """The path of every request served (without the query)."""
     authorizations: list[str] = field(default_factory=list)
     errors: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
@@ -120,6 +123,7 @@ class FakeTokenApi:
         query = parse_qs(urlsplit(path).query)
         with self.lock:
             self.served.append(query)
+            self.paths.append(urlsplit(path).path)
             self.authorizations.append(headers.get("Authorization", ""))
             if self.errors:
                 return self.errors.pop(0)
@@ -379,6 +383,25 @@ def test_no_token_in_reprs_or_logs(token_api: Any, target: Any, session: boto3.S
                  repr(client_module._SOURCES)):
         assert "vended-token" not in text
     assert token_vending_client.get_token is get_token
+
+
+CONNECTIONS = ("pyng", "PyngOrg2", "AriaAu", "alternative-payments", "OAuth2Acme")
+"""Connection names: a default connection's route, or an added connection's key verbatim (capitals, digits)."""
+
+
+def test_a_connection_name_is_the_route_as_given(token_api: Any, target: Any, session: boto3.Session) -> None:
+    """A connection added by configuration is named by its key (``AriaAu``): the library sends the name as the
+    route verbatim (nothing lower-cased or refused), and each connection has a token of its own."""
+    fake, url = token_api
+    _api, target_url = target
+    tokens = {name: get_token(name, api_url=url, session=session) for name in CONNECTIONS}
+    assert fake.rejected == []
+    assert fake.paths == [f"/v1/token/{name}" for name in CONNECTIONS]
+    assert {name: token.provider for name, token in tokens.items()} == {name: name for name in CONNECTIONS}
+    assert len({token.access_token for token in tokens.values()}) == len(CONNECTIONS)
+    auth = TokenVendingAuth("AriaAu", api_url=url, session=session)
+    assert requests.get(target_url, auth=auth, timeout=10).json() == {"token": tokens["AriaAu"].access_token}
+    assert len(fake.served) == len(CONNECTIONS)  # AriaAu's token kept, not pyng's or anyone else's
 
 
 def test_exactly_one_way_in() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from local.__main__ import ConfigError, real_provider
+from local.__main__ import KNOWN_FIELDS, ConfigError, real_provider
 from local.lambda_service import REPO_ROOT
 from token_vending.credentials import ALL_FIELDS
 
@@ -63,7 +63,9 @@ def test_the_command_refuses_an_incomplete_entry_in_one_line_exit_2(tmp_path: Pa
     assert finished.returncode == 2
     assert "Traceback" not in finished.stderr
     assert finished.stderr.strip() == ("python -m local: --config: pyng has unknown field 'client_secret_' (known: "
-                                       f"token_url, client_auth, {', '.join(ALL_FIELDS)})")
+                                       f"{', '.join(KNOWN_FIELDS)})")
+    assert KNOWN_FIELDS[:2] == ("token_url", "client_auth")
+    assert set(ALL_FIELDS) < set(KNOWN_FIELDS)
     assert "s3cr3t" not in finished.stderr
 
 
