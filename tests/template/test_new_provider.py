@@ -232,7 +232,8 @@ def _local(copy: Path, *extra: str) -> Iterator[str]:
 @pytest.mark.integration
 def test_make_local_serves_it_from_its_default_emulator(copy: Path, tmp_path: Path) -> None:
     config = tmp_path / "local.json"
-    config.write_text(json.dumps({CONNECTION: {}}))  # a connection by configuration, its provider's emulator
+    # a connection by configuration, served by its provider's emulator; acme requires a scope, so it needs some
+    config.write_text(json.dumps({CONNECTION: {"scopes": "billing:read billing:write"}}))
     with _local(copy, "--config", str(config)) as url:
         first = signed_get(f"{url}{CONNECTION}", timeout=60)
         assert first.status_code == 200, first.text
