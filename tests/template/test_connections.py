@@ -103,7 +103,7 @@ def test_the_connections_pattern_names_the_catalogues_keys() -> None:
     assert defaults.split("|") == list(DEFAULT_KEYS)
     assert providers.split("|") == keys
     assert pattern == f"^({'|'.join(DEFAULT_KEYS)}|({'|'.join(keys)})[A-Za-z0-9]{{1,40}})$"
-    assert all(key in parameters["Connections"]["ConstraintDescription"] for key in keys)
+    assert all(key in parameters["Connections"]["ConstraintDescription"] for key in DEFAULT_KEYS)
     # a name: a default connection's route, or an added connection's key (a catalogue key and a label)
     name = f"({'|'.join(connection_name(key) for key in DEFAULT_KEYS)}|({'|'.join(keys)})[A-Za-z0-9]{{1,40}})"
     pair = f"{name}=[1-9][0-9]{{0,6}}"
